@@ -1,0 +1,307 @@
+"""apimon's command line: parse, call, render. No provider logic lives here.
+
+Exit codes: 0 success (no changes), 1 error, 2 changes present (plan --detailed-exitcode),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="apimon",
+    help="Declarative API monetization: products, limits, pricing and subscribers as code, for AWS API "
+         "Gateway, Azure API Management, Apigee and a local gateway.",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+keys_app = typer.Typer(help="API keys of subscribers.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(keys_app, name="keys")
+
+PlanArgs = Annotated[list[str], typer.Argument(help="Plan file(s); several files merge.", show_default=False)]
+Strict = Annotated[bool, typer.Option("--strict", help="Treat provider capability warnings as errors.")]
+
+
+def _output(secrets=(), json_mode: bool = False):
+    from .render.output import Masker, Output
+
+    return Output(Masker(secrets), json_mode=json_mode)
+
+
+def _fail(out, message: str, code: int = 1) -> None:
+    out.error(message)
+    raise typer.Exit(code)
+
+
+def _print_diagnostics(out, diagnostics) -> None:
+    for d in diagnostics:
+        (out.error if d.severity == "error" else out.warning)(str(d))
+
+
+@app.command()
+def validate(plans: PlanArgs, strict: Strict = False) -> None:
+    """Check plan files offline: every problem, one line each, FILE:LINE:COL. Exit 0 valid, 1 not."""
+    from .plan.loader import load_plans
+
+    loaded = load_plans(plans, strict=strict)
+    out = _output(loaded.secrets)
+    _print_diagnostics(out, loaded.diagnostics)
+    if loaded.desired is None:
+        n = len(loaded.errors)
+        _fail(out, f"{n} error{'s' if n != 1 else ''}; the plan is not valid")
+    d = loaded.desired
+    w = len(loaded.warnings)
+    out.print(f"The plan is valid: {len(d.products)} products, {len(d.subscribers)} subscribers, target "
+              f"{d.target.provider}" + (f" ({w} warning{'s' if w != 1 else ''})" if w else "") + ".")
+
+
+@app.command()
+def plan(
+    plans: PlanArgs,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (always printed, "
+                                                          "also with --detailed-exitcode).")] = False,
+    detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode",
+                                                    help="Exit 0 no changes, 2 changes, 1 error.")] = False,
+    out_file: Annotated[Optional[str], typer.Option("--out", help="Save the plan for `apply --plan-file`.")] = None,
+    adopt: Annotated[bool, typer.Option("--adopt", help="Plan to take over existing resources whose "
+                                                        "names match the plan.")] = False,
+    strict: Strict = False,
+) -> None:
+    """Show what apply would change on the gateway."""
+    from .engine import make_plan, saved_plan
+    from .render.changes import render_changeset
+
+    out = _output(json_mode=json_out)
+    run = _run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
+    out.mask.add(*run.loaded.secrets)
+    try:
+        _show_plan(out, run, json_out, render_changeset)
+        if out_file:
+            import json
+
+            from .diff import changeset_to_json  # noqa: F401 - saved plan embeds the JSON form
+
+            text = out.mask(json.dumps(saved_plan(run, adopt=adopt), indent=2, default=str))
+            _write_private(out_file, text + "\n")
+            if not json_out:
+                out.info(f"Saved the plan to {out_file}; apply it with `apimon apply --plan-file {out_file}`.")
+        if run.changes.conflicts:
+            raise typer.Exit(1)
+        if detailed_exitcode and not run.changes.empty:
+            raise typer.Exit(2)
+    finally:
+        run.provider.close()
+
+
+def _write_private(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def _run_plan(out, make):
+    from .plan.diagnostics import PlanError
+    from .providers import ProviderError
+    from .providers.base import PlanCheckError
+
+    try:
+        return make()
+    except PlanError as exc:
+        _print_diagnostics(out, exc.diagnostics)
+        _fail(out, "the plan is not valid; nothing was read or changed")
+    except PlanCheckError as exc:
+        for p in exc.problems:
+            out.error(f"error: {p}")
+        _fail(out, "the plan refers to things the gateway does not have; nothing was changed")
+    except ProviderError as exc:
+        _fail(out, f"error: {exc}")
+
+
+def _show_plan(out, run, json_out: bool, render_changeset) -> None:
+    from .diff import changeset_to_json
+
+    if json_out:
+        out.json(changeset_to_json(run.changes))
+    else:
+        for w in run.changes.warnings:
+            out.warning(w)
+        render_changeset(out, run.changes)
+    for c in run.changes.conflicts:
+        out.error(f"error: {c}")
+
+
+@app.command()
+def apply(
+    plans: Annotated[Optional[list[str]], typer.Argument(help="Plan file(s).", show_default=False)] = None,
+    plan_file: Annotated[Optional[str], typer.Option("--plan-file", help="Apply a plan saved with "
+                                                     "`plan --out`; refused if anything moved since.")] = None,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Apply without asking (CI).")] = False,
+    max_deletes: Annotated[Optional[int], typer.Option("--max-deletes", min=0,
+                                                       help="Refuse a plan that deletes more.")] = None,
+    adopt: Annotated[bool, typer.Option("--adopt", help="Take over existing resources whose names match "
+                                                        "the plan (shown before applying).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan and the outcome as JSON.")] = False,
+    strict: Strict = False,
+) -> None:
+    """Converge the gateway to the plan, touching only what apimon owns."""
+    from .engine import make_plan, plan_from_saved
+
+    out = _output(json_mode=json_out)
+    if bool(plans) == bool(plan_file):
+        _fail(out, "error: give plan files or --plan-file FILE (one of the two)")
+    if plan_file:
+        run = _run_plan(out, lambda: plan_from_saved(plan_file, strict=strict))
+    else:
+        run = _run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
+    out.mask.add(*run.loaded.secrets)
+    try:
+        _apply_run(out, run, auto_approve=auto_approve or bool(plan_file), max_deletes=max_deletes,
+                   json_out=json_out)
+    finally:
+        run.provider.close()
+
+
+def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_out: bool) -> None:
+    from .diff import changeset_to_json
+    from .render.changes import render_apply_report, render_changeset, render_outcome
+
+    cs = run.changes
+    if not json_out:
+        for w in cs.warnings:
+            out.warning(w)
+        render_changeset(out, cs)
+    for c in cs.conflicts:
+        out.error(f"error: {c}")
+    if cs.conflicts:
+        _fail(out, "nothing was applied: resolve the conflicts above (or use --adopt)")
+    if cs.empty:
+        if json_out:
+            out.json({"plan": changeset_to_json(cs), "applied": [], "failed": [], "not_applied": []})
+        return
+    deletes = cs.summary["deleting"]
+    if max_deletes is not None and deletes > max_deletes:
+        _fail(out, f"refusing to apply: the plan deletes {deletes} resource(s), more than --max-deletes "
+                   f"{max_deletes}; nothing was changed")
+    if not auto_approve:
+        if not out.interactive:
+            _fail(out, "refusing to apply without confirmation: there is no terminal to ask on; "
+                       "pass --auto-approve (CI) or apply a reviewed plan with --plan-file")
+        warn = f" {deletes} resource(s) will be DESTROYED." if deletes else ""
+        out.info(f"Do you want to apply these changes?{warn} Only 'yes' will be accepted.", style="bold")
+        try:
+            answer = input("  Enter a value: ")
+        except EOFError:
+            answer = ""
+        if answer.strip() != "yes":
+            _fail(out, "Apply cancelled; nothing was changed.")
+    report = _apply_with_progress(out, run, render_outcome, show=not json_out)
+    if json_out:
+        from .diff import change_to_json
+
+        out.json({"plan": changeset_to_json(cs),
+                  "applied": [change_to_json(o.change) | {"outcome": o.message} for o in report.outcomes if o.ok],
+                  "failed": [change_to_json(o.change) | {"error": o.message} for o in report.failed],
+                  "not_applied": [change_to_json(c) for c in report.not_applied]})
+    else:
+        render_apply_report(out, report)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _apply_with_progress(out, run, render_outcome, *, show: bool):
+    changes = run.changes.changes
+    if not show:
+        return run.provider.apply(changes, run.live)
+    if out.err.is_terminal and len(changes) > 1:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("Applying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=out.out, transient=False) as bar:
+            task = bar.add_task("apply", total=len(changes))
+
+            def progress(outcome):
+                render_outcome(out, outcome)
+                bar.advance(task)
+
+            return run.provider.apply(changes, run.live, progress)
+    return run.provider.apply(changes, run.live, lambda o: render_outcome(out, o))
+
+
+@app.command()
+def adopt(
+    plans: PlanArgs,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Adopt without asking (CI).")] = False,
+    strict: Strict = False,
+) -> None:
+    """Take over existing gateway resources whose names match the plan (apply --adopt)."""
+    from .engine import make_plan
+
+    out = _output()
+    run = _run_plan(out, lambda: make_plan(plans, strict=strict, adopt=True))
+    out.mask.add(*run.loaded.secrets)
+    try:
+        _apply_run(out, run, auto_approve=auto_approve, max_deletes=0, json_out=False)
+    finally:
+        run.provider.close()
+
+
+@app.command()
+def schema() -> None:
+    """Print the plan file's JSON Schema (plans/apimon-plan.schema.json)."""
+    import json
+
+    from .plan.schema import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@keys_app.command("show")
+def keys_show(
+    subscriber: Annotated[str, typer.Argument(help="Subscriber id.")],
+    plans: Annotated[list[str], typer.Option("--plan", "-p", help="Plan file(s) naming the target.")],
+) -> None:
+    """Reveal one subscriber's API key, read from the gateway that holds it."""
+    from .plan.diagnostics import PlanError
+    from .plan.loader import load_or_raise
+    from .providers import ProviderError, get_provider
+
+    out = _output()
+    try:
+        loaded = load_or_raise(plans)
+        with get_provider(loaded.desired) as provider:
+            key = provider.reveal_key(subscriber)
+    except PlanError as exc:
+        _print_diagnostics(out, exc.diagnostics)
+        _fail(out, "the plan is not valid")
+    except ProviderError as exc:
+        _fail(out, f"error: {exc}")
+    if key is None:
+        _fail(out, f"error: subscriber {subscriber} has no key on the gateway (apply the plan first?)")
+    sys.stdout.write(key + "\n")
+
+
+def main() -> None:
+    """Console entry point: no traceback reaches the user unless APIMON_DEBUG is set."""
+
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as exc:  # last resort: one line, not a traceback
+        if os.environ.get("APIMON_DEBUG"):
+            raise
+        sys.stderr.write(f"apimon: unexpected error: {type(exc).__name__}: {exc}\n"
+                         "(set APIMON_DEBUG=1 for details, and please report it)\n")
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,93 @@
+"""The reconcile loop, without printing: load plan -> read live -> diff -> (save) -> apply.
+
+The CLI calls these and renders what they return; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .diff import ChangeSet, changeset_to_json, compute_changes, live_fingerprint
+from .model import LiveState
+from .plan.diagnostics import PlanError
+from .plan.loader import LoadedPlan, load_or_raise
+from .providers import Provider, ProviderError, get_provider
+from .providers.base import PlanCheckError
+
+SAVED_PLAN_VERSION = 1
+
+
+@dataclass
+class PlanRun:
+    loaded: LoadedPlan
+    provider: Provider
+    live: LiveState
+    changes: ChangeSet
+    fingerprint: str
+
+
+def make_plan(paths: list[str], *, strict: bool = False, adopt: bool = False) -> PlanRun:
+    """Validate the plan, read the gateway, compute the changes. Raises PlanError / ProviderError."""
+    loaded = load_or_raise(paths, strict=strict)
+    desired = loaded.desired
+    assert desired is not None
+    provider = get_provider(desired)
+    live = provider.read_live_state()
+    problems = provider.check(desired, live)
+    if problems:
+        provider.close()
+        raise PlanCheckError(problems)
+    changes = compute_changes(desired, live, stores=provider.stores, adopt=adopt)
+    changes.warnings.extend(str(d) for d in loaded.warnings)
+    provider.annotate(changes)
+    return PlanRun(loaded, provider, live, changes, live_fingerprint(live))
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def saved_plan(run: PlanRun, *, adopt: bool) -> dict:
+    return {
+        "apimon_saved_plan": SAVED_PLAN_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": [{"path": str(Path(f).resolve()), "sha256": _sha256(f)} for f in run.loaded.desired.files],
+        "provider": run.loaded.desired.target.provider,
+        "adopt": adopt,
+        "live_fingerprint": run.fingerprint,
+        "plan": changeset_to_json(run.changes),
+    }
+
+
+def plan_from_saved(saved_path: str, *, strict: bool = False) -> PlanRun:
+    """Re-plan from a saved plan; refuse (changing nothing) if the files or the live state moved."""
+    try:
+        doc = json.loads(Path(saved_path).read_text())
+        if not isinstance(doc, dict) or doc.get("apimon_saved_plan") != SAVED_PLAN_VERSION:
+            raise ValueError("not an apimon saved plan (format 1)")
+        files = [(f["path"], f["sha256"]) for f in doc["files"]]
+        adopt = bool(doc.get("adopt"))
+        fingerprint = doc["live_fingerprint"]
+    except FileNotFoundError:
+        raise ProviderError(f"{saved_path}: no such saved plan") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ProviderError(f"{saved_path}: cannot read saved plan: {exc}") from None
+    for path, digest in files:
+        if not Path(path).exists():
+            raise ProviderError(f"saved plan is stale: plan file {path} no longer exists; run `apimon plan` again")
+        if _sha256(path) != digest:
+            raise ProviderError(f"saved plan is stale: plan file {path} changed since the plan was saved; "
+                                "run `apimon plan --out` again")
+    try:
+        run = make_plan([p for p, _ in files], strict=strict, adopt=adopt)
+    except PlanError:
+        raise
+    if run.fingerprint != fingerprint:
+        run.provider.close()
+        raise ProviderError("saved plan is stale: the gateway changed since the plan was saved; nothing was "
+                            "applied. Run `apimon plan --out` again and review the new plan")
+    return run

@@ -1,0 +1,147 @@
+"""Provider-neutral resources: what a plan asks for and what a gateway holds.
+
+Plain frozen dataclasses, no I/O. The plan loader builds them from YAML, providers build them from
+live gateways, the diff engine compares them, billing prices them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal
+
+PricingModel = Literal["free", "flat", "per_unit", "package", "graduated", "volume", "stairstep"]
+Period = Literal["day", "week", "month"]
+BillingPeriod = Literal["month", "week"]
+Metric = Literal["success", "blocked", "failed", "other", "total"]
+ProviderName = Literal["aws", "azure", "apigee", "local"]
+
+#: metrics a usage row may carry (Azure API Management's call-count definitions)
+METRICS: tuple[str, ...] = ("success", "blocked", "failed", "other", "total")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    rate: int  # steady requests per second
+    burst: int  # bucket size, >= rate
+
+
+@dataclass(frozen=True)
+class Quota:
+    limit: int
+    period: Period = "month"
+
+
+@dataclass(frozen=True)
+class Tier:
+    up_to: int | None  # inclusive; None means infinity (only the last tier)
+    unit_price: Decimal | None = None
+    flat_fee: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Package:
+    size: int
+    price: Decimal
+    round: Literal["up", "down"] = "up"
+
+
+@dataclass(frozen=True)
+class Pricing:
+    model: PricingModel = "free"
+    fee: Decimal | None = None  # recurring fee per billing period
+    setup_fee: Decimal | None = None  # once, in a subscriber's first invoiced period
+    included: int = 0  # units subtracted before the model applies
+    unit_price: Decimal | None = None  # per_unit
+    package: Package | None = None  # package
+    tiers: tuple[Tier, ...] = ()  # graduated / volume / stairstep
+    minimum: Decimal | None = None
+    maximum: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Product:
+    id: str
+    display_name: str
+    description: str = ""
+    apis: tuple[str, ...] = ()
+    rate_limit: RateLimit | None = None
+    quota: Quota | None = None
+    pricing: Pricing = field(default_factory=Pricing)
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    id: str
+    product: str
+    email: str | None = None
+    enabled: bool = True
+    # The key value to import (from key.from_env). Never printed; repr hides it.
+    key_value: str | None = field(default=None, repr=False)
+    metadata: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
+
+    @property
+    def metadata_dict(self) -> dict[str, str]:
+        return dict(self.metadata)
+
+
+@dataclass(frozen=True)
+class Billing:
+    currency: str = "USD"
+    period: BillingPeriod = "month"
+    metric: Literal["success", "total"] = "success"
+
+
+@dataclass(frozen=True)
+class Target:
+    provider: ProviderName
+    settings: dict  # the provider's block (aws/azure/apigee/local), env-substituted
+    base_dir: str = "."  # directory of the first plan file (relative paths resolve here)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    target: Target
+    billing: Billing
+    products: dict[str, Product]
+    subscribers: dict[str, Subscriber]
+    files: tuple[str, ...] = ()  # plan files it was loaded from
+
+
+@dataclass(frozen=True)
+class Unmanaged:
+    """A gateway resource apimon did not create: reported, never touched."""
+
+    kind: Literal["product", "subscriber"]
+    name: str
+    detail: str = ""
+    # the resource in the neutral model, when the provider can read it (used by adopt)
+    resource: Product | Subscriber | None = field(default=None, compare=False)
+
+
+@dataclass
+class LiveState:
+    """What the gateway holds, in the neutral model.
+
+    ``products``/``subscribers`` hold only resources apimon owns. Fields a provider cannot store are
+    left at the desired value by the provider's ``project`` step so they never show as a diff.
+    ``handles`` keeps provider ids (AWS plan id, ETag, ...) needed to apply changes; never compared.
+    """
+
+    products: dict[str, Product] = field(default_factory=dict)
+    subscribers: dict[str, Subscriber] = field(default_factory=dict)
+    unmanaged: list[Unmanaged] = field(default_factory=list)
+    handles: dict[tuple[str, str], dict] = field(default_factory=dict)  # (kind, id) -> provider data
+    # subscriber id -> fingerprint of its live key value (sha256 hex prefix), where readable
+    key_fingerprints: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One day of one metric for one subscriber on one product, as reported by a gateway."""
+
+    subscriber: str
+    product: str
+    day: str  # ISO date, UTC
+    metric: str  # one of METRICS
+    count: int

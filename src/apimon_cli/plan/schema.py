@@ -1,0 +1,245 @@
+"""The plan file's structure (format version 1) as pydantic models.
+
+These models check shapes and types and generate ``plans/apimon-plan.schema.json``; cross-field rules
+(burst >= rate, tier order, references between products and subscribers, provider capabilities) live in
+``plan.checks``, where the message wording is ours.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+MAX_PRICE_PLACES = 12
+
+
+def _money(value: Any) -> Decimal:
+    if isinstance(value, bool):
+        raise PydanticCustomError("money", "must be a money amount as a string, e.g. \"29.00\"; got {got}",
+                                  {"got": str(value).lower()})
+    if isinstance(value, float):
+        raise PydanticCustomError(
+            "money_float",
+            "must be a string or an integer, not a YAML float (floats are inexact); quote it: \"{got}\"",
+            {"got": repr(value)})
+    if isinstance(value, int):
+        if value < 0:
+            raise PydanticCustomError("money", "must not be negative; got {got}", {"got": value})
+        return Decimal(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            d = Decimal(text)
+        except InvalidOperation:
+            d = None
+        if d is None or not d.is_finite() or text.lower().startswith(("+", "nan", "inf", "-inf")) \
+                or "e" in text.lower():
+            raise PydanticCustomError("money", "must be a plain decimal amount like \"0.001\"; got {got!r}",
+                                      {"got": value})
+        if d < 0:
+            raise PydanticCustomError("money", "must not be negative; got {got!r}", {"got": value})
+        exp = d.as_tuple().exponent
+        if isinstance(exp, int) and -exp > MAX_PRICE_PLACES:
+            raise PydanticCustomError("money", "has more than 12 decimal places; got {got!r}", {"got": value})
+        return d
+    raise PydanticCustomError("money", "must be a money amount as a string, e.g. \"29.00\"; got {got}",
+                              {"got": type(value).__name__})
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_money),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*\d+(\.\d{1,12})?\s*$"},
+                              {"type": "integer", "minimum": 0}],
+                    "description": "Exact amount: a string like \"0.001\" or an integer (never a float)."}),
+]
+
+
+def _count(minimum: int):
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            got = repr(value) if isinstance(value, (str, float)) else type(value).__name__
+            raise PydanticCustomError("count", "must be a whole number >= {minimum}; got {got}",
+                                      {"minimum": minimum, "got": got})
+        if value < minimum:
+            raise PydanticCustomError("count", "must be >= {minimum}; got {got}",
+                                      {"minimum": minimum, "got": value})
+        return value
+    return check
+
+
+PositiveInt = Annotated[int, BeforeValidator(_count(1)), WithJsonSchema({"type": "integer", "minimum": 1})]
+NonNegInt = Annotated[int, BeforeValidator(_count(0)), WithJsonSchema({"type": "integer", "minimum": 0})]
+
+
+def _up_to(value: Any) -> int | None:
+    if value == "inf" or value == float("inf"):
+        return None
+    return _count(1)(value)
+
+
+UpTo = Annotated[
+    int | None,
+    BeforeValidator(_up_to),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "inf"}]}),
+]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise PydanticCustomError("text", "must be a string; got {got} (quote it)", {"got": repr(value)})
+    raise PydanticCustomError("text", "must be a string; got {got}", {"got": _kind(value)})
+
+
+def _metadata_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise PydanticCustomError("text", "metadata values must be strings; got {got}", {"got": _kind(value)})
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "nothing (null)", bool: "a boolean"}.get(
+        type(value), type(value).__name__)
+
+
+Text = Annotated[str, BeforeValidator(_text), WithJsonSchema({"type": "string"})]
+MetaValue = Annotated[str, BeforeValidator(_metadata_value),
+                      WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer"}]})]
+
+
+def _strict_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise PydanticCustomError("bool", "must be true or false; got {got}", {"got": repr(value)})
+
+
+Bool = Annotated[bool, BeforeValidator(_strict_bool), WithJsonSchema({"type": "boolean"})]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RateLimitSpec(_Strict):
+    rate: PositiveInt = Field(description="Steady requests per second.")
+    burst: PositiveInt = Field(description="Bucket size: requests allowed at once; >= rate.")
+
+
+class QuotaSpec(_Strict):
+    limit: PositiveInt
+    period: Literal["day", "week", "month"] = "month"
+
+
+class TierSpec(_Strict):
+    up_to: UpTo = Field(description="Inclusive upper bound of the tier; \"inf\" for the last tier.")
+    unit_price: Money | None = None
+    flat_fee: Money | None = None
+
+
+class PackageSpec(_Strict):
+    size: PositiveInt
+    price: Money
+    round: Literal["up", "down"] = "up"
+
+
+class PricingSpec(_Strict):
+    model: Literal["free", "flat", "per_unit", "package", "graduated", "volume", "stairstep"]
+    fee: Money | None = Field(None, description="Recurring fee per billing period.")
+    setup_fee: Money | None = Field(None, description="Charged once, in a subscriber's first period.")
+    included: NonNegInt = Field(0, description="Units covered by the fee, subtracted before the model.")
+    unit_price: Money | None = None
+    package: PackageSpec | None = None
+    tiers: list[TierSpec] | None = None
+    minimum: Money | None = None
+    maximum: Money | None = None
+
+
+class ProductSpec(_Strict):
+    display_name: Text
+    description: Text = ""
+    apis: list[Text] = Field(default_factory=list)
+    rate_limit: RateLimitSpec | None = None
+    quota: QuotaSpec | None = None
+    pricing: PricingSpec = Field(default_factory=lambda: PricingSpec(model="free"))
+
+
+class KeySpec(_Strict):
+    from_env: Text = Field(description="Name of the environment variable holding the key value to import.")
+
+
+class SubscriberSpec(_Strict):
+    product: Text
+    email: Text | None = None
+    enabled: Bool = True
+    key: KeySpec | None = None
+    metadata: dict[str, MetaValue] = Field(default_factory=dict)
+
+
+class AwsTarget(_Strict):
+    region: Text
+    profile: Text | None = None
+    endpoint_url: Text | None = None
+
+
+class AzureTarget(_Strict):
+    subscription_id: Text
+    resource_group: Text
+    service: Text
+    cloud: Literal["public", "china", "usgovernment"] = "public"
+    endpoint: Text | None = None
+
+
+class ApigeeTarget(_Strict):
+    organization: Text
+    environments: list[Text] = Field(min_length=1)
+    endpoint: Text = "https://apigee.googleapis.com"
+
+
+class LocalTarget(_Strict):
+    state_dir: Text = ".apimon"
+    upstreams: dict[str, Text] = Field(default_factory=dict,
+                                       description="API name -> upstream base URL, for `apimon gateway serve`.")
+
+
+class TargetSpec(_Strict):
+    provider: Literal["aws", "azure", "apigee", "local"]
+    aws: AwsTarget | None = None
+    azure: AzureTarget | None = None
+    apigee: ApigeeTarget | None = None
+    local: LocalTarget | None = None
+
+
+class BillingSpec(_Strict):
+    currency: Text = "USD"
+    period: Literal["month", "week"] = "month"
+    metric: Literal["success", "total"] = "success"
+
+
+class PlanFile(_Strict):
+    """One apimon plan file (format version 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="apimon plan file, format 1")
+
+    apimon: Literal[1] = Field(description="Plan format version.")
+    target: TargetSpec | None = None
+    billing: BillingSpec | None = None
+    products: dict[str, ProductSpec] = Field(default_factory=dict)
+    subscribers: dict[str, SubscriberSpec] = Field(default_factory=dict)
+
+
+def json_schema() -> dict:
+    schema = PlanFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://apimon.dev/schemas/apimon-plan-1.json"
+    id_keys = {"propertyNames": {"pattern": ID_PATTERN}}
+    schema["properties"]["products"].update(id_keys)
+    schema["properties"]["subscribers"].update(id_keys)
+    return schema

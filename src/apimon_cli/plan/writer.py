@@ -1,0 +1,89 @@
+"""Model -> plan-file data (format 1): used by `apimon import` and to store products on the local target.
+
+The inverse of the loader, so anything written here validates and loads back to an equal model.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import yaml
+
+from ..model import Pricing, Product, Subscriber
+from . import schema as S
+
+
+def _money(d: Decimal) -> str:
+    return format(d, "f")
+
+
+def pricing_to_plan(p: Pricing) -> dict:
+    out: dict = {"model": p.model}
+    for name in ("fee", "setup_fee"):
+        if getattr(p, name) is not None:
+            out[name] = _money(getattr(p, name))
+    if p.included:
+        out["included"] = p.included
+    if p.unit_price is not None:
+        out["unit_price"] = _money(p.unit_price)
+    if p.package is not None:
+        out["package"] = {"size": p.package.size, "price": _money(p.package.price), "round": p.package.round}
+    if p.tiers:
+        tiers = []
+        for t in p.tiers:
+            tier: dict = {"up_to": "inf" if t.up_to is None else t.up_to}
+            if t.unit_price is not None:
+                tier["unit_price"] = _money(t.unit_price)
+            if t.flat_fee is not None:
+                tier["flat_fee"] = _money(t.flat_fee)
+            tiers.append(tier)
+        out["tiers"] = tiers
+    for name in ("minimum", "maximum"):
+        if getattr(p, name) is not None:
+            out[name] = _money(getattr(p, name))
+    return out
+
+
+def product_to_plan(p: Product) -> dict:
+    out: dict = {"display_name": p.display_name}
+    if p.description:
+        out["description"] = p.description
+    out["apis"] = list(p.apis)
+    if p.rate_limit:
+        out["rate_limit"] = {"rate": p.rate_limit.rate, "burst": p.rate_limit.burst}
+    if p.quota:
+        out["quota"] = {"limit": p.quota.limit, "period": p.quota.period}
+    out["pricing"] = pricing_to_plan(p.pricing)
+    return out
+
+
+def product_from_plan(pid: str, data: dict) -> Product:
+    from .loader import _product  # one conversion path for files and stored products
+
+    return _product(pid, S.ProductSpec.model_validate(data))
+
+
+def subscriber_to_plan(s: Subscriber, *, key_env: str | None = None) -> dict:
+    out: dict = {"product": s.product}
+    if s.email:
+        out["email"] = s.email
+    if not s.enabled:
+        out["enabled"] = False
+    if key_env:
+        out["key"] = {"from_env": key_env}
+    if s.metadata:
+        out["metadata"] = dict(s.metadata)
+    return out
+
+
+def plan_document(target: dict, products: list[Product], subscribers: list[Subscriber],
+                  billing: dict | None = None, header: str = "") -> str:
+    """A complete plan file as YAML text."""
+    doc: dict = {"apimon": 1, "target": target}
+    if billing:
+        doc["billing"] = billing
+    doc["products"] = {p.id: product_to_plan(p) for p in sorted(products, key=lambda p: p.id)}
+    doc["subscribers"] = {s.id: subscriber_to_plan(s) for s in sorted(subscribers, key=lambda s: s.id)}
+    text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    schema_line = "# yaml-language-server: $schema=https://apimon.dev/schemas/apimon-plan-1.json\n"
+    return (header + schema_line + text) if header else schema_line + text
