@@ -35,8 +35,11 @@ def _output(secrets=(), json_mode: bool = False):
     return Output(Masker(secrets), json_mode=json_mode)
 
 
-def _fail(out, message: str, code: int = 1) -> None:
+def _fail(out, message: str, code: int = 1, errors: list[str] | None = None) -> None:
+    """Report and exit. In --json mode stdout still gets a JSON document, so CI always has a report."""
     out.error(message)
+    if out.json_mode:
+        out.json({"errors": [*(errors or []), message]})
     raise typer.Exit(code)
 
 
@@ -115,11 +118,13 @@ def _run_plan(out, make):
         return make()
     except PlanError as exc:
         _print_diagnostics(out, exc.diagnostics)
-        _fail(out, "the plan is not valid; nothing was read or changed")
+        _fail(out, "the plan is not valid; nothing was read or changed",
+              errors=[str(d) for d in exc.diagnostics])
     except PlanCheckError as exc:
         for p in exc.problems:
             out.error(f"error: {p}")
-        _fail(out, "the plan refers to things the gateway does not have; nothing was changed")
+        _fail(out, "the plan refers to things the gateway does not have; nothing was changed",
+              errors=exc.problems)
     except ProviderError as exc:
         _fail(out, f"error: {exc}")
 

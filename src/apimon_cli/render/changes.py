@@ -48,8 +48,7 @@ def render_changeset(out: Output, cs: ChangeSet) -> None:
         out.print("No changes. The gateway matches the plan.", style="bold green")
     else:
         out.print("")
-        deleting = f"[{s['deleting']} to destroy]" if s["deleting"] else f"{s['deleting']} to destroy"
-        out.print(f"Plan: {s['creating']} to add, {s['updating']} to change, {deleting}.",
+        out.print(f"Plan: {s['creating']} to add, {s['updating']} to change, {s['deleting']} to destroy.",
                   style="bold red" if s["deleting"] else "bold")
 
 

@@ -1,0 +1,48 @@
+"""Shared test helpers: run the real CLI as a subprocess, write plans into tmp dirs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(*args: str, cwd: str | Path | None = None, env: dict | None = None, input: str | None = None,
+            timeout: float = 120) -> Result:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "APIMON_"))}
+    full_env.update({"NO_COLOR": "1", "COLUMNS": "200", "AWS_ACCESS_KEY_ID": "testing",
+                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "apimon_cli.cli", *args], cwd=cwd, env=full_env,
+                          input=input, capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def write_plan(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+@pytest.fixture
+def cli():
+    return run_cli

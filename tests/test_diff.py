@@ -1,0 +1,109 @@
+"""The diff engine: desired vs live -> ordered, field-level changes."""
+
+from decimal import Decimal
+
+from apimon_cli.diff import SENSITIVE, compute_changes, key_fingerprint, live_fingerprint
+from apimon_cli.model import (Billing, DesiredState, LiveState, Pricing, Product, Quota, RateLimit, Subscriber,
+                              Target, Tier, Unmanaged)
+
+
+def product(pid="pro", **kw):
+    base = dict(id=pid, display_name=pid.title(), apis=("petstore",), rate_limit=RateLimit(50, 100),
+                quota=Quota(1000, "month"), pricing=Pricing(model="per_unit", unit_price=Decimal("0.001")))
+    base.update(kw)
+    return Product(**base)
+
+
+def desired(products=(), subscribers=()):
+    return DesiredState(Target("local", {}), Billing(), {p.id: p for p in products},
+                        {s.id: s for s in subscribers})
+
+
+def test_create_everything_products_before_subscribers():
+    d = desired([product("free"), product("pro")], [Subscriber("acme", "pro"), Subscriber("bob", "free")])
+    cs = compute_changes(d, LiveState())
+    assert [(c.action, c.kind, c.id) for c in cs.changes] == [
+        ("create", "product", "free"), ("create", "product", "pro"),
+        ("create", "subscriber", "acme"), ("create", "subscriber", "bob")]
+    assert cs.summary == {"creating": 4, "updating": 0, "deleting": 0, "total": 4}
+
+
+def test_no_op_when_equal_and_money_written_differently():
+    want = product(pricing=Pricing(model="flat", fee=Decimal("29.00")))
+    have = product(pricing=Pricing(model="flat", fee=Decimal("29")))
+    cs = compute_changes(desired([want]), LiveState(products={"pro": have}))
+    assert cs.empty
+
+
+def test_update_lists_only_changed_fields_before_after():
+    have = product()
+    want = product(rate_limit=RateLimit(50, 200), description="now with docs")
+    cs = compute_changes(desired([want]), LiveState(products={"pro": have}))
+    (change,) = cs.changes
+    assert change.action == "update"
+    assert [(f.field, f.before, f.after) for f in change.fields] == [
+        ("description", "", "now with docs"), ("rate_limit.burst", 100, 200)]
+
+
+def test_tier_change_is_one_field():
+    have = product(pricing=Pricing(model="graduated", tiers=(Tier(1000, Decimal("0.1")), Tier(None, Decimal("0.05")))))
+    want = product(pricing=Pricing(model="graduated", tiers=(Tier(2000, Decimal("0.1")), Tier(None, Decimal("0.05")))))
+    (change,) = compute_changes(desired([want]), LiveState(products={"pro": have})).changes
+    assert [f.field for f in change.fields] == ["pricing.tiers"]
+    assert "up_to=1000 " in change.fields[0].before and "up_to=2000 " in change.fields[0].after
+
+
+def test_deletes_subscribers_before_products_and_after_creates():
+    live = LiveState(products={"old": product("old"), "pro": product("pro")},
+                     subscribers={"gone": Subscriber("gone", "old"), "acme": Subscriber("acme", "old")})
+    d = desired([product("pro")], [Subscriber("acme", "pro"), Subscriber("new", "pro")])
+    cs = compute_changes(d, live)
+    assert [(c.action, c.kind, c.id) for c in cs.changes] == [
+        ("create", "subscriber", "new"), ("update", "subscriber", "acme"),
+        ("delete", "subscriber", "gone"), ("delete", "product", "old")]
+
+
+def test_unmanaged_resources_are_reported_never_changed_or_deleted():
+    live = LiveState(unmanaged=[Unmanaged("product", "legacy"), Unmanaged("subscriber", "ops-key")])
+    cs = compute_changes(desired([product("pro")]), live)
+    assert [(c.action, c.id) for c in cs.changes] == [("create", "pro")]
+    assert {u.name for u in cs.unmanaged} == {"legacy", "ops-key"}
+
+
+def test_desired_name_taken_by_unmanaged_is_a_conflict_unless_adopting():
+    legacy = product("pro", display_name="Old Pro")
+    live = LiveState(unmanaged=[Unmanaged("product", "pro", "", legacy)])
+    cs = compute_changes(desired([product("pro")]), live)
+    assert cs.changes == [] and "pro" in cs.conflicts[0]
+    cs = compute_changes(desired([product("pro")]), live, adopt=True)
+    (change,) = cs.changes
+    assert change.adopt and change.action == "update"
+    assert [(f.field, f.before, f.after) for f in change.fields] == [
+        ("managed", False, True), ("display_name", "Old Pro", "Pro")]
+
+
+def test_fields_the_provider_cannot_store_are_never_a_diff():
+    have = product(pricing=Pricing())  # e.g. AWS keeps no pricing
+    want = product()
+    stores = lambda kind, f: not f.startswith("pricing.")  # noqa: E731
+    assert compute_changes(desired([want]), LiveState(products={"pro": have}), stores=stores).empty
+    assert not compute_changes(desired([want]), LiveState(products={"pro": have})).empty
+
+
+def test_key_values_are_compared_by_fingerprint_and_never_exposed():
+    secret = "k" * 40
+    live = LiveState(products={"pro": product()}, subscribers={"acme": Subscriber("acme", "pro")},
+                     key_fingerprints={"acme": key_fingerprint("other-value-000000000")})
+    d = desired([product()], [Subscriber("acme", "pro", key_value=secret)])
+    (change,) = compute_changes(d, live).changes
+    assert [(f.field, f.before, f.after) for f in change.fields] == [("key", SENSITIVE, SENSITIVE)]
+    assert secret not in repr(change)
+    live.key_fingerprints["acme"] = key_fingerprint(secret)
+    assert compute_changes(d, live).empty
+
+
+def test_live_fingerprint_moves_with_the_gateway():
+    a = LiveState(products={"pro": product()})
+    b = LiveState(products={"pro": product(rate_limit=RateLimit(50, 101))})
+    assert live_fingerprint(a) == live_fingerprint(LiveState(products={"pro": product()}))
+    assert live_fingerprint(a) != live_fingerprint(b)
