@@ -292,6 +292,63 @@ def keys_show(
     sys.stdout.write(key + "\n")
 
 
+@app.command("import")
+def import_(
+    provider: Annotated[str, typer.Option("--provider", help="aws | azure | apigee | local")],
+    out_file: Annotated[Optional[str], typer.Option("--out", help="Write the plan here (default: stdout).")] = None,
+    region: Annotated[Optional[str], typer.Option(help="aws: region")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="aws: credentials profile")] = None,
+    endpoint_url: Annotated[Optional[str], typer.Option("--endpoint-url", help="aws: endpoint override")] = None,
+    subscription_id: Annotated[Optional[str], typer.Option("--subscription-id", help="azure")] = None,
+    resource_group: Annotated[Optional[str], typer.Option("--resource-group", help="azure")] = None,
+    service: Annotated[Optional[str], typer.Option(help="azure: API Management service name")] = None,
+    cloud: Annotated[str, typer.Option(help="azure: public | china | usgovernment")] = "public",
+    organization: Annotated[Optional[str], typer.Option(help="apigee: organization")] = None,
+    environment: Annotated[Optional[list[str]], typer.Option("--environment", help="apigee (repeatable)")] = None,
+    endpoint: Annotated[Optional[str], typer.Option(help="azure/apigee: API base URL override")] = None,
+    state_dir: Annotated[Optional[str], typer.Option("--state-dir", help="local: state directory")] = None,
+) -> None:
+    """Write a plan file (format 1) from what a live gateway holds; key values are never written."""
+    from .model import Billing, DesiredState, Target
+    from .plan.writer import plan_document
+    from .providers import ProviderError, get_provider
+
+    out = _output()
+    settings_by_provider = {
+        "aws": {"region": region, "profile": profile, "endpoint_url": endpoint_url},
+        "azure": {"subscription_id": subscription_id, "resource_group": resource_group, "service": service,
+                  "cloud": cloud, "endpoint": endpoint},
+        "apigee": {"organization": organization, "environments": environment or [],
+                   "endpoint": endpoint or "https://apigee.googleapis.com"},
+        "local": {"state_dir": state_dir or ".apimon"},
+    }
+    if provider not in settings_by_provider:
+        _fail(out, f"error: --provider must be one of aws, azure, apigee, local; got {provider!r}")
+    settings = {k: v for k, v in settings_by_provider[provider].items() if v not in (None, [])}
+    required = {"aws": ["region"], "azure": ["subscription_id", "resource_group", "service"],
+                "apigee": ["organization", "environments"], "local": []}[provider]
+    missing = [f"--{r.replace('_', '-')}" for r in required if r not in settings]
+    if missing:
+        _fail(out, f"error: import from {provider} needs {', '.join(missing)}")
+    desired = DesiredState(Target(provider, settings, base_dir=os.getcwd()), Billing(), {}, {})
+    try:
+        with get_provider(desired) as p:
+            exported = p.export_plan()
+    except ProviderError as exc:
+        _fail(out, f"error: {exc}")
+    header = (f"# Imported by `apimon import --provider {provider}`. Pricing is not stored on every gateway:\n"
+              "# review `pricing` before billing from this plan. Key values are never exported.\n")
+    text = plan_document(exported["target"], exported["products"], exported["subscribers"],
+                         billing=exported.get("billing"), header=header)
+    if out_file:
+        with open(out_file, "w") as fh:
+            fh.write(text)
+        out.info(f"Wrote {len(exported['products'])} products and {len(exported['subscribers'])} subscribers "
+                 f"to {out_file}.")
+    else:
+        sys.stdout.write(text)
+
+
 def main() -> None:
     """Console entry point: no traceback reaches the user unless APIMON_DEBUG is set."""
 
