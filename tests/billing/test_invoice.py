@@ -66,7 +66,7 @@ def test_one_invoice_per_subscriber_sorted_with_ids_and_metadata():
         (date(2026, 11, 30), True),
         (date(2026, 10, 31), False),  # an earlier window had it
         (date(2026, 12, 1), False),  # not a customer yet in November
-        (None, True),  # no usage recorded at all: charge it now
+        (None, False),  # no usage recorded at all: not started; charged with the first usage
     ],
 )
 def test_setup_fee_in_window_of_first_usage(first_day, charged):

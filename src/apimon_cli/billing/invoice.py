@@ -15,9 +15,9 @@ Rules this module settles (shared/design/pricing.md leaves them open):
   no longer in the plan is added to the current product's quantity. The current product's minimum and
   maximum then apply to the whole invoice (fee + all usage lines).
 - **Setup fee.** ``first_invoiced`` maps a subscriber to the earliest day of usage recorded for it. The
-  setup fee is charged in the window that contains that day; a subscriber with no recorded usage at all
-  is charged it in the window being invoiced (so re-running an older window before any usage exists
-  shows it there too).
+  setup fee is charged once, in the window that contains that day. A subscriber with no recorded usage at
+  all has not started yet: no setup fee (otherwise every idle period would charge it again, since apimon
+  keeps no record of issued invoices); it is charged with the first period that has usage.
 - **Ids and metadata.** ``<window.label>-<subscriber>`` (``2026-11-acme``); ``metadata`` is the
   subscriber's plan metadata, for ``--with-metadata`` exports.
 
@@ -162,7 +162,7 @@ def _invoice_all(
                 else:
                     quantity += n
         first = first_invoiced.get(sid)
-        first_period = first is None or start <= first <= end
+        first_period = first is not None and start <= first <= end
         lines = base_lines(current, quantity, currency, q, first_period=first_period)
         if extra_lines:
             lines.extend(extra_lines)

@@ -1,0 +1,70 @@
+"""Pieces every CLI module shares: output, failing with one clear line, loading a plan."""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+
+import typer
+
+
+def make_output(secrets=(), json_mode: bool = False):
+    from .render.output import Masker, Output
+
+    return Output(Masker(secrets), json_mode=json_mode)
+
+
+def fail(out, message: str, code: int = 1, errors: list[str] | None = None):
+    """Report and exit. In --json mode stdout still gets a JSON document, so CI always has a report."""
+    out.error(message)
+    if out.json_mode:
+        out.json({"errors": [*(errors or []), message]})
+    raise typer.Exit(code)
+
+
+def print_diagnostics(out, diagnostics) -> None:
+    for d in diagnostics:
+        (out.error if d.severity == "error" else out.warning)(str(d))
+
+
+def load_plan(out, plans: list[str], *, strict: bool = False):
+    """Load and validate, or print every problem and exit 1."""
+    from .plan.diagnostics import PlanError
+    from .plan.loader import load_or_raise
+
+    try:
+        loaded = load_or_raise(plans, strict=strict)
+    except PlanError as exc:
+        print_diagnostics(out, exc.diagnostics)
+        fail(out, "the plan is not valid", errors=[str(d) for d in exc.diagnostics])
+    out.mask.add(*loaded.secrets)
+    return loaded
+
+
+def parse_day(out, text: str, option: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        fail(out, f"error: {option}: not a date: {text!r}; use YYYY-MM-DD")
+
+
+def ledger_path(explicit: str | None, plan_files: list[str] | tuple[str, ...] | None) -> Path:
+    """--ledger, else APIMON_LEDGER, else .apimon/ledger.db beside the (first) plan file, else in cwd."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("APIMON_LEDGER"):
+        return Path(os.environ["APIMON_LEDGER"])
+    base = Path(plan_files[0]).resolve().parent if plan_files else Path.cwd()
+    return base / ".apimon" / "ledger.db"
+
+
+def open_ledger(out, path: Path):
+    from .ledger.store import Ledger, LedgerError
+
+    try:
+        return Ledger.open(path)
+    except LedgerError as exc:
+        fail(out, f"error: {exc}")
+    except OSError as exc:
+        fail(out, f"error: cannot open ledger {path}: {exc.strerror or exc}")

@@ -1,0 +1,680 @@
+"""The usage ledger: daily gateway counters in one SQLite file (stdlib ``sqlite3`` only).
+
+Durability and concurrency choices:
+
+* ``journal_mode=WAL`` with ``synchronous=FULL``: every pull is one transaction (``BEGIN IMMEDIATE``);
+  a process killed half way leaves only uncommitted WAL frames, which SQLite ignores on the next open,
+  so the ledger holds either the old window or the new one, never a mix. ``FULL`` fsyncs the WAL at
+  each commit so a committed pull also survives a power loss (``NORMAL`` could lose the last commit).
+  WAL needs a local filesystem (shared memory index); do not put the ledger on NFS/SMB.
+* Readers never block the writer and see a consistent snapshot; two writers serialize on the write lock:
+  ``BEGIN IMMEDIATE`` waits up to ``timeout`` seconds (``busy_timeout``) instead of failing.
+* Rows are stored ``WITHOUT ROWID`` keyed by (day, provider, target, subscriber, product, metric): a
+  window is a contiguous key range, and ``iter_rows`` streams in key order without a sort.
+* Ingest streams: the iterable is validated in chunks of 4096 rows and fed through ``executemany`` (one
+  prepared statement, 32 rows per INSERT) into a TEMP table (temp_store=FILE: on disk, bounded cache,
+  memory constant at any pull size). Filling it takes no lock on the ledger, so a slow gateway does not
+  block other writers. Then one write transaction applies it: an empty window takes a fast path (one
+  INSERT ... SELECT); otherwise the diff against the stored window is computed in SQL and applied
+  (DELETE + UPSERT).
+  Measured: benchmarks/billing.py.
+* A ``Ledger`` may be handed to another thread (``check_same_thread=False``) but must not be used by two
+  threads at once; open one per thread for that.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import partial
+from itertools import chain, islice
+from operator import attrgetter
+from pathlib import Path
+from typing import NamedTuple, Self
+
+from apimon_cli.model import METRICS, UsageRow
+
+#: the schema this code writes; older ledgers are migrated in place on open
+SCHEMA_VERSION = 2
+
+_USAGE_V2 = """
+CREATE TABLE usage (
+    day        TEXT    NOT NULL,
+    provider   TEXT    NOT NULL,
+    target     TEXT    NOT NULL,
+    subscriber TEXT    NOT NULL,
+    product    TEXT    NOT NULL,
+    metric     TEXT    NOT NULL,  -- one of model.METRICS
+    count      INTEGER NOT NULL,  -- >= 0
+    pulled_at  TEXT,   -- ISO 8601 UTC; NULL only for rows migrated from schema 1
+    PRIMARY KEY (day, provider, target, subscriber, product, metric)
+) WITHOUT ROWID
+"""
+
+_SCHEMA_VERSION_TABLE = "CREATE TABLE schema_version (version INTEGER NOT NULL)"
+
+_BUSY_TIMEOUT_S = 30.0
+_CACHE_KIB = 16 * 1024  # page cache per connection; bounded, well inside the 200 MB RSS budget
+_DETAIL_LIMIT = 10_000
+_PAGE_SIZE = 16384
+
+
+class LedgerError(Exception):
+    """The ledger file cannot be used (not SQLite, not a ledger, newer schema, corrupt)."""
+
+
+class LedgerRow(NamedTuple):
+    """One stored row, fields in export order (``export.writers.USAGE_COLUMNS``)."""
+
+    provider: str
+    target: str
+    day: str  # ISO date, UTC
+    subscriber: str
+    product: str
+    metric: str
+    count: int
+    pulled_at: str | None  # ISO timestamp; None for rows migrated from schema 1
+
+
+class UsageChange(NamedTuple):
+    """A row added (``new``) or dropped (``removed``, with the count it had) by a pull."""
+
+    subscriber: str
+    product: str
+    day: str
+    metric: str
+    count: int
+
+
+class UsageRevision(NamedTuple):
+    """A stored count the gateway now reports differently."""
+
+    subscriber: str
+    product: str
+    day: str
+    metric: str
+    old: int
+    new: int
+
+
+@dataclass
+class PullReport:
+    """What one ``replace_window`` changed.
+
+    ``new_count``/``revised_count``/``removed_count``/``unchanged`` are exact. The detail lists hold at
+    most ``detail_limit`` entries each (ordered by day, subscriber, product, metric) so that a pull of
+    millions of rows keeps constant memory; ``truncated`` says when a list is shorter than its count.
+    """
+
+    provider: str
+    target: str
+    start: date
+    end: date
+    pulled_at: str
+    new: list[UsageChange] = field(default_factory=list)
+    revised: list[UsageRevision] = field(default_factory=list)
+    removed: list[UsageChange] = field(default_factory=list)
+    unchanged: int = 0
+    new_count: int = 0
+    revised_count: int = 0
+    removed_count: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.new_count or self.revised_count or self.removed_count)
+
+    @property
+    def truncated(self) -> bool:
+        return (
+            len(self.new) < self.new_count
+            or len(self.revised) < self.revised_count
+            or len(self.removed) < self.removed_count
+        )
+
+
+# --- migrations ------------------------------------------------------------------------------------
+# MIGRATIONS[i] upgrades a ledger from schema i+1 to schema i+2, inside the caller's transaction.
+# Schema 1 (apimon 0.0.x):
+#   usage(provider, target, product, subscriber, day, metric, count,
+#         PRIMARY KEY (provider, target, product, subscriber, day, metric))  -- rowid table, no pulled_at
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    # Adds pulled_at and re-keys by day first (windows and exports are day ranges): a rebuild, since
+    # SQLite cannot change a primary key in place. Existing counts are kept; their pull time is unknown.
+    conn.execute(_USAGE_V2.replace("CREATE TABLE usage", "CREATE TABLE usage_v2", 1))
+    conn.execute(
+        "INSERT INTO usage_v2 (day, provider, target, subscriber, product, metric, count, pulled_at) "
+        "SELECT day, provider, target, subscriber, product, metric, count, NULL FROM usage"
+    )
+    conn.execute("DROP TABLE usage")
+    conn.execute("ALTER TABLE usage_v2 RENAME TO usage")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1_to_2]
+assert len(MIGRATIONS) == SCHEMA_VERSION - 1
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute(_SCHEMA_VERSION_TABLE)
+    conn.execute(_USAGE_V2)
+    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+
+def _read_version(conn: sqlite3.Connection, path: Path) -> int:
+    """0 for an empty database, else the ledger's schema version. Raises LedgerError for foreign files."""
+    try:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
+            raise LedgerError(f"{path} is not an apimon ledger (not a SQLite database: {exc})") from None
+        raise LedgerError(f"cannot read ledger {path}: {exc}") from None
+    if not tables:
+        return 0
+    if "schema_version" not in tables:
+        raise LedgerError(f"{path} is a SQLite database but not an apimon ledger (no schema_version table)")
+    try:
+        versions = conn.execute("SELECT version FROM schema_version").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"ledger {path} is unreadable: {exc}") from None
+    if len(versions) != 1 or not isinstance(versions[0][0], int) or versions[0][0] < 1:
+        raise LedgerError(f"ledger {path} has a damaged schema_version table ({versions!r})")
+    version = versions[0][0]
+    if version > SCHEMA_VERSION:
+        raise LedgerError(
+            f"ledger {path} was written by a newer apimon (schema {version}; "
+            f"this apimon knows up to {SCHEMA_VERSION}); upgrade apimon"
+        )
+    return version
+
+
+def _as_date(value: date | str, name: str) -> date:
+    if isinstance(value, datetime):
+        raise TypeError(f"{name} must be a date, not a datetime")
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(value)
+
+
+class Ledger:
+    """A usage ledger file. Open with ``Ledger.open(path)``; use as a context manager to close it."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, *, timeout: float = _BUSY_TIMEOUT_S) -> Self:
+        """Open (creating it and its parent directories if needed) and migrate the ledger at ``path``."""
+        path = Path(path)
+        if path.is_dir():
+            raise LedgerError(f"ledger {path} is a directory, not a file")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"cannot open ledger {path}: {exc}") from None
+        try:
+            version = _read_version(conn, path)  # before any PRAGMA that could write to a foreign file
+            if version == 0:
+                # larger pages: fewer B-tree levels and splits on bulk ingest (only settable before creation)
+                conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
+            _switch_to_wal(conn, timeout)
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+            # pulls are staged in a temp table: on disk, so a pull of any size keeps memory constant
+            conn.execute("PRAGMA temp_store = FILE")
+            conn.execute(f"PRAGMA temp.cache_size = -{_CACHE_KIB}")
+            # keep the WAL from staying at the size of the largest pull after it is checkpointed
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            if version != SCHEMA_VERSION:
+                cls._upgrade(conn, path)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise LedgerError(f"cannot open ledger {path}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    @staticmethod
+    def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = _read_version(conn, path)  # again: another process may have done it meanwhile
+            if version == 0:
+                _create_schema(conn)
+            elif version < SCHEMA_VERSION:
+                for migrate in MIGRATIONS[version - 1 :]:
+                    migrate(conn)
+                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return self._conn.execute("SELECT version FROM schema_version").fetchone()[0]
+
+    # --- writing -----------------------------------------------------------------------------------
+    def replace_window(
+        self,
+        provider: str,
+        target: str,
+        start: date,
+        end: date,
+        rows: Iterable[UsageRow],
+        pulled_at: datetime | str | None = None,
+        *,
+        detail_limit: int = _DETAIL_LIMIT,
+    ) -> PullReport:
+        """Make the gateway's answer ``rows`` the truth for days [start, end] of provider+target.
+
+        ``rows`` is consumed once, streaming, into a private staging table: while it is read (typically
+        from the network) the ledger is not locked and not written. A row outside the window, with an
+        unknown metric, or a count that is not an int >= 0 raises ValueError there, before anything is
+        written. Then, in one ``BEGIN IMMEDIATE`` transaction: stored rows of the window are upserted with
+        the reported counts, stored rows the answer no longer contains are removed, rows outside the
+        window are untouched; a row reported twice raises ValueError and nothing is committed.
+        """
+        start = _as_date(start, "start")
+        end = _as_date(end, "end")
+        if end < start:
+            raise ValueError(f"window end {end} is before its start {start}")
+        if not (isinstance(provider, str) and isinstance(target, str) and provider and target):
+            raise ValueError(f"provider and target must be non-empty strings; got {provider!r}, {target!r}")
+        if pulled_at is None:
+            pulled_at = datetime.now(UTC).isoformat(timespec="seconds")
+        elif isinstance(pulled_at, datetime):
+            if pulled_at.tzinfo is None:
+                raise ValueError("pulled_at must be timezone-aware")
+            pulled_at = pulled_at.astimezone(UTC).isoformat(timespec="seconds")
+        report = PullReport(provider, target, start, end, pulled_at)
+        window = {
+            "p": provider,
+            "t": target,
+            "s": start.isoformat(),
+            "e": end.isoformat(),
+            "n": max(detail_limit, 0),
+            "at": pulled_at,
+        }
+        conn = self._conn
+        try:
+            try:
+                self._stage(rows, start, end)
+                conn.execute("BEGIN IMMEDIATE")
+                occupied = conn.execute(
+                    "SELECT 1 FROM usage WHERE day BETWEEN :s AND :e AND provider = :p AND target = :t LIMIT 1",
+                    window,
+                ).fetchone()
+                if occupied is None:
+                    self._insert_fresh(report, window)
+                else:
+                    self._merge(report, window)
+                conn.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                raise _integrity_error(exc) from None
+            except sqlite3.OperationalError as exc:
+                raise _operational_error(exc, self.path) from None
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._clear_staging()
+        return report
+
+    def _stage(self, rows: Iterable[UsageRow], start: date, end: date) -> None:
+        # TEMP tables live in the connection's own temp file (temp_store=FILE: constant memory at any
+        # size), so filling them takes no lock on the ledger. ``staged`` is a heap: cheapest to fill.
+        # The tables are created once per connection and emptied, never dropped: DROP fails while the
+        # caller still iterates a cursor of this connection (``iter_rows``).
+        conn = self._conn
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS staged (day TEXT NOT NULL, subscriber TEXT NOT NULL,"
+            " product TEXT NOT NULL, metric TEXT NOT NULL, count INTEGER NOT NULL)"
+        )
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS incoming (day TEXT NOT NULL, subscriber TEXT NOT NULL,"
+            " product TEXT NOT NULL, metric TEXT NOT NULL, count INTEGER NOT NULL,"
+            " PRIMARY KEY (day, subscriber, product, metric)) WITHOUT ROWID"
+        )
+        self._clear_staging()
+        conn.execute("BEGIN")
+        tail: list[tuple] = []
+        one = "(?, ?, ?, ?, ?)"
+        conn.executemany(
+            f"INSERT INTO temp.staged VALUES {', '.join([one] * _BATCH)}",
+            _stage_params(_validated_chunks(rows, start, end), tail),
+        )
+        conn.executemany(f"INSERT INTO temp.staged VALUES {one}", tail)
+        conn.execute("COMMIT")
+
+    def _clear_staging(self) -> None:
+        for table in ("temp.staged", "temp.incoming"):
+            try:
+                self._conn.execute(f"DELETE FROM {table}")
+            except sqlite3.OperationalError:
+                pass  # not created yet (or the connection is unusable, which the caller already reports)
+
+    def _insert_fresh(self, report: PullReport, window: dict) -> None:
+        # Fast path: nothing stored in the window, so every row is new; one INSERT ... SELECT (the
+        # table's key rejects a row reported twice).
+        conn = self._conn
+        report.new_count = conn.execute(
+            "INSERT INTO usage (day, provider, target, subscriber, product, metric, count, pulled_at)"
+            " SELECT day, :p, :t, subscriber, product, metric, count, :at FROM temp.staged",
+            window,
+        ).rowcount
+        if report.new_count:
+            report.new = _changes(
+                conn.execute(
+                    "SELECT subscriber, product, day, metric, count FROM usage"
+                    " WHERE day BETWEEN :s AND :e AND provider = :p AND target = :t"
+                    " ORDER BY day, provider, target, subscriber, product, metric LIMIT :n",
+                    window,
+                )
+            )
+
+    def _merge(self, report: PullReport, window: dict) -> None:
+        # Diff the staged answer against the stored window in SQL, then apply: delete what is gone,
+        # upsert the rest. Every row the answer holds gets this pull's pulled_at (latest confirmation).
+        conn = self._conn
+        conn.execute("INSERT INTO temp.incoming SELECT * FROM temp.staged")  # keyed: a row twice fails here
+        new, same, revised = conn.execute(
+            "SELECT coalesce(sum(u.count IS NULL), 0), coalesce(sum(u.count = i.count), 0),"
+            " coalesce(sum(u.count <> i.count), 0)"
+            f" FROM temp.incoming i LEFT JOIN usage u ON {_JOIN}",
+            window,
+        ).fetchone()
+        report.new_count, report.unchanged, report.revised_count = new, same, revised
+        # rows gone from the answer: their details must be read before they are deleted; fewer than
+        # the limit means that is all of them, and the common case (none) costs one scan, not three
+        report.removed = _changes(
+            conn.execute(
+                "SELECT subscriber, product, day, metric, count FROM usage"
+                f" WHERE {_GONE} ORDER BY day, provider, target, subscriber, product, metric LIMIT :n",
+                window,
+            )
+        )
+        if len(report.removed) < window["n"]:
+            report.removed_count = len(report.removed)
+            if report.removed:
+                conn.execute(f"DELETE FROM usage WHERE {_GONE}", window)
+        else:
+            report.removed_count = conn.execute(f"DELETE FROM usage WHERE {_GONE}", window).rowcount
+        if report.revised_count:
+            report.revised = [
+                UsageRevision(*r)
+                for r in conn.execute(
+                    "SELECT i.subscriber, i.product, i.day, i.metric, u.count, i.count"
+                    f" FROM temp.incoming i JOIN usage u ON {_JOIN}"
+                    " WHERE u.count <> i.count ORDER BY i.day, i.subscriber, i.product, i.metric LIMIT :n",
+                    window,
+                )
+            ]
+        if report.new_count:
+            report.new = _changes(
+                conn.execute(
+                    "SELECT i.subscriber, i.product, i.day, i.metric, i.count"
+                    f" FROM temp.incoming i LEFT JOIN usage u ON {_JOIN}"
+                    " WHERE u.count IS NULL ORDER BY i.day, i.subscriber, i.product, i.metric LIMIT :n",
+                    window,
+                )
+            )
+        conn.execute(
+            "INSERT INTO usage (day, provider, target, subscriber, product, metric, count, pulled_at)"
+            " SELECT day, :p, :t, subscriber, product, metric, count, :at FROM temp.incoming WHERE true"
+            " ON CONFLICT (day, provider, target, subscriber, product, metric)"
+            " DO UPDATE SET count = excluded.count, pulled_at = excluded.pulled_at",
+            window,
+        )
+
+    # --- reading -----------------------------------------------------------------------------------
+    def totals(
+        self,
+        start: date,
+        end: date,
+        metric: str,
+        provider: str | None = None,
+        target: str | None = None,
+    ) -> dict[tuple[str, str], int]:
+        """(subscriber, product) -> summed daily counts of ``metric`` over days [start, end]."""
+        _check_metric(metric)
+        where, params = _filters(start, end, provider, target)
+        sql = (
+            "SELECT subscriber, product, sum(count) FROM usage"
+            f" WHERE {where} AND metric = :metric GROUP BY subscriber, product"
+        )
+        return {(sub, prod): n for sub, prod, n in self._conn.execute(sql, {**params, "metric": metric})}
+
+    def first_days(self, provider: str | None = None, target: str | None = None) -> dict[str, date]:
+        """subscriber -> earliest day with usage recorded (a count above zero, any metric or product)."""
+        where, params = _filters(None, None, provider, target)
+        sql = f"SELECT subscriber, min(day) FROM usage WHERE {where} AND count > 0 GROUP BY subscriber"
+        return {sub: date.fromisoformat(day) for sub, day in self._conn.execute(sql, params)}
+
+    def seen_before(self, day: date, provider: str | None = None, target: str | None = None) -> set[str]:
+        """Subscribers with usage recorded (a count above zero) on some day before ``day``. Scans only the
+        days before it (the table is keyed by day first), unlike ``first_days``."""
+        where, params = _filters(None, _as_date(day, "day") - timedelta(days=1), provider, target)
+        sql = f"SELECT DISTINCT subscriber FROM usage WHERE {where} AND count > 0"
+        return {sub for (sub,) in self._conn.execute(sql, params)}
+
+    def iter_rows(
+        self,
+        start: date | None = None,
+        end: date | None = None,
+        provider: str | None = None,
+        target: str | None = None,
+    ) -> Iterator[LedgerRow]:
+        """Stream stored rows (constant memory), ordered by day, provider, target, subscriber, product,
+        metric. ``None`` bounds are open. The rows come from one read snapshot: pulls by other processes meanwhile
+        are not seen (this ledger's own writes during the iteration may be)."""
+        where, params = _filters(start, end, provider, target)
+        cur = self._conn.execute(
+            "SELECT provider, target, day, subscriber, product, metric, count, pulled_at FROM usage"
+            f" WHERE {where} ORDER BY day, provider, target, subscriber, product, metric",
+            params,
+        )
+        cur.arraysize = 1024
+        make = partial(tuple.__new__, LedgerRow)  # C-level; LedgerRow._make is a Python call per row
+        try:
+            while batch := cur.fetchmany():
+                yield from map(make, batch)
+        finally:
+            cur.close()
+
+    def summary(
+        self,
+        start: date | None = None,
+        end: date | None = None,
+        by: str = "subscriber",
+        metric: str | None = None,
+        provider: str | None = None,
+        target: str | None = None,
+    ) -> list[tuple[str, dict[str, int]]]:
+        """Rows for a table: (key, {metric: summed count}) per subscriber, product or day, sorted by key.
+
+        Every metric of ``METRICS`` is present (0 when none was stored), or only ``metric`` if given.
+        """
+        if by not in ("subscriber", "product", "day"):
+            raise ValueError(f"summary by {by!r}: expected subscriber, product or day")
+        metrics = METRICS if metric is None else (_check_metric(metric),)
+        where, params = _filters(start, end, provider, target)
+        if metric is not None:
+            where += " AND metric = :metric"
+            params["metric"] = metric
+        out: dict[str, dict[str, int]] = {}
+        sql = f"SELECT {by}, metric, sum(count) FROM usage WHERE {where} GROUP BY {by}, metric ORDER BY {by}"
+        for key, m, n in self._conn.execute(sql, params):
+            counts = out.get(key)
+            if counts is None:
+                counts = out[key] = dict.fromkeys(metrics, 0)
+            counts[m] = n
+        return list(out.items())
+
+
+# u = stored row, i = staged row of the pull; :p :t :s :e = provider, target, window start and end
+_JOIN = (
+    "u.day = i.day AND u.provider = :p AND u.target = :t AND u.subscriber = i.subscriber"
+    " AND u.product = i.product AND u.metric = i.metric"
+)
+_GONE = (  # stored rows of the window the pull no longer reports (unaliased: usable in DELETE)
+    "usage.day BETWEEN :s AND :e AND usage.provider = :p AND usage.target = :t AND NOT EXISTS ("
+    "SELECT 1 FROM temp.incoming i WHERE i.day = usage.day AND i.subscriber = usage.subscriber"
+    " AND i.product = usage.product AND i.metric = usage.metric)"
+)
+
+_METRICS = frozenset(METRICS)
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in _METRICS:
+        raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
+    return metric
+
+
+def _switch_to_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """``PRAGMA journal_mode = WAL`` may answer SQLITE_BUSY at once, without the busy handler, while another
+    process creates or switches the same file: retry it until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
+def _filters(start: date | None, end: date | None, provider: str | None, target: str | None) -> tuple[str, dict]:
+    clauses, params = ["1"], {}
+    if start is not None:
+        clauses.append("day >= :start")
+        params["start"] = _as_date(start, "start").isoformat()
+    if end is not None:
+        clauses.append("day <= :end")
+        params["end"] = _as_date(end, "end").isoformat()
+    if provider is not None:
+        clauses.append("provider = :provider")
+        params["provider"] = provider
+    if target is not None:
+        clauses.append("target = :target")
+        params["target"] = target
+    return " AND ".join(clauses), params
+
+
+def _changes(cursor: sqlite3.Cursor) -> list[UsageChange]:
+    return [UsageChange(*r) for r in cursor]
+
+
+def _operational_error(exc: sqlite3.OperationalError, path: Path) -> LedgerError:
+    if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return LedgerError(f"ledger {path} is busy: another apimon kept it locked too long ({exc}); try again")
+    return LedgerError(f"cannot write ledger {path}: {exc}")
+
+
+def _integrity_error(exc: sqlite3.IntegrityError) -> ValueError:
+    msg = str(exc)
+    if "UNIQUE" in msg or "PRIMARY KEY" in msg:
+        return ValueError(f"the pull reports the same (subscriber, product, day, metric) twice: {msg}")
+    return ValueError(f"invalid usage row: {msg}")
+
+
+_ROW_PARAMS = attrgetter("day", "subscriber", "product", "metric", "count")
+_DAY, _METRIC, _COUNT = attrgetter("day"), attrgetter("metric"), attrgetter("count")
+_INT = frozenset({int})  # exact type: bool and float counts are refused
+_CHUNK = 4096  # rows validated at a time
+_BATCH = 32  # rows per INSERT statement while staging
+
+
+def _validated_chunks(rows: Iterable[UsageRow], start: date, end: date) -> Iterator[list[UsageRow]]:
+    """Yield ``rows`` in lists of up to ``_CHUNK``, each checked before it is yielded.
+
+    Checked with C-level set and map operations (a per-row Python check, or CHECK constraints, cost as
+    much as the insert itself): day inside the window (membership in the set of the window's ISO days also
+    rejects malformed dates), known metric, count an int >= 0. Chunks are small, so memory stays constant
+    and a row source that blocks is consumed as it produces.
+    """
+    days = _WindowDays(start, end)
+    it = iter(rows)
+    while chunk := list(islice(it, _CHUNK)):
+        counts = list(map(_COUNT, chunk))
+        if (
+            not days.issuperset(map(_DAY, chunk))
+            or not _METRICS.issuperset(map(_METRIC, chunk))
+            or not _INT.issuperset(map(type, counts))
+            or min(counts) < 0
+        ):
+            raise ValueError(_reject_reason(chunk, days, start, end))
+        yield chunk
+
+
+def _stage_params(chunks: Iterable[list[UsageRow]], tail: list[tuple]) -> Iterator[list]:
+    """Flat parameter lists of ``_BATCH`` rows each for a multi-row INSERT (half the cost per row of one
+    statement per row); the rows left over (fewer than ``_BATCH``) go to ``tail``."""
+    step = _BATCH * 5
+    for chunk in chunks:
+        whole = len(chunk) - len(chunk) % _BATCH
+        flat = list(chain.from_iterable(map(_ROW_PARAMS, chunk[:whole])))
+        for i in range(0, len(flat), step):
+            yield flat[i : i + step]
+        tail.extend(map(_ROW_PARAMS, chunk[whole:]))
+
+
+class _WindowDays:
+    """``day in window`` for ISO day strings: a set lookup for any sane window, parsing beyond that."""
+
+    _SET_LIMIT = 40_000  # days (~110 years); keeps the set small
+
+    def __init__(self, start: date, end: date) -> None:
+        self._s, self._e = start.isoformat(), end.isoformat()
+        n = (end - start).days + 1
+        self._set = (
+            frozenset((start + timedelta(days=i)).isoformat() for i in range(n)) if n <= self._SET_LIMIT else None
+        )
+
+    def issuperset(self, days: Iterable[object]) -> bool:
+        if self._set is not None:
+            return self._set.issuperset(days)
+        return all(self._contains(day) for day in days)
+
+    def _contains(self, day: object) -> bool:
+        if self._set is not None:
+            return day in self._set
+        if type(day) is not str or not (self._s <= day <= self._e):
+            return False
+        try:
+            return date.fromisoformat(day).isoformat() == day
+        except ValueError:
+            return False
+
+
+def _reject_reason(chunk: list[UsageRow], days: _WindowDays, start: date, end: date) -> str:
+    for r in chunk:
+        if r.metric not in _METRICS:
+            return f"usage row {r!r}: unknown metric (expected one of {', '.join(METRICS)})"
+        if type(r.count) is not int or r.count < 0:
+            return f"usage row {r!r}: count must be an integer >= 0"
+        if not days._contains(r.day):
+            return f"usage row {r!r}: day is not an ISO date inside the pulled window {start}..{end}"
+    raise AssertionError("a chunk failed validation but no row in it is invalid")

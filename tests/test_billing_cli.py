@@ -1,0 +1,161 @@
+"""usage pull/show/export and invoice, end to end on the local target, through the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, write_plan
+
+PLAN = """
+apimon: 1
+target: {provider: local, local: {state_dir: state}}
+billing: {currency: USD, metric: success}
+products:
+  starter:
+    display_name: Starter
+    pricing: {model: per_unit, fee: "29.00", included: 10000, unit_price: "0.001", setup_fee: "10.00"}
+  pro:
+    display_name: Pro
+    pricing:
+      model: graduated
+      fee: "199.00"
+      tiers:
+        - {up_to: 1000000, unit_price: "0.0008"}
+        - {up_to: inf, unit_price: "0.0005"}
+      minimum: "250.00"
+subscribers:
+  acme: {product: pro, metadata: {customer_id: "=HYPERLINK(\\"http://evil\\")"}}
+  globex: {product: starter, metadata: {customer_id: cus_456}}
+"""
+
+
+def seed(tmp_path: Path, rows: list[tuple]) -> None:
+    with sqlite3.connect(tmp_path / "state" / "state.db") as conn:
+        conn.execute("DELETE FROM usage")
+        conn.executemany("INSERT INTO usage VALUES (?, ?, ?, ?, ?)", rows)
+
+
+@pytest.fixture
+def plan(tmp_path):
+    p = write_plan(tmp_path / "plan.yaml", PLAN)
+    assert run_cli("apply", str(p), "--auto-approve").code == 0
+    seed(tmp_path, [
+        ("acme", "pro", "2026-11-02", "success", 1_200_000), ("acme", "pro", "2026-11-02", "blocked", 40),
+        ("acme", "pro", "2026-11-02", "total", 1_200_040),
+        ("globex", "starter", "2026-11-03", "success", 15_000), ("globex", "starter", "2026-11-03", "total", 15_000),
+        ("globex", "starter", "2026-10-31", "success", 7),  # outside the window pulled
+    ])
+    return p
+
+
+def pull(plan, frm="2026-11-01", to="2026-11-30"):
+    return run_cli("usage", "pull", str(plan), "--from", frm, "--to", to)
+
+
+def test_pull_is_idempotent_and_reports_revisions(plan, tmp_path):
+    r = pull(plan)
+    assert r.code == 0, r.output
+    assert "5 new, 0 revised, 0 removed, 0 unchanged" in r.stdout
+    assert (tmp_path / ".apimon" / "ledger.db").exists()  # default: beside the plan
+
+    r = pull(plan)
+    assert "0 new, 0 revised, 0 removed, 5 unchanged" in r.stdout
+
+    # the gateway revises a day: the ledger replaces, never adds
+    seed(tmp_path, [("acme", "pro", "2026-11-02", "success", 1_200_100),
+                    ("acme", "pro", "2026-11-02", "total", 1_200_140),
+                    ("globex", "starter", "2026-11-03", "success", 15_000),
+                    ("globex", "starter", "2026-11-03", "total", 15_000)])
+    r = pull(plan)
+    assert "~ 2026-11-02 acme pro success: 1200000 -> 1200100" in r.stdout
+    assert "- 2026-11-02 acme pro blocked: 40 -> 0" in r.stdout
+    r = run_cli("usage", "show", str(plan), "--period", "2026-11")
+    assert r.code == 0
+    acme = next(line for line in r.stdout.splitlines() if "acme" in line)
+    assert "1,200,100" in acme and "1,200,140" in acme
+
+
+def test_pull_rejects_bad_dates(plan):
+    r = run_cli("usage", "pull", str(plan), "--from", "2026-11-31", "--to", "2026-12-01")
+    assert r.code == 1 and "--from: not a date: '2026-11-31'; use YYYY-MM-DD" in r.stderr
+    r = run_cli("usage", "pull", str(plan), "--from", "2026-11-10", "--to", "2026-11-01")
+    assert r.code == 1 and "is before --from" in r.stderr
+
+
+def test_invoice_csv_exact_lines_and_formula_protection(plan):
+    pull(plan)
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "csv", "--with-metadata", "customer_id")
+    assert r.code == 0, r.output
+    rows = list(csv.reader(io.StringIO(r.stdout)))
+    assert rows[0] == ["invoice_id", "period_start", "period_end", "subscriber", "product", "line_type",
+                       "description", "quantity", "unit_price", "amount", "currency", "metadata.customer_id"]
+    body = [(r[0], r[5], r[7], r[8], r[9], r[10]) for r in rows[1:]]
+    assert body == [
+        ("2026-11-acme", "fee", "", "", "199.00", "USD"),
+        ("2026-11-acme", "usage", "1000000", "0.0008", "800.00", "USD"),
+        ("2026-11-acme", "usage", "200000", "0.0005", "100.00", "USD"),
+        ("2026-11-globex", "fee", "", "", "29.00", "USD"),
+        ("2026-11-globex", "setup_fee", "", "", "10.00", "USD"),
+        ("2026-11-globex", "usage", "5000", "0.001", "5.00", "USD"),
+    ]
+    assert rows[1][11] == "'=HYPERLINK(\"http://evil\")"  # a formula never reaches the spreadsheet as one
+    assert rows[4][11] == "cus_456"
+
+
+def test_invoice_table_totals_and_jsonl(plan, tmp_path):
+    pull(plan)
+    r = run_cli("invoice", str(plan), "--period", "2026-11")
+    assert r.code == 0
+    assert "1,099.00" in r.stdout and "44.00" in r.stdout and "1,143.00 USD" in r.stdout
+    out = tmp_path / "inv.jsonl"
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "jsonl", "--out", str(out))
+    assert r.code == 0 and "Wrote 2 invoices (6 lines)" in r.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines[0]["amount"] == "199.00" and lines[0]["invoice_id"] == "2026-11-acme"
+
+
+def test_invoice_with_no_usage_applies_minimum(plan):
+    r = run_cli("invoice", str(plan), "--period", "2026-12", "--format", "csv")
+    rows = list(csv.reader(io.StringIO(r.stdout)))
+    acme = [(x[5], x[9]) for x in rows[1:] if x[3] == "acme"]
+    assert ("fee", "199.00") in acme and ("minimum", "51.00") in acme
+
+
+def test_compare_shows_revenue_impact(plan, tmp_path):
+    pull(plan)
+    other = write_plan(tmp_path / "new-pricing.yaml", PLAN.replace('unit_price: "0.0008"', 'unit_price: "0.0009"'))
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--compare", str(other), "--format", "csv")
+    assert r.code == 0, r.output
+    rows = list(csv.reader(io.StringIO(r.stdout)))
+    assert rows[0] == ["subscriber", "current_total", "compared_total", "difference", "currency"]
+    assert rows[1] == ["acme", "1099.00", "1199.00", "100.00", "USD"]
+    assert rows[2] == ["globex", "44.00", "44.00", "0.00", "USD"]
+
+
+def test_usage_export_csv_and_jsonl(plan, tmp_path):
+    pull(plan)
+    out = tmp_path / "usage.csv"
+    r = run_cli("usage", "export", "--plan", str(plan), "--out", str(out))
+    assert r.code == 0, r.output
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 5 and rows[0]["provider"] == "local"
+    assert {(x["subscriber"], x["metric"], x["count"]) for x in rows} >= {("acme", "success", "1200000")}
+    r = run_cli("usage", "export", "--plan", str(plan), "--format", "jsonl", "--from", "2026-11-03")
+    assert [json.loads(x)["subscriber"] for x in r.stdout.splitlines()] == ["globex", "globex"]
+
+
+def test_bad_period_and_missing_ledger_are_one_line_errors(plan, tmp_path):
+    r = run_cli("invoice", str(plan), "--period", "2026-13")
+    assert r.code == 1 and r.stderr.startswith("error: --period:")
+    r = run_cli("usage", "export", "--ledger", str(tmp_path / "nope.db"))
+    assert r.code == 1 and "no ledger at" in r.stderr
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database at all " * 100)
+    r = run_cli("usage", "pull", str(plan), "--from", "2026-11-01", "--to", "2026-11-02", "--ledger", str(junk))
+    assert r.code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert junk.read_text().startswith("not a database")
