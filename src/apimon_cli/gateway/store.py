@@ -1,0 +1,103 @@
+"""The gateway's access to the local target's state database (``providers.local``).
+
+All calls are blocking and run on one dedicated worker thread (an apply holding the write lock may make a
+write wait, never the event loop); the connection is opened on that thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..plan.writer import product_from_plan
+from ..providers.local import connect_state
+from .limits import ProductLimits
+
+
+@dataclass
+class Snapshot:
+    revision: str
+    products: dict[str, ProductLimits]
+    subscribers: list[tuple[str, str, bool, str]]  # subscriber, product, enabled, api_key
+    unreadable: list[str] = field(default_factory=list)  # product ids whose spec could not be read
+
+
+class StateStore:
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect_state(self.state_dir, create=False)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def revision(self) -> str:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+        return row[0] if row else "0"
+
+    def snapshot(self) -> Snapshot:
+        """Products and subscribers as of one revision (one read transaction)."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            revision = self.revision()
+            product_rows = conn.execute("SELECT id, spec FROM products").fetchall()
+            sub_rows = conn.execute("SELECT id, product, enabled, api_key FROM subscribers").fetchall()
+        finally:
+            conn.execute("COMMIT")
+        products: dict[str, ProductLimits] = {}
+        unreadable: list[str] = []
+        for pid, spec in product_rows:
+            try:
+                products[pid] = ProductLimits.of(product_from_plan(pid, json.loads(spec)))
+            except Exception:  # a hand-written row that is not a valid product: its keys get 403
+                products[pid] = ProductLimits.unusable(pid)
+                unreadable.append(pid)
+        subscribers = [(sid, pid, bool(enabled), key) for sid, pid, enabled, key in sub_rows]
+        return Snapshot(revision, products, subscribers, sorted(unreadable))
+
+    def quota_counts(self, windows: Iterable[str]) -> dict[tuple[str, str], int]:
+        wins = list(windows)
+        marks = ",".join("?" * len(wins))
+        rows = self.conn.execute(
+            f'SELECT subscriber, "window", count FROM quota_counters WHERE "window" IN ({marks})', wins
+        )
+        return {(sid, win): count for sid, win, count in rows}
+
+    def add(
+        self,
+        usage: list[tuple[str, str, str, str, int]],
+        quota: list[tuple[str, str, int]],
+        keep_windows: Iterable[str] | None = None,
+    ) -> None:
+        """Add deltas to usage and quota counters in one transaction; optionally drop ended windows."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO usage (subscriber, product, day, metric, count) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (subscriber, product, day, metric) DO UPDATE SET count = count + excluded.count",
+                usage,
+            )
+            conn.executemany(
+                'INSERT INTO quota_counters (subscriber, "window", count) VALUES (?, ?, ?) '
+                'ON CONFLICT (subscriber, "window") DO UPDATE SET count = count + excluded.count',
+                quota,
+            )
+            if keep_windows is not None:
+                wins = list(keep_windows)
+                conn.execute(f'DELETE FROM quota_counters WHERE "window" NOT IN ({",".join("?" * len(wins))})', wins)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
