@@ -3,8 +3,19 @@
 from decimal import Decimal
 
 from apimon_cli.diff import SENSITIVE, compute_changes, key_fingerprint, live_fingerprint
-from apimon_cli.model import (Billing, DesiredState, LiveState, Pricing, Product, Quota, RateLimit, Subscriber,
-                              Target, Tier, Unmanaged)
+from apimon_cli.model import (
+    Billing,
+    DesiredState,
+    LiveState,
+    Pricing,
+    Product,
+    Quota,
+    RateLimit,
+    Subscriber,
+    Target,
+    Tier,
+    Unmanaged,
+)
 
 
 def product(pid="pro", **kw):
@@ -74,7 +85,7 @@ def test_desired_name_taken_by_unmanaged_is_a_conflict_unless_adopting():
     legacy = product("pro", display_name="Old Pro")
     live = LiveState(unmanaged=[Unmanaged("product", "pro", "", legacy)])
     cs = compute_changes(desired([product("pro")]), live)
-    assert cs.changes == [] and "pro" in cs.conflicts[0]
+    assert cs.changes == [] and "pro" in cs.conflicts[0] and "(display_name differ)" in cs.conflicts[0]
     cs = compute_changes(desired([product("pro")]), live, adopt=True)
     (change,) = cs.changes
     assert change.adopt and change.action == "update"
@@ -107,3 +118,15 @@ def test_live_fingerprint_moves_with_the_gateway():
     b = LiveState(products={"pro": product(rate_limit=RateLimit(50, 101))})
     assert live_fingerprint(a) == live_fingerprint(LiveState(products={"pro": product()}))
     assert live_fingerprint(a) != live_fingerprint(b)
+
+
+def test_unmanaged_resource_that_matches_the_plan_is_no_change_but_noted():
+    # what `apimon import` produces: the plan describes resources apimon does not own yet
+    live = LiveState(unmanaged=[Unmanaged("product", "pro", "", product("pro")),
+                                Unmanaged("subscriber", "acme", "", Subscriber("acme", "pro"))])
+    cs = compute_changes(desired([product("pro")], [Subscriber("acme", "pro")]), live)
+    assert cs.empty and cs.conflicts == []
+    assert [n.split(" matches")[0] for n in cs.notes] == ["product pro", "subscriber acme"]
+    adopting = compute_changes(desired([product("pro")], [Subscriber("acme", "pro")]), live, adopt=True)
+    assert [(c.id, [f.field for f in c.fields]) for c in adopting.changes] == [("pro", ["managed"]),
+                                                                               ("acme", ["managed"])]

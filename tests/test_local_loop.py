@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_cli, write_plan
 
 PLAN = """
@@ -280,3 +279,25 @@ def test_two_applies_at_once_leave_a_consistent_state(tmp_path):
 def test_shipped_local_plan_validates():
     r = run_cli("validate", str(ROOT / "plans" / "local.yaml"))
     assert r.code == 0, r.output
+
+
+def test_import_then_plan_shows_no_changes_and_adopt_takes_ownership(plan, tmp_path):
+    run_cli("apply", str(plan), "--auto-approve", env=ENV)
+    _insert_unmanaged(tmp_path)
+    imported = tmp_path / "imported.yaml"
+    r = run_cli("import", "--provider", "local", "--state-dir", str(tmp_path / "state"), "--out", str(imported))
+    assert r.code == 0, r.output
+    text = imported.read_text()
+    assert "legacy:" in text and "ops:" in text  # resources apimon does not manage yet are included
+    for k in keys(tmp_path):
+        assert k not in text
+    assert run_cli("validate", str(imported)).code == 0
+    r = run_cli("plan", str(imported), "--detailed-exitcode")
+    assert r.code == 0, r.output
+    assert "No changes." in r.stdout and "product legacy matches the plan but is not managed by apimon yet" in r.stdout
+    r = run_cli("adopt", str(imported), "--auto-approve")
+    assert r.code == 0, r.output
+    with db(tmp_path) as conn:
+        assert conn.execute("SELECT owner FROM products WHERE id='legacy'").fetchone() == ("apimon",)
+        assert conn.execute("SELECT owner FROM subscribers WHERE id='ops'").fetchone() == ("apimon",)
+    assert run_cli("plan", str(imported), "--detailed-exitcode").code == 0

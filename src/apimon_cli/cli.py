@@ -12,10 +12,16 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_billing import invoice as invoice_command
+from .cli_billing import usage_app
+from .cli_common import fail as _fail
+from .cli_common import make_output as _output
+from .cli_common import print_diagnostics as _print_diagnostics
+
 app = typer.Typer(
     name="apimon",
     help="Declarative API monetization: products, limits, pricing and subscribers as code, for AWS API "
-         "Gateway, Azure API Management, Apigee and a local gateway.",
+    "Gateway, Azure API Management, Apigee and a local gateway.",
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -29,23 +35,8 @@ PlanArgs = Annotated[list[str], typer.Argument(help="Plan file(s); several files
 Strict = Annotated[bool, typer.Option("--strict", help="Treat provider capability warnings as errors.")]
 
 
-def _output(secrets=(), json_mode: bool = False):
-    from .render.output import Masker, Output
-
-    return Output(Masker(secrets), json_mode=json_mode)
-
-
-def _fail(out, message: str, code: int = 1, errors: list[str] | None = None) -> None:
-    """Report and exit. In --json mode stdout still gets a JSON document, so CI always has a report."""
-    out.error(message)
-    if out.json_mode:
-        out.json({"errors": [*(errors or []), message]})
-    raise typer.Exit(code)
-
-
-def _print_diagnostics(out, diagnostics) -> None:
-    for d in diagnostics:
-        (out.error if d.severity == "error" else out.warning)(str(d))
+app.add_typer(usage_app, name="usage")
+app.command("invoice")(invoice_command)
 
 
 @app.command()
@@ -61,20 +52,30 @@ def validate(plans: PlanArgs, strict: Strict = False) -> None:
         _fail(out, f"{n} error{'s' if n != 1 else ''}; the plan is not valid")
     d = loaded.desired
     w = len(loaded.warnings)
-    out.print(f"The plan is valid: {len(d.products)} products, {len(d.subscribers)} subscribers, target "
-              f"{d.target.provider}" + (f" ({w} warning{'s' if w != 1 else ''})" if w else "") + ".")
+    out.print(
+        f"The plan is valid: {len(d.products)} products, {len(d.subscribers)} subscribers, target "
+        f"{d.target.provider}" + (f" ({w} warning{'s' if w != 1 else ''})" if w else "") + "."
+    )
 
 
 @app.command()
 def plan(
     plans: PlanArgs,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (always printed, "
-                                                          "also with --detailed-exitcode).")] = False,
-    detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode",
-                                                    help="Exit 0 no changes, 2 changes, 1 error.")] = False,
-    out_file: Annotated[Optional[str], typer.Option("--out", help="Save the plan for `apply --plan-file`.")] = None,
-    adopt: Annotated[bool, typer.Option("--adopt", help="Plan to take over existing resources whose "
-                                                        "names match the plan.")] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the plan as JSON (always printed, also with --detailed-exitcode)."
+        ),
+    ] = False,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 0 no changes, 2 changes, 1 error.")
+    ] = False,
+    out_file: Annotated[
+        Optional[str], typer.Option("--out", help="Save the plan for `apply --plan-file`.")
+    ] = None,
+    adopt: Annotated[
+        bool, typer.Option("--adopt", help="Plan to take over existing resources whose names match the plan.")
+    ] = False,
     strict: Strict = False,
 ) -> None:
     """Show what apply would change on the gateway."""
@@ -94,7 +95,9 @@ def plan(
             text = out.mask(json.dumps(saved_plan(run, adopt=adopt), indent=2, default=str))
             _write_private(out_file, text + "\n")
             if not json_out:
-                out.info(f"Saved the plan to {out_file}; apply it with `apimon apply --plan-file {out_file}`.")
+                out.info(
+                    f"Saved the plan to {out_file}; apply it with `apimon apply --plan-file {out_file}`."
+                )
         if run.changes.conflicts:
             raise typer.Exit(1)
         if detailed_exitcode and not run.changes.empty:
@@ -118,13 +121,19 @@ def _run_plan(out, make):
         return make()
     except PlanError as exc:
         _print_diagnostics(out, exc.diagnostics)
-        _fail(out, "the plan is not valid; nothing was read or changed",
-              errors=[str(d) for d in exc.diagnostics])
+        _fail(
+            out,
+            "the plan is not valid; nothing was read or changed",
+            errors=[str(d) for d in exc.diagnostics],
+        )
     except PlanCheckError as exc:
         for p in exc.problems:
             out.error(f"error: {p}")
-        _fail(out, "the plan refers to things the gateway does not have; nothing was changed",
-              errors=exc.problems)
+        _fail(
+            out,
+            "the plan refers to things the gateway does not have; nothing was changed",
+            errors=exc.problems,
+        )
     except ProviderError as exc:
         _fail(out, f"error: {exc}")
 
@@ -145,17 +154,29 @@ def _show_plan(out, run, json_out: bool, render_changeset) -> None:
 @app.command()
 def apply(
     plans: Annotated[Optional[list[str]], typer.Argument(help="Plan file(s).", show_default=False)] = None,
-    plan_file: Annotated[Optional[str], typer.Option("--plan-file", help="Apply a plan saved with "
-                                                     "`plan --out`; refused if anything moved since.")] = None,
+    plan_file: Annotated[
+        Optional[str],
+        typer.Option(
+            "--plan-file", help="Apply a plan saved with `plan --out`; refused if anything moved since."
+        ),
+    ] = None,
     auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Apply without asking (CI).")] = False,
-    max_deletes: Annotated[Optional[int], typer.Option("--max-deletes", min=0,
-                                                       help="Refuse a plan that deletes more.")] = None,
-    adopt: Annotated[bool, typer.Option("--adopt", help="Take over existing resources whose names match "
-                                                        "the plan (shown before applying).")] = False,
+    max_deletes: Annotated[
+        Optional[int], typer.Option("--max-deletes", min=0, help="Refuse a plan that deletes more.")
+    ] = None,
+    adopt: Annotated[
+        bool,
+        typer.Option(
+            "--adopt", help="Take over existing resources whose names match the plan (shown before applying)."
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan and the outcome as JSON.")] = False,
+    force_policy: Annotated[bool, typer.Option("--force-policy", help="azure: replace product policies that "
+                                                                      "hold elements apimon did not write.")] = False,
     strict: Strict = False,
 ) -> None:
     """Converge the gateway to the plan, touching only what apimon owns."""
+    _set_force_policy(force_policy)
     from .engine import make_plan, plan_from_saved
 
     out = _output(json_mode=json_out)
@@ -167,10 +188,17 @@ def apply(
         run = _run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
     out.mask.add(*run.loaded.secrets)
     try:
-        _apply_run(out, run, auto_approve=auto_approve or bool(plan_file), max_deletes=max_deletes,
-                   json_out=json_out)
+        _apply_run(
+            out, run, auto_approve=auto_approve or bool(plan_file), max_deletes=max_deletes, json_out=json_out
+        )
     finally:
         run.provider.close()
+
+
+def _set_force_policy(force: bool) -> None:
+    # read by the azure provider; an environment variable so pipelines can set it too
+    if force:
+        os.environ["APIMON_FORCE_POLICY"] = "1"
 
 
 def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_out: bool) -> None:
@@ -192,12 +220,18 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
         return
     deletes = cs.summary["deleting"]
     if max_deletes is not None and deletes > max_deletes:
-        _fail(out, f"refusing to apply: the plan deletes {deletes} resource(s), more than --max-deletes "
-                   f"{max_deletes}; nothing was changed")
+        _fail(
+            out,
+            f"refusing to apply: the plan deletes {deletes} resource(s), more than --max-deletes "
+            f"{max_deletes}; nothing was changed",
+        )
     if not auto_approve:
         if not out.interactive:
-            _fail(out, "refusing to apply without confirmation: there is no terminal to ask on; "
-                       "pass --auto-approve (CI) or apply a reviewed plan with --plan-file")
+            _fail(
+                out,
+                "refusing to apply without confirmation: there is no terminal to ask on; "
+                "pass --auto-approve (CI) or apply a reviewed plan with --plan-file",
+            )
         warn = f" {deletes} resource(s) will be DESTROYED." if deletes else ""
         out.info(f"Do you want to apply these changes?{warn} Only 'yes' will be accepted.", style="bold")
         try:
@@ -210,10 +244,16 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
     if json_out:
         from .diff import change_to_json
 
-        out.json({"plan": changeset_to_json(cs),
-                  "applied": [change_to_json(o.change) | {"outcome": o.message} for o in report.outcomes if o.ok],
-                  "failed": [change_to_json(o.change) | {"error": o.message} for o in report.failed],
-                  "not_applied": [change_to_json(c) for c in report.not_applied]})
+        out.json(
+            {
+                "plan": changeset_to_json(cs),
+                "applied": [
+                    change_to_json(o.change) | {"outcome": o.message} for o in report.outcomes if o.ok
+                ],
+                "failed": [change_to_json(o.change) | {"error": o.message} for o in report.failed],
+                "not_applied": [change_to_json(c) for c in report.not_applied],
+            }
+        )
     else:
         render_apply_report(out, report)
     if report.failed:
@@ -227,8 +267,14 @@ def _apply_with_progress(out, run, render_outcome, *, show: bool):
     if out.err.is_terminal and len(changes) > 1:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("Applying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=out.out, transient=False) as bar:
+        with Progress(
+            TextColumn("Applying"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=out.out,
+            transient=False,
+        ) as bar:
             task = bar.add_task("apply", total=len(changes))
 
             def progress(outcome):
@@ -243,9 +289,12 @@ def _apply_with_progress(out, run, render_outcome, *, show: bool):
 def adopt(
     plans: PlanArgs,
     auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Adopt without asking (CI).")] = False,
+    force_policy: Annotated[bool, typer.Option("--force-policy", help="azure: replace product policies that "
+                                                                      "hold elements apimon did not write.")] = False,
     strict: Strict = False,
 ) -> None:
     """Take over existing gateway resources whose names match the plan (apply --adopt)."""
+    _set_force_policy(force_policy)
     from .engine import make_plan
 
     out = _output()
@@ -295,20 +344,31 @@ def keys_show(
 @app.command("import")
 def import_(
     provider: Annotated[str, typer.Option("--provider", help="aws | azure | apigee | local")],
-    out_file: Annotated[Optional[str], typer.Option("--out", help="Write the plan here (default: stdout).")] = None,
+    out_file: Annotated[
+        Optional[str], typer.Option("--out", help="Write the plan here (default: stdout).")
+    ] = None,
     region: Annotated[Optional[str], typer.Option(help="aws: region")] = None,
     profile: Annotated[Optional[str], typer.Option(help="aws: credentials profile")] = None,
-    endpoint_url: Annotated[Optional[str], typer.Option("--endpoint-url", help="aws: endpoint override")] = None,
+    endpoint_url: Annotated[
+        Optional[str], typer.Option("--endpoint-url", help="aws: endpoint override")
+    ] = None,
     subscription_id: Annotated[Optional[str], typer.Option("--subscription-id", help="azure")] = None,
     resource_group: Annotated[Optional[str], typer.Option("--resource-group", help="azure")] = None,
     service: Annotated[Optional[str], typer.Option(help="azure: API Management service name")] = None,
     cloud: Annotated[str, typer.Option(help="azure: public | china | usgovernment")] = "public",
     organization: Annotated[Optional[str], typer.Option(help="apigee: organization")] = None,
-    environment: Annotated[Optional[list[str]], typer.Option("--environment", help="apigee (repeatable)")] = None,
+    environment: Annotated[
+        Optional[list[str]], typer.Option("--environment", help="apigee (repeatable)")
+    ] = None,
     endpoint: Annotated[Optional[str], typer.Option(help="azure/apigee: API base URL override")] = None,
     state_dir: Annotated[Optional[str], typer.Option("--state-dir", help="local: state directory")] = None,
+    managed_only: Annotated[bool, typer.Option("--managed-only", help="Only resources apimon already manages "
+                                                                      "(default: everything, to adopt)")] = False,
 ) -> None:
-    """Write a plan file (format 1) from what a live gateway holds; key values are never written."""
+    """Write a plan file (format 1) from what a live gateway holds; key values are never written.
+
+    Resources apimon does not manage yet are included: `apimon plan` on the file shows no changes, and
+    `apimon adopt` on it lets apimon manage them."""
     from .model import Billing, DesiredState, Target
     from .plan.writer import plan_document
     from .providers import ProviderError, get_provider
@@ -316,37 +376,139 @@ def import_(
     out = _output()
     settings_by_provider = {
         "aws": {"region": region, "profile": profile, "endpoint_url": endpoint_url},
-        "azure": {"subscription_id": subscription_id, "resource_group": resource_group, "service": service,
-                  "cloud": cloud, "endpoint": endpoint},
-        "apigee": {"organization": organization, "environments": environment or [],
-                   "endpoint": endpoint or "https://apigee.googleapis.com"},
+        "azure": {
+            "subscription_id": subscription_id,
+            "resource_group": resource_group,
+            "service": service,
+            "cloud": cloud,
+            "endpoint": endpoint,
+        },
+        "apigee": {
+            "organization": organization,
+            "environments": environment or [],
+            "endpoint": endpoint or "https://apigee.googleapis.com",
+        },
         "local": {"state_dir": state_dir or ".apimon"},
     }
     if provider not in settings_by_provider:
         _fail(out, f"error: --provider must be one of aws, azure, apigee, local; got {provider!r}")
     settings = {k: v for k, v in settings_by_provider[provider].items() if v not in (None, [])}
-    required = {"aws": ["region"], "azure": ["subscription_id", "resource_group", "service"],
-                "apigee": ["organization", "environments"], "local": []}[provider]
+    required = {
+        "aws": ["region"],
+        "azure": ["subscription_id", "resource_group", "service"],
+        "apigee": ["organization", "environments"],
+        "local": [],
+    }[provider]
     missing = [f"--{r.replace('_', '-')}" for r in required if r not in settings]
     if missing:
         _fail(out, f"error: import from {provider} needs {', '.join(missing)}")
     desired = DesiredState(Target(provider, settings, base_dir=os.getcwd()), Billing(), {}, {})
     try:
         with get_provider(desired) as p:
-            exported = p.export_plan()
+            exported = p.export_plan(include_unmanaged=not managed_only)
     except ProviderError as exc:
         _fail(out, f"error: {exc}")
-    header = (f"# Imported by `apimon import --provider {provider}`. Pricing is not stored on every gateway:\n"
-              "# review `pricing` before billing from this plan. Key values are never exported.\n")
-    text = plan_document(exported["target"], exported["products"], exported["subscribers"],
-                         billing=exported.get("billing"), header=header)
+    products, subscribers, skipped = _importable(exported["products"], exported["subscribers"])
+    header = (
+        f"# Imported by `apimon import --provider {provider}`. Pricing is not stored on every gateway:\n"
+        "# review `pricing` before billing from this plan. Key values are never exported.\n"
+        "# Run `apimon adopt` on this file to let apimon manage what it does not manage yet.\n"
+        + "".join(f"# not imported: {line}\n" for line in skipped)
+    )
+    text = plan_document(exported["target"], products, subscribers, billing=exported.get("billing"), header=header)
     if out_file:
         with open(out_file, "w") as fh:
             fh.write(text)
-        out.info(f"Wrote {len(exported['products'])} products and {len(exported['subscribers'])} subscribers "
-                 f"to {out_file}.")
+        out.info(f"Wrote {len(products)} products and {len(subscribers)} subscribers to {out_file}.")
+    for line in skipped:
+        out.warning(f"warning: not imported: {line}")
     else:
         sys.stdout.write(text)
+
+
+def _importable(products: list, subscribers: list) -> tuple[list, list, list[str]]:
+    """What a plan file can hold: ids a plan accepts, subscribers of imported products."""
+    import re
+
+    from .plan.schema import ID_PATTERN
+
+    ok = re.compile(ID_PATTERN).match
+    skipped = [f"product {p.id!r}: not a valid plan id ([a-z0-9][a-z0-9-]{{0,62}})" for p in products if not ok(p.id)]
+    kept = [p for p in products if ok(p.id)]
+    ids = {p.id for p in kept}
+    subs = []
+    for s in subscribers:
+        if not ok(s.id):
+            skipped.append(f"subscriber {s.id!r}: not a valid plan id")
+        elif s.product not in ids:
+            skipped.append(f"subscriber {s.id!r}: its product {s.product!r} is not imported")
+        else:
+            subs.append(s)
+    return kept, subs, skipped
+
+
+gateway_app = typer.Typer(
+    help="The local gateway: serve the local target's products, keys and limits.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(gateway_app, name="gateway")
+
+
+@gateway_app.command("serve")
+def gateway_serve(
+    plans: PlanArgs,
+    listen: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT to listen on (port 0: any free port).")
+    ] = "127.0.0.1:8080",
+    connect_timeout: Annotated[
+        float, typer.Option("--connect-timeout", help="Seconds to get a connection to an upstream; then 504.")
+    ] = 5.0,
+    upstream_timeout: Annotated[
+        float,
+        typer.Option(
+            "--upstream-timeout",
+            help="Seconds to wait for an upstream's response headers or next body chunk; then 504.",
+        ),
+    ] = 30.0,
+) -> None:
+    """Run the local gateway in front of the plan's upstreams.
+
+    Proxies /API/PATH to target.local.upstreams[API] with key checks (x-api-key), rate limits, quotas and
+    usage metering from the local target's state; applies take effect within a second. Stop with Ctrl-C or
+    SIGTERM: pending usage counts are written first."""
+    from .gateway import GatewayError, config_from_plan, serve
+    from .plan.diagnostics import PlanError
+    from .plan.loader import load_or_raise
+
+    out = _output()
+    try:
+        loaded = load_or_raise(plans)
+    except PlanError as exc:
+        _print_diagnostics(out, exc.diagnostics)
+        _fail(out, "the plan is not valid")
+    out.mask.add(*loaded.secrets)
+
+    def ready(gw) -> None:
+        apis = ", ".join(f"{a} -> {u}" for a, u in sorted(gw.upstreams.items())) or "none"
+        out.info(f"apimon gateway listening on {gw.url} ({len(gw.keys)} keys; upstreams: {apis}); Ctrl-C to stop")
+
+    try:
+        summary = serve(
+            config_from_plan(
+                loaded.desired, listen=listen, connect_timeout=connect_timeout, upstream_timeout=upstream_timeout
+            ),
+            on_ready=ready,
+        )
+    except GatewayError as exc:
+        _fail(out, f"error: {exc}")
+    out.info(
+        f"apimon gateway stopped after {summary.seconds:.0f} s: {summary.requests} metered requests "
+        f"written to the usage table, {summary.unauthenticated} without a valid key (not metered)."
+    )
+    if summary.lost:
+        out.json({"unwritten_usage": summary.lost})
+        _fail(out, "error: some usage counts could not be written to the state (printed above as JSON)")
 
 
 def main() -> None:
@@ -360,8 +522,10 @@ def main() -> None:
     except Exception as exc:  # last resort: one line, not a traceback
         if os.environ.get("APIMON_DEBUG"):
             raise
-        sys.stderr.write(f"apimon: unexpected error: {type(exc).__name__}: {exc}\n"
-                         "(set APIMON_DEBUG=1 for details, and please report it)\n")
+        sys.stderr.write(
+            f"apimon: unexpected error: {type(exc).__name__}: {exc}\n"
+            "(set APIMON_DEBUG=1 for details, and please report it)\n"
+        )
         sys.exit(1)
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Callable, Literal
+from typing import Literal
 
 from .model import DesiredState, LiveState, Pricing, Product, Subscriber, Unmanaged
 
@@ -135,73 +136,70 @@ def _field_changes(before: dict, after: dict, stores: Callable[[str], bool]) -> 
 def compute_changes(desired: DesiredState, live: LiveState, *,
                     stores: Callable[[str, str], bool] = lambda kind, f: True,
                     adopt: bool = False) -> ChangeSet:
-    """Compare desired with live; ``stores(kind, field)`` says whether the provider keeps that field."""
+    """Compare desired with live; ``stores(kind, field)`` says whether the provider keeps that field.
+
+    A resource the plan names that exists on the gateway without apimon's ownership mark is never changed:
+    if it already matches the plan it is no change (a note suggests `apimon adopt`, as after `apimon
+    import`); if it differs it is a conflict, unless ``adopt`` turns it into an adopting update.
+    """
     cs = ChangeSet(unmanaged=list(live.unmanaged))
     unmanaged = {(u.kind, u.name): u for u in live.unmanaged}
-    creates_p, updates_p, creates_s, updates_s, deletes_s, deletes_p = [], [], [], [], [], []
-
-    def prod_stores(f: str) -> bool:
-        return stores("product", f)
-
-    def sub_stores(f: str) -> bool:
-        return stores("subscriber", f)
-
-    for pid, want in desired.products.items():
-        have = live.products.get(pid)
-        if have is None and ("product", pid) in unmanaged:
-            u = unmanaged[("product", pid)]
-            if not adopt:
-                cs.conflicts.append(f"product {pid} exists on the gateway but apimon does not manage it; "
-                                    "`apimon adopt` (or apply --adopt) takes it over")
-                continue
-            base = flatten_product(u.resource) if isinstance(u.resource, Product) else {}
-            fields = [FieldChange("managed", False, True)] + _field_changes(base, flatten_product(want),
-                                                                           prod_stores)
-            updates_p.append(Change("update", "product", pid, tuple(fields), want, u.resource, adopt=True))
-        elif have is None:
-            fields = _field_changes({}, flatten_product(want), prod_stores)
-            creates_p.append(Change("create", "product", pid, tuple(fields), want, None))
-        else:
-            fields = _field_changes(flatten_product(have), flatten_product(want), prod_stores)
-            if fields:
-                updates_p.append(Change("update", "product", pid, tuple(fields), want, have))
-
-    for sid, want in desired.subscribers.items():
-        have = live.subscribers.get(sid)
-        if have is None and ("subscriber", sid) in unmanaged:
-            u = unmanaged[("subscriber", sid)]
-            if not adopt:
-                cs.conflicts.append(f"subscriber {sid} exists on the gateway but apimon does not manage it; "
-                                    "`apimon adopt` (or apply --adopt) takes it over")
-                continue
-            base = flatten_subscriber(u.resource) if isinstance(u.resource, Subscriber) else {}
-            fields = [FieldChange("managed", False, True)] + _field_changes(base, flatten_subscriber(want),
-                                                                           sub_stores)
-            updates_s.append(Change("update", "subscriber", sid, tuple(fields), want, u.resource, adopt=True))
-        elif have is None:
-            fields = _field_changes({}, flatten_subscriber(want), sub_stores)
-            if want.key_value is not None:
-                fields.append(FieldChange("key", None, SENSITIVE))
-            creates_s.append(Change("create", "subscriber", sid, tuple(fields), want, None))
-        else:
-            fields = _field_changes(flatten_subscriber(have), flatten_subscriber(want), sub_stores)
-            live_fp = live.key_fingerprints.get(sid)
-            if want.key_value is not None and live_fp is not None and live_fp != key_fingerprint(want.key_value):
-                fields.append(FieldChange("key", SENSITIVE, SENSITIVE))
-            if fields:
-                updates_s.append(Change("update", "subscriber", sid, tuple(fields), want, have))
-
-    for sid, have in live.subscribers.items():
-        if sid not in desired.subscribers:
-            fields = _field_changes(flatten_subscriber(have), {}, sub_stores)
-            deletes_s.append(Change("delete", "subscriber", sid, tuple(fields), None, have))
-    for pid, have in live.products.items():
-        if pid not in desired.products:
-            fields = _field_changes(flatten_product(have), {}, prod_stores)
-            deletes_p.append(Change("delete", "product", pid, tuple(fields), None, have))
-
-    cs.changes = creates_p + updates_p + creates_s + updates_s + deletes_s + deletes_p
+    products = _diff_kind("product", desired.products, live.products, flatten_product, unmanaged, stores, adopt,
+                          cs, {})
+    subscribers = _diff_kind("subscriber", desired.subscribers, live.subscribers, flatten_subscriber, unmanaged,
+                             stores, adopt, cs, live.key_fingerprints)
+    # creates and updates: products first; deletes: subscribers first
+    cs.changes = (products["create"] + products["update"] + subscribers["create"] + subscribers["update"]
+                  + subscribers["delete"] + products["delete"])
     return cs
+
+
+def _diff_kind(kind: str, wanted: dict, existing: dict, flatten: Callable[[object], dict],
+               unmanaged: dict[tuple[str, str], Unmanaged], stores: Callable[[str, str], bool], adopt: bool,
+               cs: ChangeSet, key_fingerprints: dict[str, str]) -> dict[str, list[Change]]:
+    out: dict[str, list[Change]] = {"create": [], "update": [], "delete": []}
+
+    def keeps(f: str) -> bool:
+        return stores(kind, f)
+
+    def key_change(rid: str, want) -> list[FieldChange]:
+        value = getattr(want, "key_value", None)
+        live_fp = key_fingerprints.get(rid)
+        if value is not None and live_fp is not None and live_fp != key_fingerprint(value):
+            return [FieldChange("key", SENSITIVE, SENSITIVE)]
+        return []
+
+    for rid, want in wanted.items():
+        have = existing.get(rid)
+        if have is not None:
+            fields = _field_changes(flatten(have), flatten(want), keeps) + key_change(rid, want)
+            if fields:
+                out["update"].append(Change("update", kind, rid, tuple(fields), want, have))
+            continue
+        foreign = unmanaged.get((kind, rid))
+        if foreign is None:
+            fields = _field_changes({}, flatten(want), keeps)
+            if getattr(want, "key_value", None) is not None:
+                fields.append(FieldChange("key", None, SENSITIVE))
+            out["create"].append(Change("create", kind, rid, tuple(fields), want, None))
+            continue
+        base = flatten(foreign.resource) if foreign.resource is not None else None
+        fields = _field_changes(base, flatten(want), keeps) if base is not None else None
+        if adopt:
+            adopted = [FieldChange("managed", False, True)] + (fields or [])
+            out["update"].append(Change("update", kind, rid, tuple(adopted), want, foreign.resource, adopt=True))
+        elif fields == []:
+            cs.notes.append(f"{kind} {rid} matches the plan but is not managed by apimon yet; "
+                            "`apimon adopt` lets apimon manage it")
+        else:
+            differs = f" ({', '.join(f.field for f in fields)} differ)" if fields else ""
+            cs.conflicts.append(f"{kind} {rid} exists on the gateway but apimon does not manage it{differs}; "
+                                "`apimon adopt` (or apply --adopt) takes it over")
+    for rid, have in existing.items():
+        if rid not in wanted:
+            out["delete"].append(Change("delete", kind, rid, tuple(_field_changes(flatten(have), {}, keeps)),
+                                        None, have))
+    return out
 
 
 # ---------------------------------------------------------------- fingerprints and JSON

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .diff import ChangeSet, changeset_to_json, compute_changes, live_fingerprint
@@ -54,7 +54,7 @@ def _sha256(path: str) -> str:
 def saved_plan(run: PlanRun, *, adopt: bool) -> dict:
     return {
         "apimon_saved_plan": SAVED_PLAN_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": [{"path": str(Path(f).resolve()), "sha256": _sha256(f)} for f in run.loaded.desired.files],
         "provider": run.loaded.desired.target.provider,
         "adopt": adopt,

@@ -148,14 +148,19 @@ def test_cli_loop_validate_plan_apply_import(fake, tmp_path):
     cli("import", "--provider", "aws", "--region", "us-east-1", "--out", "imported.yaml")
     assert set(fake.counts) <= {"GetRestApis", "GetUsagePlans", "GetApiKeys", "GetUsagePlanKeys"}
     imported = (tmp_path / "imported.yaml").read_text()
-    assert "legacy" not in imported and "loose" not in imported
+    assert "legacy:" in imported, imported  # unmanaged resources are imported, to adopt
     assert "customer_id: cus_123" in imported and "enabled: false" in imported
     cli("validate", "imported.yaml")
-    assert "No changes." in cli("plan", "imported.yaml", "--detailed-exitcode").stdout
+    r = cli("plan", "imported.yaml", "--detailed-exitcode")
+    assert "No changes." in r.stdout and "product legacy matches the plan but is not managed by apimon" in r.stdout
+    cli("import", "--provider", "aws", "--region", "us-east-1", "--managed-only", "--out", "owned.yaml")
+    owned = (tmp_path / "owned.yaml").read_text()
+    assert "legacy" not in owned and "loose" not in owned
+    assert "No changes." in cli("plan", "owned.yaml", "--detailed-exitcode").stdout
 
     values = key_values(fake)
     assert IMPORTED in values
-    for text in outputs + [imported]:
+    for text in outputs + [imported, owned]:
         for value in values:
             assert value not in text
     assert snapshot(fake) == before

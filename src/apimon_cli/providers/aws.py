@@ -888,7 +888,7 @@ class AwsProvider(Provider):
                         for metric in ("success", "total"):
                             yield UsageRow(key_names[key_id], product, day.isoformat(), metric, count)
 
-    def export_plan(self, *, include_unmanaged: bool = False) -> dict:
+    def export_plan(self, *, include_unmanaged: bool = True) -> dict:
         """The live account as plan data: apimon-owned usage plans and keys (all of them with
         ``include_unmanaged``, for a first import before ``apimon adopt``). Key values are never read."""
         desired, self.desired = self.desired, replace(self.desired, products={}, subscribers={})

@@ -7,9 +7,9 @@ for boto3, azure or google. The CLI talks to providers only through this interfa
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Callable, Iterable
 
 from ..diff import Change, ChangeSet
 from ..model import DesiredState, LiveState, Product, Subscriber, UsageRow
@@ -57,7 +57,7 @@ class Provider(ABC):
         self.settings = desired.target.settings
 
     # ---- what the gateway can keep: fields it cannot store never show as a diff
-    def stores(self, kind: str, field: str) -> bool:  # noqa: ARG002 - default keeps everything
+    def stores(self, kind: str, field: str) -> bool:
         return True
 
     @property
@@ -69,12 +69,13 @@ class Provider(ABC):
     @abstractmethod
     def read_live_state(self) -> LiveState: ...
 
-    def check(self, desired: DesiredState, live: LiveState) -> list[str]:  # noqa: ARG002
+    def check(self, desired: DesiredState, live: LiveState) -> list[str]:
         """Plan-time problems the gateway reveals (unknown APIs, stages...). Empty when fine."""
         return []
 
-    def annotate(self, changes: ChangeSet) -> None:  # noqa: ARG002
+    def annotate(self, changes: ChangeSet) -> None:
         """Add provider notes to a change set (e.g. quota-bound durations)."""
+        return None
 
     # ---- make it so
     @abstractmethod
@@ -100,18 +101,20 @@ class Provider(ABC):
         return report
 
     # ---- keys and usage
-    def reveal_key(self, subscriber_id: str) -> str | None:  # noqa: ARG002
+    def reveal_key(self, subscriber_id: str) -> str | None:
         return None
 
-    def pull_usage(self, start: date, end: date) -> Iterable[UsageRow]:  # noqa: ARG002
+    def pull_usage(self, start: date, end: date) -> Iterable[UsageRow]:
         raise ProviderError(f"usage pull is not supported for provider {self.name} yet")
 
     # ---- import: the live gateway as plan-file data
-    def export_plan(self) -> dict:
+    def export_plan(self, *, include_unmanaged: bool = True) -> dict:
+        """The live gateway as plan data: {"target": {...}, "products": [Product], "subscribers":
+        [Subscriber], "billing": {...} (optional)}; unmanaged resources too unless told otherwise."""
         raise ProviderError(f"import is not supported for provider {self.name}")
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and connections."""
 
     def __enter__(self):
         return self

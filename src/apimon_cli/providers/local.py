@@ -14,10 +14,10 @@ import os
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from ..diff import Change, key_fingerprint
 from ..model import DesiredState, LiveState, Subscriber, Unmanaged, UsageRow
@@ -81,7 +81,7 @@ def connect_state(state_dir: Path, *, create: bool = True) -> sqlite3.Connection
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class LocalProvider(Provider):
@@ -173,7 +173,7 @@ class LocalProvider(Provider):
         return msg
 
     def _owner_of(self, conn: sqlite3.Connection, table: str, rid: str) -> str | None | bool:
-        row = conn.execute(f"SELECT owner FROM {table} WHERE id = ?", (rid,)).fetchone()  # noqa: S608
+        row = conn.execute(f"SELECT owner FROM {table} WHERE id = ?", (rid,)).fetchone()
         return False if row is None else row[0]
 
     def _apply(self, conn: sqlite3.Connection, change: Change) -> str:
@@ -245,7 +245,12 @@ class LocalProvider(Provider):
         for subscriber, product, day, metric, count in rows:
             yield UsageRow(subscriber, product, day, metric, count)
 
-    def export_plan(self) -> dict:
+    def export_plan(self, *, include_unmanaged: bool = True) -> dict:
         live = self.read_live_state()
+        products = list(live.products.values())
+        subscribers = list(live.subscribers.values())
+        if include_unmanaged:
+            products += [u.resource for u in live.unmanaged if u.kind == "product" and u.resource]
+            subscribers += [u.resource for u in live.unmanaged if u.kind == "subscriber" and u.resource]
         return {"target": {"provider": "local", "local": {"state_dir": str(self.state_dir)}},
-                "products": list(live.products.values()), "subscribers": list(live.subscribers.values())}
+                "products": products, "subscribers": subscribers}
