@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -69,8 +70,17 @@ class ChangeSet:
 # ---------------------------------------------------------------- flattening to comparable fields
 
 def _money(value: Decimal | None) -> str | None:
-    """Canonical text of an amount: "29.00" and "29" compare equal."""
-    return None if value is None else format(value.normalize(), "f")
+    """An amount as written in the plan ("29.00"); ``_canonical`` makes "29.00" and "29" compare equal."""
+    return None if value is None else format(value, "f")
+
+
+_DECIMAL = re.compile(r"\d+\.\d+")
+
+
+def _canonical(value: object) -> object:
+    if isinstance(value, str) and "." in value:
+        return _DECIMAL.sub(lambda m: format(Decimal(m.group(0)).normalize(), "f"), value)
+    return value
 
 
 def flatten_pricing(p: Pricing) -> dict[str, object]:
@@ -128,7 +138,7 @@ def _field_changes(before: dict, after: dict, stores: Callable[[str], bool]) -> 
         if not stores(name):
             continue
         b, a = before.get(name), after.get(name)
-        if b != a:
+        if _canonical(b) != _canonical(a):
             out.append(FieldChange(name, b, a))
     return out
 

@@ -24,6 +24,7 @@ Durability and concurrency choices:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -214,8 +215,12 @@ class Ledger:
         if path.is_dir():
             raise LedgerError(f"ledger {path} is a directory, not a file")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            old_umask = os.umask(0o077)  # customer usage: the ledger and its WAL are readable by their owner only
+            try:
+                conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            finally:
+                os.umask(old_umask)
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(f"cannot open ledger {path}: {exc}") from None
         try:

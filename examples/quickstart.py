@@ -1,0 +1,180 @@
+"""apimon's quick start: the whole monetization loop on the local target, no cloud account needed.
+
+    sample upstream -> apimon apply plans/local.yaml -> apimon gateway serve -> traffic with three
+    subscribers' keys (one within its limits, one over its rate limit, one exhausting its quota)
+    -> apimon usage pull -> apimon invoice (table, and CSV in out/)
+
+Run it with `make quickstart`. It starts from a fresh local state (.apimon/) every time and stops the
+processes it started on the way out, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PLAN = "plans/local.yaml"
+APIMON = [sys.executable, "-m", "apimon_cli.cli"]
+UPSTREAM_PORT = 9000  # plans/local.yaml: target.local.upstreams.petstore
+LEDGER = ".apimon/ledger.db"
+
+started: list[subprocess.Popen] = []
+
+
+def step(title: str) -> None:
+    print(f"\n\033[1m== {title}\033[0m", flush=True)
+
+
+def apimon(*args: str, check: bool = True, codes: tuple[int, ...] = (0,)) -> None:
+    print("$ apimon " + " ".join(args), flush=True)
+    code = subprocess.run([*APIMON, *args], cwd=ROOT).returncode
+    if check and code not in codes:
+        raise SystemExit(f"quickstart: `apimon {' '.join(args)}` exited {code}")
+
+
+def key_of(subscriber: str) -> str:
+    """The subscriber's key, revealed on explicit request (used for traffic, never printed)."""
+    out = subprocess.run([*APIMON, "keys", "show", subscriber, "--plan", PLAN], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    return out.stdout.strip()
+
+
+def start(args: list[str], ready: re.Pattern | None = None, name: str = "") -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started.append(proc)
+    line = ""
+    if ready is not None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                raise SystemExit(f"quickstart: {name} exited early (code {proc.returncode})")
+            if ready.search(line):
+                break
+        else:
+            raise SystemExit(f"quickstart: {name} did not start within 20 s")
+    return proc, line
+
+
+def wait_for_port(url: str, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"quickstart: nothing answers on {url}; is port {UPSTREAM_PORT} taken by another program?")
+
+
+def call(url: str, key: str) -> str:
+    req = urllib.request.Request(url, headers={"x-api-key": key})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+            return str(resp.status)
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace")
+        if exc.code == 429:
+            return "429 quota" if "quota" in body.lower() else "429 rate limit"
+        return str(exc.code)
+
+
+def traffic(gateway: str) -> None:
+    url = f"{gateway}/petstore/pets"
+    plans = [
+        ("acme", "pro (200/s, burst 400)", 150, 1, 0.0, "stays within its limits"),
+        ("initech", "free (5/s, burst 10)", 40, 8, 0.0, "bursts 40 calls at once: over its rate limit"),
+        ("hooli", "trial (quota 50/day)", 70, 1, 0.06, "calls steadily until its daily quota is gone"),
+    ]
+    rows = []
+    for subscriber, product, n, parallel, pause, story in plans:
+        key = key_of(subscriber)
+
+        def one(_: int, key: str = key, pause: float = pause) -> str:
+            result = call(url, key)
+            time.sleep(pause)
+            return result
+
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            results = Counter(pool.map(one, range(n)))
+        rows.append((subscriber, product, n, results, story))
+    print(f"{'subscriber':<10} {'product':<24} {'sent':>5}  {'200 ok':>7} {'429 rate':>9} {'429 quota':>10}  what")
+    for subscriber, product, n, results, story in rows:
+        print(f"{subscriber:<10} {product:<24} {n:>5}  {results['200']:>7} {results['429 rate limit']:>9} "
+              f"{results['429 quota']:>10}  {story}")
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> None:
+    os.chdir(ROOT)
+    shutil.rmtree(ROOT / ".apimon", ignore_errors=True)  # a fresh demo every run
+    today = datetime.now(timezone.utc).date()
+    period = today.strftime("%Y-%m")
+
+    step("start the sample upstream (examples/upstream.py on 127.0.0.1:9000)")
+    start([sys.executable, "examples/upstream.py", "--port", str(UPSTREAM_PORT)], name="upstream")
+    wait_for_port(f"http://127.0.0.1:{UPSTREAM_PORT}/pets")
+
+    step("validate, plan and apply plans/local.yaml to the local target")
+    apimon("validate", PLAN)
+    apimon("plan", PLAN, "--detailed-exitcode", codes=(2,))
+    apimon("apply", PLAN, "--auto-approve")
+    apimon("plan", PLAN, "--detailed-exitcode")
+
+    step("serve the gateway")
+    gateway, line = start([*APIMON, "gateway", "serve", PLAN, "--listen", "127.0.0.1:0"],
+                          ready=re.compile(r"listening on (http://\S+)"), name="apimon gateway")
+    url = re.search(r"listening on (http://\S+)", line).group(1)
+    print(line.strip())
+
+    step(f"send traffic through {url} with three subscribers' keys")
+    traffic(url)
+
+    step("stop the gateway (SIGTERM: it writes its last usage counts first)")
+    stop(gateway)
+    print((gateway.stdout.read() or "").strip())
+
+    step("pull usage into the ledger, show it, invoice it")
+    apimon("usage", "pull", PLAN, "--from", today.isoformat(), "--to", today.isoformat(), "--ledger", LEDGER)
+    apimon("usage", "show", PLAN, "--period", period, "--ledger", LEDGER)
+    apimon("invoice", PLAN, "--period", period, "--ledger", LEDGER)
+    Path("out").mkdir(exist_ok=True)
+    csv = f"out/invoice-{period}.csv"
+    apimon("invoice", PLAN, "--period", period, "--ledger", LEDGER, "--format", "csv", "--out", csv,
+           "--with-metadata", "customer_id")
+    print(f"\nThe invoice CSV is {csv}. Next: edit {PLAN} and run `.venv/bin/apimon plan {PLAN}`.")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\nquickstart: interrupted; stopping what it started", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        for proc in reversed(started):
+            stop(proc)

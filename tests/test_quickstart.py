@@ -1,0 +1,42 @@
+"""The README's first command: the whole loop on the local target, run from a copy of the project."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.skipif(not port_free(9000), reason="port 9000 (the sample upstream's) is in use")
+def test_quickstart_runs_the_whole_loop(tmp_path):
+    for part in ("examples", "plans"):
+        shutil.copytree(ROOT / part, tmp_path / part)
+    proc = subprocess.run([sys.executable, str(tmp_path / "examples" / "quickstart.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=240, env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
+    # the traffic table: subscriber, product, sent, 200 ok, 429 rate limit, 429 quota, story
+    table = re.compile(r"^(acme|initech|hooli)\s+\w+ \(.*?\)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\w")
+    rows = {m.group(1): [int(x) for x in m.groups()[1:]] for m in map(table.match, out.splitlines()) if m}
+    assert rows["acme"] == [150, 150, 0, 0]  # within its limits
+    sent, ok, rate_limited, quota = rows["initech"]  # a burst of 40 against burst 10
+    assert sent == 40 and rate_limited >= 20 and ok + rate_limited == 40 and quota == 0
+    assert rows["hooli"] == [70, 50, 0, 20]  # stopped by its quota of 50 a day
+    invoice = list(csv.DictReader((tmp_path / "out").glob("invoice-*.csv").__next__().open()))
+    assert {r["subscriber"] for r in invoice} == {"acme", "globex", "hooli", "initech"}
+    assert any(r["subscriber"] == "acme" and r["line_type"] == "minimum" for r in invoice)
+    for key_line in (tmp_path / ".apimon").glob("*.db"):
+        assert key_line.stat().st_mode & 0o077 == 0
