@@ -83,6 +83,11 @@ def _canonical(value: object) -> object:
     return value
 
 
+def comparable(fields: dict[str, object]) -> dict[str, object]:
+    """Flattened fields in the form the diff compares them ("29.00" and "29" equal)."""
+    return {k: _canonical(v) for k, v in fields.items()}
+
+
 def flatten_pricing(p: Pricing) -> dict[str, object]:
     out: dict[str, object] = {"pricing.model": p.model}
     for name in ("fee", "setup_fee", "unit_price", "minimum", "maximum"):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
-from ..model import DesiredState, Pricing
+from ..model import Billing, Pricing, Product, Subscriber, Target
 from . import schema as S
-from .diagnostics import Diagnostic, suggest
+from .diagnostics import Diagnostic, dotted, suggest
 from .yamlsrc import Source
 
 _ID_RE = re.compile(S.ID_PATTERN)
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _ALLOWED_BY_MODEL = {
     "free": set(),
     "flat": set(),
@@ -20,118 +23,146 @@ _ALLOWED_BY_MODEL = {
     "stairstep": {"tiers"},
 }
 _MODEL_FIELDS = {"unit_price", "package", "tiers"}
-_REQUIRED_SETTINGS = {"aws": "region", "azure": "subscription_id, resource_group, service",
-                      "apigee": "organization, environments"}
+_BELONGS_TO = {"unit_price": "per_unit", "package": "package", "tiers": "graduated, volume or stairstep"}
+_REQUIRED_SETTINGS = {
+    "aws": "region",
+    "azure": "subscription_id, resource_group, service",
+    "apigee": "organization, environments",
+}
+_PROVIDERS = ("aws", "azure", "apigee", "local")
+
+
+@dataclass
+class PlanParts:
+    """Everything the files define, merged; entries whose structure was invalid are left out (their problems
+    are reported already), but their ids are known (``owner``) so references to them are not errors."""
+
+    complete: bool  # every file was read and parsed
+    first: Source | None
+    target: Target | None = None
+    target_spec: S.TargetSpec | None = None
+    billing: Billing = field(default_factory=Billing)
+    products: dict[str, Product] = field(default_factory=dict)
+    subscribers: dict[str, Subscriber] = field(default_factory=dict)
+    product_specs: dict[str, S.ProductSpec] = field(default_factory=dict)
+    subscriber_specs: dict[str, S.SubscriberSpec] = field(default_factory=dict)
+    owner: dict[tuple[str, str], Source] = field(default_factory=dict)  # (kind, id) -> defining file
+
+    def known(self, kind: str) -> list[str]:
+        return [name for k, name in self.owner if k == kind]
 
 
 class _Reporter:
-    def __init__(self, parsed: list[tuple[Source, S.PlanFile]], strict: bool):
+    def __init__(self, parts: PlanParts, strict: bool):
+        self.parts = parts
         self.strict = strict
         self.out: list[Diagnostic] = []
-        self.owner: dict[tuple[str, str], Source] = {}
-        for src, plan in parsed:
-            for pid in plan.products:
-                self.owner.setdefault(("products", pid), src)
-            for sid in plan.subscribers:
-                self.owner.setdefault(("subscribers", sid), src)
-            if plan.target is not None:
-                self.owner.setdefault(("target", ""), src)
-            if plan.billing is not None:
-                self.owner.setdefault(("billing", ""), src)
-        self.first = parsed[0][0]
 
-    def _src(self, path: tuple) -> Source:
-        key = (path[0], path[1] if len(path) > 1 and path[0] in ("products", "subscribers") else "")
-        return self.owner.get(key, self.first)
+    def _src(self, path: tuple) -> Source | None:
+        if path[0] in ("products", "subscribers"):
+            return self.parts.owner.get((path[0], path[1]))
+        return self.parts.owner.get((path[0], ""), self.parts.first)
 
-    def error(self, path: tuple, message: str, *, key: bool = False) -> None:
+    def error(self, path: tuple, message: str, *, key: bool = False, severity: str = "error") -> None:
         src = self._src(path)
+        if src is None:  # pragma: no cover - every checked entry comes from a file
+            return
         line, col = src.where(path, key=key)
-        self.out.append(Diagnostic(src.file, line, col, "error", _dotted(path), message))
+        self.out.append(Diagnostic(src.file, line, col, severity, dotted(path), message))  # type: ignore[arg-type]
 
     def warn(self, path: tuple, message: str) -> None:
-        src = self._src(path)
-        line, col = src.where(path)
-        sev = "error" if self.strict else "warning"
-        self.out.append(Diagnostic(src.file, line, col, sev, _dotted(path), message))
+        self.error(path, message, severity="error" if self.strict else "warning")
 
 
-def _dotted(path: tuple) -> str:
-    from .diagnostics import dotted
-    return dotted(path)
-
-
-def check_plan(desired: DesiredState, parsed: list[tuple[Source, S.PlanFile]], env: dict[str, str],
-               *, strict: bool = False) -> list[Diagnostic]:
-    r = _Reporter(parsed, strict)
-    _check_target(desired, parsed, r)
-    _check_billing(desired, r)
-    for pid, product in desired.products.items():
-        base = ("products", pid)
+def check_plan(parts: PlanParts, env: dict[str, str], *, strict: bool = False) -> list[Diagnostic]:
+    r = _Reporter(parts, strict)
+    _check_target(parts, r)
+    _check_billing(parts, r)
+    for pid in parts.known("products"):
         if not _ID_RE.match(pid):
-            r.error(base, f"invalid product id {pid!r}; ids are 1-63 characters of a-z, 0-9 and '-', "
-                          "starting with a letter or digit", key=True)
+            r.error(
+                ("products", pid),
+                f"invalid product id {pid!r}; ids are 1-63 characters of a-z, 0-9 and "
+                "'-', starting with a letter or digit",
+                key=True,
+            )
+    for pid, product in parts.products.items():
+        base = ("products", pid)
         if product.rate_limit and product.rate_limit.burst < product.rate_limit.rate:
-            r.error(base + ("rate_limit", "burst"),
-                    f"must be >= rate ({product.rate_limit.rate}); got {product.rate_limit.burst}")
-        _check_pricing(product.pricing, base + ("pricing",), _explicit_pricing_fields(parsed, pid), r)
-        if len(set(product.apis)) != len(product.apis):
-            r.error(base + ("apis",), "lists an API twice; list each API once")
-    for sid, sub in desired.subscribers.items():
-        base = ("subscribers", sid)
+            r.error(
+                base + ("rate_limit", "burst"),
+                f"must be >= rate ({product.rate_limit.rate}); got {product.rate_limit.burst}",
+            )
+        explicit = set(parts.product_specs[pid].pricing.model_fields_set)
+        _check_pricing(product.pricing, base + ("pricing",), explicit, r)
+        seen: set[str] = set()
+        for i, api in enumerate(product.apis):
+            if api in seen:
+                r.error(base + ("apis", i), f"{api!r} is listed twice; list each API once")
+            seen.add(api)
+    known_products = set(parts.known("products"))
+    for sid in parts.known("subscribers"):
         if not _ID_RE.match(sid):
-            r.error(base, f"invalid subscriber id {sid!r}; ids are 1-63 characters of a-z, 0-9 and '-', "
-                          "starting with a letter or digit", key=True)
-        if sub.product not in desired.products:
-            known = ", ".join(sorted(desired.products)) or "none defined"
-            r.error(base + ("product",), f"unknown product {sub.product!r}{suggest(sub.product, desired.products)};"
-                                         f" defined products: {known}")
-        if sub.email is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", sub.email):
-            r.error(base + ("email",), f"not an email address: {sub.email!r}")
-        key_env = _key_env(parsed, sid)
-        if key_env is not None:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
-                r.error(base + ("key", "from_env"), f"invalid environment variable name {key_env!r}")
-            elif key_env not in env:
-                r.error(base + ("key", "from_env"), f"environment variable {key_env} is not set; "
-                                                     "set it to the key value to import, or remove `key`")
-            elif not env[key_env]:
-                r.error(base + ("key", "from_env"), f"environment variable {key_env} is empty")
-    _check_capabilities(desired, r)
+            r.error(
+                ("subscribers", sid),
+                f"invalid subscriber id {sid!r}; ids are 1-63 characters of a-z, 0-9 "
+                "and '-', starting with a letter or digit",
+                key=True,
+            )
+    for sid, sub in parts.subscribers.items():
+        base = ("subscribers", sid)
+        if parts.complete and sub.product not in known_products:
+            listed = ", ".join(sorted(known_products)) or "none"
+            r.error(
+                base + ("product",),
+                f"unknown product {sub.product!r}{suggest(sub.product, known_products)}; defined products: {listed}",
+            )
+        if sub.email is not None and not _EMAIL_RE.fullmatch(sub.email):
+            r.error(base + ("email",), f"not an email address: {sub.email!r}; write name@domain.example")
+        spec = parts.subscriber_specs[sid]
+        if spec.key is not None:
+            name = spec.key.from_env
+            if not _ENV_NAME_RE.fullmatch(name):
+                r.error(
+                    base + ("key", "from_env"),
+                    f"invalid environment variable name {name!r}; use letters, digits and _, not starting with a digit",
+                )
+            elif name not in env:
+                r.error(
+                    base + ("key", "from_env"),
+                    f"environment variable {name} is not set; set it to the key "
+                    "value to import, or remove `key` to let the gateway generate one",
+                )
+            elif not env[name]:
+                r.error(
+                    base + ("key", "from_env"),
+                    f"environment variable {name} is empty; set it to the key "
+                    "value to import, or remove `key` to let the gateway generate one",
+                )
+    _check_capabilities(parts, r)
     return r.out
-
-
-def _explicit_pricing_fields(parsed, pid: str) -> set[str]:
-    for _src, plan in parsed:
-        if pid in plan.products:
-            return set(plan.products[pid].pricing.model_fields_set)
-    return set()
-
-
-def _key_env(parsed, sid: str) -> str | None:
-    for _src, plan in parsed:
-        if sid in plan.subscribers:
-            k = plan.subscribers[sid].key
-            return k.from_env if k else None
-    return None
 
 
 def _check_pricing(p: Pricing, path: tuple, explicit: set[str], r: _Reporter) -> None:
     allowed = _ALLOWED_BY_MODEL[p.model]
+    tiered = p.model in ("graduated", "volume", "stairstep")
     for name in sorted((explicit & _MODEL_FIELDS) - allowed):
-        hint = {"unit_price": "per_unit", "package": "package", "tiers": "graduated, volume or stairstep"}[name]
-        r.error(path + (name,), f"not used by model {p.model}; `{name}` belongs to model {hint}")
+        if name == "unit_price" and tiered:
+            hint = "tiers carry their own unit_price; remove it (or use model per_unit)"
+        else:
+            hint = f"`{name}` belongs to model {_BELONGS_TO[name]}; remove it"
+        r.error(path + (name,), f"not used by model {p.model}; {hint}", key=True)
     if p.model == "free" and (p.fee or p.setup_fee):
-        r.error(path + ("fee" if p.fee else "setup_fee",), "model free charges nothing; use model flat for a fee")
+        r.error(path + ("fee" if p.fee else "setup_fee",), "model free charges nothing; use model flat for a fixed fee")
     if p.model == "flat" and p.fee is None:
-        r.error(path + ("fee",), "model flat needs a fee, e.g. fee: \"29.00\"")
+        r.error(path + ("fee",), 'model flat needs a fee; add fee: "29.00" (a quoted decimal)')
     if p.model == "per_unit" and p.unit_price is None:
-        r.error(path + ("unit_price",), "model per_unit needs unit_price, e.g. unit_price: \"0.001\"")
+        r.error(path + ("unit_price",), 'model per_unit needs unit_price; add unit_price: "0.001" (a quoted decimal)')
     if p.model == "package" and p.package is None:
-        r.error(path + ("package",), "model package needs package: {size, price, round}")
-    if p.model in ("graduated", "volume", "stairstep"):
+        r.error(path + ("package",), 'model package needs package; add package: {size: 1000, price: "0.50"}')
+    if tiered:
         if not p.tiers:
-            r.error(path + ("tiers",), f"model {p.model} needs at least one tier; the last has up_to: inf")
+            r.error(path + ("tiers",), f"model {p.model} needs tiers; add at least one, the last with up_to: inf")
         else:
             _check_tiers(p, path + ("tiers",), r)
     if p.minimum is not None and p.maximum is not None and p.minimum > p.maximum:
@@ -144,81 +175,123 @@ def _check_tiers(p: Pricing, path: tuple, r: _Reporter) -> None:
     for i, tier in enumerate(p.tiers):
         tpath = path + (i,)
         if tier.up_to is None and i != last:
-            r.error(tpath + ("up_to",), "inf is only allowed as the last tier's up_to")
+            r.error(
+                tpath + ("up_to",),
+                f"inf is allowed only in the last tier (tiers[{last}]); give this tier a whole-number bound",
+            )
         elif tier.up_to is not None and i == last:
-            r.error(tpath + ("up_to",), f"the last tier must have up_to: inf; got {tier.up_to}")
+            r.error(
+                tpath + ("up_to",),
+                f"the last tier must have up_to: inf (so every quantity has a price); got {tier.up_to}",
+            )
         if tier.up_to is not None:
             if tier.up_to <= previous:
-                r.error(tpath + ("up_to",), f"tiers must strictly increase: must be > {previous}; "
-                                            f"got {tier.up_to}")
+                r.error(
+                    tpath + ("up_to",),
+                    f"tiers must strictly increase: must be > {previous} (the previous tier's up_to); got {tier.up_to}",
+                )
             previous = max(previous, tier.up_to)
         if p.model == "stairstep":
             if tier.unit_price is not None:
-                r.error(tpath + ("unit_price",), "stairstep tiers charge a flat_fee only; remove unit_price")
+                r.error(
+                    tpath + ("unit_price",),
+                    "stairstep tiers charge a flat_fee only; remove unit_price (or use model graduated or volume)",
+                    key=True,
+                )
             if tier.flat_fee is None:
-                r.error(tpath, "stairstep tiers need a flat_fee")
+                r.error(tpath, 'stairstep tiers need a flat_fee; add flat_fee: "10.00"')
         elif tier.unit_price is None and tier.flat_fee is None:
-            r.error(tpath, "a tier needs unit_price, flat_fee or both")
+            r.error(tpath, "a tier needs unit_price, flat_fee or both; add one")
 
 
-def _check_target(desired: DesiredState, parsed, r: _Reporter) -> None:
-    provider = desired.target.provider
-    if provider != "local" and not desired.target.settings:
-        r.error(("target", "provider"), f"provider {provider} needs a `target.{provider}` block with "
-                                        f"{_REQUIRED_SETTINGS[provider]}")
+def _check_target(parts: PlanParts, r: _Reporter) -> None:
+    spec = parts.target_spec
+    if spec is None:
+        return
+    provider = spec.provider
+    if provider != "local" and getattr(spec, provider) is None:
+        r.error(
+            ("target", "provider"),
+            f"provider {provider} needs its settings; add a `target.{provider}` "
+            f"block with {_REQUIRED_SETTINGS[provider]}",
+        )
+    for other in _PROVIDERS:
+        if other != provider and getattr(spec, other) is not None:
+            r.error(
+                ("target", other), f"not used by provider {provider}; remove it (or set provider: {other})", key=True
+            )
 
 
-def _check_billing(desired: DesiredState, r: _Reporter) -> None:
-    code = desired.billing.currency
-    try:
-        from ..billing.currency import is_known_currency
-    except ImportError:  # pragma: no cover - billing package always ships
-        def is_known_currency(c: str) -> bool:
-            return bool(re.fullmatch(r"[A-Z]{3}", c))
+def _check_billing(parts: PlanParts, r: _Reporter) -> None:
+    if ("billing", "") not in parts.owner:
+        return
+    code = parts.billing.currency
+    from ..billing.currency import is_known_currency
+
     if not is_known_currency(code):
         r.error(("billing", "currency"), f"unknown currency {code!r}; use an ISO 4217 code such as USD, EUR, JPY")
 
 
 # ---------------------------------------------------------------- provider capabilities
 
-def _check_capabilities(desired: DesiredState, r: _Reporter) -> None:
-    provider = desired.target.provider
-    for pid, product in desired.products.items():
+
+def _check_capabilities(parts: PlanParts, r: _Reporter) -> None:
+    if parts.target is None:
+        return
+    provider = parts.target.provider
+    for pid, product in parts.products.items():
         base = ("products", pid)
         if provider == "aws":
             for i, api in enumerate(product.apis):
                 if api.count("/") != 1 or api.startswith("/") or api.endswith("/"):
-                    r.error(base + ("apis", i), f"AWS APIs are written \"rest-api-name-or-id/stage\"; got {api!r}")
+                    r.error(
+                        base + ("apis", i),
+                        f'AWS APIs are written "rest-api-name-or-id/stage", e.g. "petstore/prod"; got {api!r}',
+                    )
         if provider == "azure":
             if product.rate_limit and product.rate_limit.burst != product.rate_limit.rate:
-                r.warn(base + ("rate_limit", "burst"),
-                       "azure: API Management's rate-limit policy has no burst; only rate is enforced "
-                       "(calls per second)")
+                r.warn(
+                    base + ("rate_limit", "burst"),
+                    "azure: API Management's rate-limit policy has no burst; "
+                    "only rate is enforced (set burst equal to rate to silence this)",
+                )
             if product.quota and product.quota.period == "month":
-                r.warn(base + ("quota", "period"),
-                       "azure: API Management quotas renew after a fixed number of seconds, not on calendar "
-                       "months; month is written as 2592000 s (30 days)")
+                r.warn(
+                    base + ("quota", "period"),
+                    "azure: API Management quotas renew after a fixed number of "
+                    "seconds, not on calendar months; month is written as 2592000 s (30 days)",
+                )
         if provider == "apigee":
             if product.rate_limit:
-                r.warn(base + ("rate_limit",),
-                       "apigee: API products have no product-level rate limit (spike arrest lives in proxies);"
-                       " recorded as product attributes, not enforced")
+                r.warn(
+                    base + ("rate_limit",),
+                    "apigee: API products have no product-level rate limit (spike "
+                    "arrest lives in proxies); recorded as product attributes, not enforced",
+                )
             p = product.pricing
             if p.model in ("volume", "package"):
-                r.warn(base + ("pricing", "model"),
-                       f"apigee: rate plans cannot express model {p.model}; no rate plan is written "
-                       "(apimon's invoices still use it)")
+                r.warn(
+                    base + ("pricing", "model"),
+                    f"apigee: rate plans cannot express model {p.model}; no rate "
+                    "plan is written (apimon's invoices still use it)",
+                )
             for name in ("minimum", "maximum"):
                 if getattr(p, name) is not None:
-                    r.warn(base + ("pricing", name),
-                           f"apigee: rate plans have no {name}; apimon's invoices apply it, Apigee's do not")
+                    r.warn(
+                        base + ("pricing", name),
+                        f"apigee: rate plans have no {name}; apimon's invoices apply it, Apigee's do not",
+                    )
             if p.included:
-                r.warn(base + ("pricing", "included"),
-                       "apigee: rate plans have no included units; apimon's invoices apply them")
-    for sid, sub in desired.subscribers.items():
+                r.warn(
+                    base + ("pricing", "included"),
+                    "apigee: rate plans have no included units; apimon's invoices apply them, Apigee's do not",
+                )
+    for sid, sub in parts.subscribers.items():
         base = ("subscribers", sid)
         if provider == "apigee" and not sub.email:
-            r.error(base, "apigee: developers need an email; add `email:`")
+            r.error(base + ("email",), "apigee: developers need an email address; add email: to the subscriber")
         if provider == "aws" and sub.key_value is not None and not 20 <= len(sub.key_value) <= 128:
-            r.error(base + ("key", "from_env"),
-                    f"aws: API key values must be 20 to 128 characters; the value has {len(sub.key_value)}")
+            r.error(
+                base + ("key", "from_env"),
+                f"aws: API key values must be 20 to 128 characters; the value has {len(sub.key_value)}",
+            )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,16 @@ def dotted(path: Iterable) -> str:
     return out
 
 
-def suggest(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean "x"?)' for a near miss, else ''."""
+def closest(word: object, choices: Iterable[str]) -> str | None:
+    """The choice ``word`` is most likely a misspelling of, if any."""
     match = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f' (did you mean "{match[0]}"?)' if match else ""
+    return match[0] if match else None
+
+
+def suggest(word: object, choices: Iterable[str]) -> str:
+    """' (did you mean "x"?)' for a near miss, else ''."""
+    match = closest(word, choices)
+    return f' (did you mean "{match}"?)' if match else ""
 
 
 class PlanError(Exception):

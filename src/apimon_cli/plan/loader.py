@@ -1,12 +1,15 @@
 """Plan files -> DesiredState, with every problem reported at its file, line and column.
 
-Stages: read bytes safely -> YAML with positions (``yamlsrc``) -> structure and types (``schema``) ->
-merge several files -> cross-field rules and provider capabilities (``checks``) -> model dataclasses.
+Stages: read bytes safely -> YAML with positions (``yamlsrc``) -> structure and types (``schema``), one product
+and one subscriber at a time so that one bad entry does not hide the problems of the others -> merge several
+files -> cross-field rules and provider capabilities (``checks``) -> model dataclasses.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +17,21 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..model import (Billing, DesiredState, Package, Pricing, Product, Quota, RateLimit, Subscriber, Target,
-                     Tier)
+from ..model import (
+    Billing,
+    DesiredState,
+    Package,
+    Pricing,
+    Product,
+    Quota,
+    RateLimit,
+    Subscriber,
+    Target,
+    Tier,
+)
 from . import schema as S
-from .diagnostics import Diagnostic, PlanError, dotted, suggest
+from .checks import PlanParts, check_plan
+from .diagnostics import Diagnostic, PlanError, closest, dotted, suggest
 from .yamlsrc import Source, YamlProblem, parse_yaml
 
 MAX_PLAN_BYTES = 16 * 1024 * 1024
@@ -39,36 +53,32 @@ class LoadedPlan:
         return [d for d in self.diagnostics if d.severity == "warning"]
 
 
+@dataclass
+class _FilePlan:
+    """One file's parts after structure checks; ``None`` marks an entry whose problems are already reported."""
+
+    src: Source
+    head: S.PlanHead | None
+    products: dict[str, S.ProductSpec | None]
+    subscribers: dict[str, S.SubscriberSpec | None]
+
+
 def load_plans(paths: list[str], *, strict: bool = False, env: dict[str, str] | None = None) -> LoadedPlan:
     """Load and validate plan files. Never raises for bad input: problems come back as diagnostics."""
     env = dict(os.environ) if env is None else env
-    diags: list[Diagnostic] = []
-    parsed: list[tuple[Source, S.PlanFile]] = []
-    secrets: set[str] = set()
-    sources: list[Source] = []
     if not paths:
-        return LoadedPlan(None, [Diagnostic("apimon", 0, 0, "error", "", "no plan file given")])
-    for path in paths:
-        src, file_diags = _load_one(path, env)
-        diags.extend(file_diags)
-        if src is None:
-            continue
-        sources.append(src)
-        secrets |= src.secrets
-        plan = _validate_structure(src, diags)
-        if plan is not None and not any(d.file == src.file and d.severity == "error" for d in file_diags):
-            parsed.append((src, plan))
-    if diags and any(d.severity == "error" for d in diags) or len(parsed) != len(paths):
-        return LoadedPlan(None, _sorted(diags), secrets, sources)
-
-    from .checks import check_plan  # cross-field rules; imported here to keep the module graph flat
-
-    desired = _merge(parsed, diags, env)
-    if desired is not None:
-        diags.extend(check_plan(desired, parsed, env, strict=strict))
-    if any(d.severity == "error" for d in diags):
-        return LoadedPlan(None, _sorted(diags), secrets, sources)
-    return LoadedPlan(desired, _sorted(diags), secrets, sources)
+        return LoadedPlan(
+            None, [Diagnostic("apimon", 1, 1, "error", "", "no plan file given; name one or more plan files (YAML)")]
+        )
+    # Loading builds many small objects and frees none until the end: cyclic GC passes would only cost time
+    # (they were half of `apimon validate` on a plan with 10,000 subscribers).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(list(paths), strict, env)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 def load_or_raise(paths: list[str], *, strict: bool = False) -> LoadedPlan:
@@ -78,59 +88,198 @@ def load_or_raise(paths: list[str], *, strict: bool = False) -> LoadedPlan:
     return loaded
 
 
-def _sorted(diags: list[Diagnostic]) -> list[Diagnostic]:
-    return sorted(diags, key=lambda d: (d.file, d.line, d.col, d.severity != "error"))
+def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
+    diags: list[Diagnostic] = []
+    files: list[_FilePlan] = []
+    secrets: set[str] = set()
+    sources: list[Source] = []
+    complete = True  # every file was read and parsed: references between files can be checked
+    env_diags: set[Diagnostic] = set()  # values whose ${env:...} failed
+    seen: dict[str, str] = {}
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:
+            diags.append(
+                Diagnostic(
+                    path, 1, 1, "error", "", f"the same file as {seen[real]} (given twice); give each plan file once"
+                )
+            )
+            continue
+        seen[real] = path
+        src, file_diags = _load_one(path, env)
+        diags.extend(file_diags)
+        if src is None:
+            complete = False
+            continue
+        sources.append(src)
+        secrets |= src.secrets
+        env_diags.update(file_diags)
+        files.append(_validate_file(src, diags))
+    parts = _merge(files, diags, env, complete)
+    diags.extend(check_plan(parts, env, strict=strict))
+    if env_diags:  # a value whose ${env:...} failed is reported once; its other problems are only noise
+        failed = {(d.file, d.path) for d in env_diags}
+        diags = [d for d in diags if d in env_diags or not _under(d, failed)]
+    for src in sources:  # every position is resolved: free the node tree (most of the objects allocated)
+        src.release()
+    secrets |= {s.key_value for s in parts.subscribers.values() if s.key_value}
+    if any(d.severity == "error" for d in diags) or parts.target is None:
+        return LoadedPlan(None, _sorted(diags, paths), secrets, sources)
+    desired = DesiredState(
+        target=parts.target,
+        billing=parts.billing,
+        products=parts.products,
+        subscribers=parts.subscribers,
+        files=tuple(f.src.file for f in files),
+    )
+    return LoadedPlan(desired, _sorted(diags, paths), secrets, sources)
+
+
+def _sorted(diags: list[Diagnostic], paths: list[str]) -> list[Diagnostic]:
+    """In the order the files were given, then by position, errors before warnings at one position."""
+    order = {path: i for i, path in reversed(list(enumerate(paths)))}
+    return sorted(diags, key=lambda d: (order.get(d.file, len(order)), d.line, d.col, d.severity != "error"))
+
+
+# ---------------------------------------------------------------- reading one file
 
 
 def _load_one(path: str, env: dict[str, str]) -> tuple[Source | None, list[Diagnostic]]:
-    def fail(msg: str, line: int = 0, col: int = 0) -> tuple[None, list[Diagnostic]]:
+    def fail(msg: str, line: int = 1, col: int = 1) -> tuple[None, list[Diagnostic]]:
         return None, [Diagnostic(path, line, col, "error", "", msg)]
 
     p = Path(path)
     try:
         if p.is_dir():
-            return fail("is a directory; give a plan file (YAML)")
+            return fail("is a directory; give plan files, e.g. " + os.path.join(path, "*.yaml"))
+        if not p.exists():
+            return fail("no such file; give the path of a plan file (YAML)")
+        if not p.is_file():
+            return fail("is not a regular file; give the path of a plan file (YAML)")
         size = p.stat().st_size
         if size > MAX_PLAN_BYTES:
-            return fail(f"file is {size / 1e6:.1f} MB; plan files up to {MAX_PLAN_BYTES // 2**20} MiB "
-                        "are accepted (split it into several files)")
+            return fail(
+                f"file is {size / 2**20:.1f} MiB; plan files of up to {MAX_PLAN_BYTES // 2**20} MiB are read "
+                "(split the plan into several files)"
+            )
         raw = p.read_bytes()
-    except FileNotFoundError:
-        return fail("no such file")
     except PermissionError:
-        return fail("permission denied")
+        return fail("permission denied; the plan file must be readable")
     except OSError as exc:
-        return fail(f"cannot read: {exc.strerror or exc}")
-    if b"\x00" in raw[:8192] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return fail("is a binary file, not YAML")
+        return fail(f"cannot read the file ({exc.strerror or exc}); give the path of a plan file (YAML)")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return fail("is UTF-16 text; plan files are UTF-8 (re-save the file as UTF-8)")
+    nul = raw.find(b"\x00", 0, 8192)
+    if nul >= 0:
+        line, col = _byte_position(raw, nul)
+        return fail("is a binary file (it holds NUL bytes); a plan file is UTF-8 YAML text", line, col)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        return fail(f"invalid UTF-8 (byte 0x{raw[exc.start]:02x}); plan files must be UTF-8 text", line, col)
+        line, col = _byte_position(raw, exc.start)
+        return fail(f"invalid UTF-8 (byte 0x{raw[exc.start]:02x}); plan files are UTF-8 text", line, col)
     try:
         src, env_problems = parse_yaml(text, path, env)
     except YamlProblem as exc:
-        msg = exc.message
-        if "\t" in text and "found character '\\t'" in msg:
-            msg += "; indent with spaces, not tabs"
-        return None, [Diagnostic(path, exc.line, exc.col, "error", dotted(exc.path), msg)]
+        return None, [Diagnostic(path, exc.line, exc.col, "error", dotted(exc.path), exc.message)]
     diags = [Diagnostic(path, e.line, e.col, "error", dotted(e.path), e.message) for e in env_problems]
     if src.data is None:
-        return None, diags + [Diagnostic(path, 1, 1, "error", "", "plan file is empty; "
-                                          "it needs at least `apimon: 1` and `products`")]
+        return None, [
+            Diagnostic(
+                path,
+                1,
+                1,
+                "error",
+                "",
+                "the plan file is empty; a plan needs at least `apimon: 1`, a target and products",
+            )
+        ]
     if not isinstance(src.data, dict):
-        return None, diags + [Diagnostic(path, *src.where(()), "error", "",
-                                         f"a plan file must be a mapping of fields; got {_kind(src.data)}")]
+        line, col = src.where(())
+        return None, [
+            Diagnostic(
+                path,
+                line,
+                col,
+                "error",
+                "",
+                f"a plan file is a mapping of fields (apimon, target, "
+                f"billing, products, subscribers); got {S._kind(src.data)}",
+            )
+        ]
     return src, diags
 
 
-def _kind(value: Any) -> str:
-    return S._kind(value)
+def _byte_position(raw: bytes, offset: int) -> tuple[int, int]:
+    line = raw.count(b"\n", 0, offset) + 1
+    start = raw.rfind(b"\n", 0, offset) + 1
+    return line, len(raw[start:offset].decode("utf-8", "replace")) + 1
 
 
-# ---------------------------------------------------------------- structure errors -> our messages
+# ---------------------------------------------------------------- structure and types
+
+
+def _under(d: Diagnostic, paths: set[tuple[str, str]]) -> bool:
+    return any(
+        d.file == file and path and (d.path == path or d.path.startswith((path + ".", path + "[")))
+        for file, path in paths
+    )
+
+
+def _validate_file(src: Source, diags: list[Diagnostic]) -> _FilePlan:
+    data: dict = src.data  # type: ignore[assignment]
+    head = _validate(S.PlanHead, data, (), src, diags)
+    products: dict[str, S.ProductSpec | None] = {}
+    subscribers: dict[str, S.SubscriberSpec | None] = {}
+    raw_products = data.get("products")
+    if isinstance(raw_products, dict):
+        for pid, raw in raw_products.items():
+            products[pid] = _validate(S.ProductSpec, raw, ("products", pid), src, diags)
+    raw_subscribers = data.get("subscribers")
+    if isinstance(raw_subscribers, dict):
+        for sid, raw in raw_subscribers.items():
+            subscribers[sid] = _validate(S.SubscriberSpec, raw, ("subscribers", sid), src, diags)
+    return _FilePlan(src, head, products, subscribers)
+
+
+_M = typing.TypeVar("_M", bound=BaseModel)
+
+
+def _validate(model: type[_M], data: Any, prefix: tuple, src: Source, diags: list[Diagnostic]) -> _M | None:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    # a misspelt required field is one problem ("unknown field, did you mean X"), not two
+    typos = set()
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            loc = tuple(err["loc"])
+            allowed = _allowed_fields(model, loc[:-1])
+            special = _SPECIAL_UNKNOWN.get(loc[-1])
+            if special and len(loc) >= 2 and loc[-2] == special[0]:
+                typos.update(loc[:-1] + (name,) for name in allowed)
+            elif (match := closest(loc[-1], allowed)) is not None:
+                typos.add(loc[:-1] + (match,))
+    seen: set = set()
+    for err in errors:
+        loc = tuple(err["loc"])
+        if (loc, err["type"]) in seen or (err["type"] == "missing" and loc in typos):
+            continue
+        seen.add((loc, err["type"]))
+        diags.append(_structure_diag(src, model, prefix, loc, err))
+    return None
+
+
+# unknown field -> (the mapping it appears in, a better message)
+_SPECIAL_UNKNOWN = {
+    "value": (
+        "key",
+        "key values are never written in a plan; name an environment variable that holds the "
+        "key instead: key: {from_env: VAR}",
+    ),
+}
+
 
 def _unwrap(tp: Any) -> Any:
     while True:
@@ -146,8 +295,8 @@ def _unwrap(tp: Any) -> Any:
         return tp
 
 
-def _type_at(loc: tuple) -> Any:
-    tp: Any = S.PlanFile
+def _type_at(model: type[BaseModel], loc: tuple) -> Any:
+    tp: Any = model
     for part in loc:
         tp = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
@@ -162,140 +311,200 @@ def _type_at(loc: tuple) -> Any:
     return _unwrap(tp)
 
 
-def _allowed_fields(loc: tuple) -> list[str]:
-    tp = _type_at(loc)
+def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    tp = _type_at(model, loc)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return list(tp.model_fields)
     return []
 
 
-def _validate_structure(src: Source, diags: list[Diagnostic]) -> S.PlanFile | None:
-    try:
-        return S.PlanFile.model_validate(src.data)
-    except ValidationError as exc:
-        seen: set = set()
-        for err in exc.errors(include_url=False):
-            loc = tuple(err["loc"])
-            key = (loc, err["type"])
-            if key in seen:
-                continue
-            seen.add(key)
-            diags.append(_structure_diag(src, loc, err))
-        return None
-
-
-def _structure_diag(src: Source, loc: tuple, err: dict) -> Diagnostic:
+def _structure_diag(src: Source, model: type[BaseModel], prefix: tuple, rel: tuple, err: dict) -> Diagnostic:
     etype = err["type"]
     got = err.get("input")
+    loc = prefix + rel
     path = dotted(loc)
+
+    def diag(message: str, *, key: bool = False) -> Diagnostic:
+        line, col = src.where(loc, key=key)
+        return Diagnostic(src.file, line, col, "error", path, message)
+
     if etype == "extra_forbidden":
-        allowed = _allowed_fields(loc[:-1])
-        name = loc[-1]
-        line, col = src.where(loc, key=True)
-        return Diagnostic(src.file, line, col, "error", path,
-                          f"unknown field{suggest(name, allowed)}; allowed: {', '.join(allowed)}")
-    line, col = src.where(loc)
+        allowed = _allowed_fields(model, rel[:-1])
+        name = rel[-1]
+        special = _SPECIAL_UNKNOWN.get(name)
+        if special and len(rel) >= 2 and rel[-2] == special[0]:
+            return diag(f"unknown field; {special[1]}", key=True)
+        return diag(f"unknown field{suggest(name, allowed)}; allowed: {', '.join(allowed)}", key=True)
     if etype == "missing":
-        parent_line, parent_col = src.where(loc[:-1])
         where = dotted(loc[:-1]) or "the plan"
-        hint = {"apimon": "; add `apimon: 1` as the first line"}.get(path, "")
-        return Diagnostic(src.file, parent_line, parent_col, "error", path,
-                          f"required field is missing in {where}{hint}")
+        if path == "apimon":
+            return diag("required field is missing; add `apimon: 1` (the format version) as the first line")
+        return diag(f"required field is missing from {where}; add `{loc[-1]}:`")
     if etype == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
+        if path == "apimon" and isinstance(got, str) and got.strip() == "1":
+            return diag("must be the number 1, not a string; write `apimon: 1` without quotes")
         if path == "apimon":
-            return Diagnostic(src.file, line, col, "error", path,
-                              f"unsupported plan format version {got!r}; this apimon reads format 1")
-        return Diagnostic(src.file, line, col, "error", path, f"must be one of {expected}; got {got!r}")
+            return diag(f"unsupported plan format version {_shown(got)}; this apimon reads format 1 (`apimon: 1`)")
+        options = re.findall(r"'([^']*)'", expected)
+        hint = suggest(got, options) if isinstance(got, str) else ""
+        return diag(f"unknown value {_shown(got)}{hint}; allowed: {', '.join(options) or expected}")
     if etype in ("model_type", "model_attributes_type", "dict_type", "mapping_type"):
-        return Diagnostic(src.file, line, col, "error", path, f"must be a mapping; got {_kind(got)}")
+        fields = _allowed_fields(model, rel)
+        what = f"a mapping of {', '.join(fields)}" if fields else _MAPPING_OF.get(loc[-1] if loc else "", "a mapping")
+        return diag(f"must be {what}; got {S._kind(got)}")
     if etype == "list_type":
-        return Diagnostic(src.file, line, col, "error", path, f"must be a list; got {_kind(got)}")
+        return diag(f"must be a list, e.g. [a, b]; got {S._kind(got)}")
     if etype == "too_short":
-        return Diagnostic(src.file, line, col, "error", path, "must list at least one item")
-    if etype in ("string_type",):
-        return Diagnostic(src.file, line, col, "error", path, f"must be a string; got {_kind(got)}")
-    return Diagnostic(src.file, line, col, "error", path, err["msg"])
+        return diag("must list at least one item; got an empty list")
+    if etype == "string_type":
+        return diag(f"must be a string; got {S._kind(got)}")
+    return diag(err["msg"])
 
 
-# ---------------------------------------------------------------- merge and build the model
+def _shown(value: Any) -> str:
+    """A scalar as written (`2`, `'year'`), anything else described (`a list`)."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return repr(value) if isinstance(value, str) else (getattr(value, "text", None) or repr(value))
+    return S._kind(value)
 
-def _merge(parsed: list[tuple[Source, S.PlanFile]], diags: list[Diagnostic],
-           env: dict[str, str]) -> DesiredState | None:
+
+_MAPPING_OF = {
+    "products": "a mapping of product id -> product",
+    "subscribers": "a mapping of subscriber id -> subscriber",
+    "metadata": "a mapping of key -> text",
+    "upstreams": "a mapping of API name -> URL",
+}
+
+
+# ---------------------------------------------------------------- merge files and build the model
+
+
+def _merge(files: list[_FilePlan], diags: list[Diagnostic], env: dict[str, str], complete: bool) -> PlanParts:
+    parts = PlanParts(complete=complete, first=files[0].src if files else None)
     target: tuple[Source, S.TargetSpec] | None = None
     billing: tuple[Source, S.BillingSpec] | None = None
-    products: dict[str, Product] = {}
-    subscribers: dict[str, Subscriber] = {}
-    where_product: dict[str, Source] = {}
-    where_sub: dict[str, Source] = {}
+    target_given = False
 
     def once(kind: str, current, src: Source, value):
         if current is None:
             return (src, value)
         if current[1] != value:
-            first = current[0]
-            fl, _ = first.where((kind,), key=True)
+            fl, fc = current[0].where((kind,), key=True)
             line, col = src.where((kind,), key=True)
-            diags.append(Diagnostic(src.file, line, col, "error", kind,
-                                    f"defined differently in {first.file}:{fl}; define `{kind}` in one file"))
+            detail = ""
+            if kind == "target" and current[1].provider != value.provider:
+                detail = f" (provider {current[1].provider} there, {value.provider} here)"
+            diags.append(
+                Diagnostic(
+                    src.file,
+                    line,
+                    col,
+                    "error",
+                    kind,
+                    f"defined differently in {current[0].file}:{fl}:"
+                    f"{fc}{detail}; define `{kind}` in one file (or identically in each)",
+                )
+            )
         return current
 
-    for src, plan in parsed:
-        if plan.target is not None:
-            target = once("target", target, src, plan.target)
-        if plan.billing is not None:
-            billing = once("billing", billing, src, plan.billing)
-        for pid, spec in plan.products.items():
-            if pid in where_product:
-                _dup(diags, "products", pid, where_product[pid], src)
+    for f in files:
+        src = f.src
+        target_given = target_given or "target" in src.data  # type: ignore[operator]
+        if f.head is not None and f.head.target is not None:
+            target = once("target", target, src, f.head.target)
+        if f.head is not None and f.head.billing is not None:
+            billing = once("billing", billing, src, f.head.billing)
+        for pid, spec in f.products.items():
+            if ("products", pid) in parts.owner:
+                _dup(diags, "products", pid, parts.owner[("products", pid)], src)
                 continue
-            where_product[pid] = src
-            products[pid] = _product(pid, spec)
-        for sid, spec in plan.subscribers.items():
-            if sid in where_sub:
-                _dup(diags, "subscribers", sid, where_sub[sid], src)
+            parts.owner[("products", pid)] = src
+            if spec is not None:
+                parts.products[pid] = _product(pid, spec)
+                parts.product_specs[pid] = spec
+        for sid, spec in f.subscribers.items():
+            if ("subscribers", sid) in parts.owner:
+                _dup(diags, "subscribers", sid, parts.owner[("subscribers", sid)], src)
                 continue
-            where_sub[sid] = src
-            key_value = env.get(spec.key.from_env) if spec.key else None
-            subscribers[sid] = Subscriber(
-                id=sid, product=spec.product, email=spec.email, enabled=spec.enabled, key_value=key_value,
-                metadata=tuple(sorted(spec.metadata.items())))
-    if target is None:
-        src = parsed[0][0]
-        diags.append(Diagnostic(src.file, 1, 1, "error", "target",
-                                "required field is missing; add `target: {provider: local}` "
-                                "(aws | azure | apigee | local)"))
-        return None
-    tsrc, tspec = target
-    settings_model = getattr(tspec, tspec.provider)
-    settings = settings_model.model_dump() if settings_model is not None else {}
-    b = billing[1] if billing else S.BillingSpec()
-    return DesiredState(
-        target=Target(provider=tspec.provider, settings=settings,
-                      base_dir=str(Path(tsrc.file).resolve().parent)),
-        billing=Billing(currency=b.currency, period=b.period, metric=b.metric),
-        products=products,
-        subscribers=subscribers,
-        files=tuple(src.file for src, _ in parsed),
-    )
+            parts.owner[("subscribers", sid)] = src
+            if spec is not None:
+                key_value = env.get(spec.key.from_env) if spec.key else None
+                parts.subscribers[sid] = Subscriber(
+                    id=sid,
+                    product=spec.product,
+                    email=spec.email,
+                    enabled=spec.enabled,
+                    key_value=key_value,
+                    metadata=tuple(sorted(spec.metadata.items())),
+                )
+                parts.subscriber_specs[sid] = spec
+    if target is not None:
+        tsrc, tspec = target
+        parts.owner[("target", "")] = tsrc
+        settings_model = getattr(tspec, tspec.provider)
+        parts.target = Target(
+            provider=tspec.provider,
+            settings=settings_model.model_dump() if settings_model is not None else {},
+            base_dir=str(Path(tsrc.file).resolve().parent),
+        )
+        parts.target_spec = tspec
+    elif complete and files and not target_given:
+        src = files[0].src
+        diags.append(
+            Diagnostic(
+                src.file,
+                1,
+                1,
+                "error",
+                "target",
+                "required field is missing; add `target: {provider: "
+                "local}` to one plan file (provider: aws | azure | apigee | local)",
+            )
+        )
+    if billing is not None:
+        parts.owner[("billing", "")] = billing[0]
+        b = billing[1]
+        parts.billing = Billing(currency=b.currency, period=b.period, metric=b.metric)
+    return parts
 
 
 def _dup(diags: list[Diagnostic], kind: str, name: str, first: Source, src: Source) -> None:
     fl, fc = first.where((kind, name), key=True)
     line, col = src.where((kind, name), key=True)
-    diags.append(Diagnostic(src.file, line, col, "error", f"{kind}.{name}",
-                            f"defined twice: also at {first.file}:{fl}:{fc}; ids must be unique across files"))
+    what = "product" if kind == "products" else "subscriber"
+    diags.append(
+        Diagnostic(
+            src.file,
+            line,
+            col,
+            "error",
+            f"{kind}.{name}",
+            f"{what} {name!r} is defined twice, here and "
+            f"at {first.file}:{fl}:{fc}; ids must be unique across all plan files",
+        )
+    )
 
 
 def _product(pid: str, spec: S.ProductSpec) -> Product:
     p = spec.pricing
     pricing = Pricing(
-        model=p.model, fee=p.fee, setup_fee=p.setup_fee, included=p.included, unit_price=p.unit_price,
+        model=p.model,
+        fee=p.fee,
+        setup_fee=p.setup_fee,
+        included=p.included,
+        unit_price=p.unit_price,
         package=Package(p.package.size, p.package.price, p.package.round) if p.package else None,
         tiers=tuple(Tier(t.up_to, t.unit_price, t.flat_fee) for t in (p.tiers or ())),
-        minimum=p.minimum, maximum=p.maximum)
+        minimum=p.minimum,
+        maximum=p.maximum,
+    )
     return Product(
-        id=pid, display_name=spec.display_name, description=spec.description, apis=tuple(spec.apis),
+        id=pid,
+        display_name=spec.display_name,
+        description=spec.description,
+        apis=tuple(spec.apis),
         rate_limit=RateLimit(spec.rate_limit.rate, spec.rate_limit.burst) if spec.rate_limit else None,
         quota=Quota(spec.quota.limit, spec.quota.period) if spec.quota else None,
-        pricing=pricing)
+        pricing=pricing,
+    )

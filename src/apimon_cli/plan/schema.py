@@ -7,7 +7,8 @@ These models check shapes and types and generate ``plans/apimon-plan.schema.json
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
@@ -19,67 +20,111 @@ MAX_PRICE_PLACES = 12
 
 def _money(value: Any) -> Decimal:
     if isinstance(value, bool):
-        raise PydanticCustomError("money", "must be a money amount as a string, e.g. \"29.00\"; got {got}",
-                                  {"got": str(value).lower()})
+        raise PydanticCustomError(
+            "money",
+            'must be a money amount, a quoted decimal like "29.00" or an integer; got {got}',
+            {"got": f"the boolean {str(value).lower()} (yes/no/on/off are booleans in YAML)"},
+        )
     if isinstance(value, float):
         raise PydanticCustomError(
             "money_float",
-            "must be a string or an integer, not a YAML float (floats are inexact); quote it: \"{got}\"",
-            {"got": repr(value)})
+            'must be a quoted decimal or an integer, not a YAML float (floats are inexact); quote it: "{got}"',
+            {"got": _float_text(value)},
+        )
     if isinstance(value, int):
         if value < 0:
             raise PydanticCustomError("money", "must not be negative; got {got}", {"got": value})
         return Decimal(value)
     if isinstance(value, str):
         text = value.strip()
-        try:
-            d = Decimal(text)
-        except InvalidOperation:
-            d = None
-        if d is None or not d.is_finite() or text.lower().startswith(("+", "nan", "inf", "-inf")) \
-                or "e" in text.lower():
-            raise PydanticCustomError("money", "must be a plain decimal amount like \"0.001\"; got {got!r}",
-                                      {"got": value})
-        if d < 0:
-            raise PydanticCustomError("money", "must not be negative; got {got!r}", {"got": value})
+        if not _PLAIN_DECIMAL.fullmatch(text):
+            raise PydanticCustomError(
+                "money",
+                'must be a plain decimal amount like "0.001" (digits, an optional point and up to '
+                "12 decimals); got {got}",
+                {"got": repr(value)},
+            )
+        if text.startswith("-"):
+            raise PydanticCustomError("money", "must not be negative; got {got}", {"got": repr(value)})
+        d = Decimal(text)
         exp = d.as_tuple().exponent
         if isinstance(exp, int) and -exp > MAX_PRICE_PLACES:
-            raise PydanticCustomError("money", "has more than 12 decimal places; got {got!r}", {"got": value})
+            raise PydanticCustomError(
+                "money",
+                "has {places} decimal places; at most {limit} are allowed; got {got}",
+                {"places": -exp, "limit": MAX_PRICE_PLACES, "got": repr(value)},
+            )
         return d
-    raise PydanticCustomError("money", "must be a money amount as a string, e.g. \"29.00\"; got {got}",
-                              {"got": type(value).__name__})
+    raise PydanticCustomError(
+        "money",
+        'must be a money amount, a quoted decimal like "29.00" or an integer; got {got}',
+        {"got": _kind(value)},
+    )
+
+
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def _float_text(value: float) -> str:
+    text = getattr(value, "text", None) or repr(value)  # yamlsrc keeps floats' source text
+    return text if "e" not in text else format(Decimal(text), "f")
 
 
 Money = Annotated[
     Decimal,
     BeforeValidator(_money),
-    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\s*\d+(\.\d{1,12})?\s*$"},
-                              {"type": "integer", "minimum": 0}],
-                    "description": "Exact amount: a string like \"0.001\" or an integer (never a float)."}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*\d+(\.\d{1,12})?\s*$"},
+                {"type": "integer", "minimum": 0},
+            ],
+            "description": 'Exact amount: a string like "0.001" or an integer (never a float).',
+        }
+    ),
 ]
 
 
 def _count(minimum: int):
     def check(value: Any) -> int:
+        if isinstance(value, str) and value.strip().isdigit():
+            raise PydanticCustomError(
+                "count",
+                "must be a whole number >= {minimum}, not a string; write {got} without quotes",
+                {"minimum": minimum, "got": value.strip()},
+            )
         if isinstance(value, bool) or not isinstance(value, int):
-            got = repr(value) if isinstance(value, (str, float)) else type(value).__name__
-            raise PydanticCustomError("count", "must be a whole number >= {minimum}; got {got}",
-                                      {"minimum": minimum, "got": got})
+            raise PydanticCustomError(
+                "count", "must be a whole number >= {minimum}; got {got}", {"minimum": minimum, "got": _kind(value)}
+            )
         if value < minimum:
-            raise PydanticCustomError("count", "must be >= {minimum}; got {got}",
-                                      {"minimum": minimum, "got": value})
+            raise PydanticCustomError(
+                "count", "must be a whole number >= {minimum}; got {got}", {"minimum": minimum, "got": value}
+            )
         return value
+
     return check
 
 
 PositiveInt = Annotated[int, BeforeValidator(_count(1)), WithJsonSchema({"type": "integer", "minimum": 1})]
 NonNegInt = Annotated[int, BeforeValidator(_count(0)), WithJsonSchema({"type": "integer", "minimum": 0})]
+_positive = _count(1)
 
 
 def _up_to(value: Any) -> int | None:
-    if value == "inf" or value == float("inf"):
+    if isinstance(value, str) and value.strip() == "inf":
         return None
-    return _count(1)(value)
+    if isinstance(value, float) and value == float("inf"):
+        raise PydanticCustomError(
+            "count",
+            "must be a whole number >= 1, or inf for the last tier; write inf, not {got}",
+            {"got": getattr(value, "text", ".inf")},
+        )
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PydanticCustomError(
+            "count", "must be a whole number >= 1, or inf for the last tier; got {got}", {"got": _kind(value)}
+        )
+    return _positive(value)
 
 
 UpTo = Annotated[
@@ -92,8 +137,14 @@ UpTo = Annotated[
 def _text(value: Any) -> str:
     if isinstance(value, str):
         return value
+    if isinstance(value, bool):
+        raise PydanticCustomError(
+            "text",
+            "must be a string; got {got} (yes/no/on/off/true/false are booleans in YAML: quote the text)",
+            {"got": _kind(value)},
+        )
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise PydanticCustomError("text", "must be a string; got {got} (quote it)", {"got": repr(value)})
+        raise PydanticCustomError("text", "must be a string; got {got} (quote it)", {"got": _kind(value)})
     raise PydanticCustomError("text", "must be a string; got {got}", {"got": _kind(value)})
 
 
@@ -102,23 +153,41 @@ def _metadata_value(value: Any) -> str:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise PydanticCustomError("text", "metadata values must be strings; got {got}", {"got": _kind(value)})
+    raise PydanticCustomError(
+        "text", "must be a string (metadata is free-form text: key: value); got {got}", {"got": _kind(value)}
+    )
 
 
 def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", type(None): "nothing (null)", bool: "a boolean"}.get(
-        type(value), type(value).__name__)
+    """How a value reads in a message: 'a list', 'the string "x"', 'the number 1.5'."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {getattr(value, 'text', None) or repr(value)}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {shown!r}"
+    return type(value).__name__
 
 
 Text = Annotated[str, BeforeValidator(_text), WithJsonSchema({"type": "string"})]
-MetaValue = Annotated[str, BeforeValidator(_metadata_value),
-                      WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer"}]})]
+MetaValue = Annotated[
+    str,
+    BeforeValidator(_metadata_value),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer"}]}),
+]
 
 
 def _strict_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    raise PydanticCustomError("bool", "must be true or false; got {got}", {"got": repr(value)})
+    raise PydanticCustomError("bool", "must be true or false (unquoted); got {got}", {"got": _kind(value)})
 
 
 Bool = Annotated[bool, BeforeValidator(_strict_bool), WithJsonSchema({"type": "boolean"})]
@@ -139,7 +208,7 @@ class QuotaSpec(_Strict):
 
 
 class TierSpec(_Strict):
-    up_to: UpTo = Field(description="Inclusive upper bound of the tier; \"inf\" for the last tier.")
+    up_to: UpTo = Field(description='Inclusive upper bound of the tier; "inf" for the last tier.')
     unit_price: Money | None = None
     flat_fee: Money | None = None
 
@@ -205,8 +274,9 @@ class ApigeeTarget(_Strict):
 
 class LocalTarget(_Strict):
     state_dir: Text = ".apimon"
-    upstreams: dict[str, Text] = Field(default_factory=dict,
-                                       description="API name -> upstream base URL, for `apimon gateway serve`.")
+    upstreams: dict[str, Text] = Field(
+        default_factory=dict, description="API name -> upstream base URL, for `apimon gateway serve`."
+    )
 
 
 class TargetSpec(_Strict):
@@ -223,14 +293,25 @@ class BillingSpec(_Strict):
     metric: Literal["success", "total"] = "success"
 
 
+class PlanHead(_Strict):
+    """A plan file's top level; products and subscribers are validated one by one (``PlanFile`` for the
+    JSON Schema), so that one bad product does not hide the problems of the others."""
+
+    apimon: Literal[1]
+    target: TargetSpec = None  # type: ignore[assignment]  # may be left out, but not null
+    billing: BillingSpec = None  # type: ignore[assignment]
+    products: dict[str, Any] = Field(default_factory=dict)
+    subscribers: dict[str, Any] = Field(default_factory=dict)
+
+
 class PlanFile(_Strict):
     """One apimon plan file (format version 1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="apimon plan file, format 1")
 
     apimon: Literal[1] = Field(description="Plan format version.")
-    target: TargetSpec | None = None
-    billing: BillingSpec | None = None
+    target: TargetSpec = Field(None, description="Where the plan is applied; in one of the files.")  # type: ignore[assignment]
+    billing: BillingSpec = Field(None, description="Currency, billing period, billable metric.")  # type: ignore[assignment]
     products: dict[str, ProductSpec] = Field(default_factory=dict)
     subscribers: dict[str, SubscriberSpec] = Field(default_factory=dict)
 

@@ -76,8 +76,9 @@ def subscriber_to_plan(s: Subscriber, *, key_env: str | None = None) -> dict:
     return out
 
 
-def plan_document(target: dict, products: list[Product], subscribers: list[Subscriber],
-                  billing: dict | None = None, header: str = "") -> str:
+def plan_document(
+    target: dict, products: list[Product], subscribers: list[Subscriber], billing: dict | None = None, header: str = ""
+) -> str:
     """A complete plan file as YAML text."""
     doc: dict = {"apimon": 1, "target": target}
     if billing:

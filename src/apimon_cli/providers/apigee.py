@@ -54,7 +54,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
 
-from ..diff import Change, ChangeSet, FieldChange, flatten_pricing, key_fingerprint
+from ..diff import Change, ChangeSet, FieldChange, comparable, flatten_pricing, key_fingerprint
 from ..model import DesiredState, LiveState, Pricing, Product, Quota, RateLimit, Subscriber, Tier, Unmanaged, UsageRow
 from .base import Provider, ProviderError, subscriber_of
 
@@ -688,7 +688,7 @@ class ApigeeProvider(Provider):
 
     def _visible_pricing(self, pricing: Pricing) -> dict:
         """The pricing fields the diff compares."""
-        return {k: v for k, v in flatten_pricing(pricing).items() if self.stores("product", k)}
+        return comparable({k: v for k, v in flatten_pricing(pricing).items() if self.stores("product", k)})
 
     def _product_model(self, raw: dict, pricing: Pricing) -> Product:
         attrs = _attrs(raw)
