@@ -93,7 +93,7 @@ def test_invoice_csv_exact_lines_and_formula_protection(plan):
     assert r.code == 0, r.output
     rows = list(csv.reader(io.StringIO(r.stdout)))
     assert rows[0] == ["invoice_id", "period_start", "period_end", "subscriber", "product", "line_type",
-                       "description", "quantity", "unit_price", "amount", "currency", "metadata.customer_id"]
+                       "description", "quantity", "unit_price", "amount", "currency", "customer_id"]
     body = [(r[0], r[5], r[7], r[8], r[9], r[10]) for r in rows[1:]]
     assert body == [
         ("2026-11-acme", "fee", "", "", "199.00", "USD"),
@@ -159,3 +159,18 @@ def test_bad_period_and_missing_ledger_are_one_line_errors(plan, tmp_path):
     r = run_cli("usage", "pull", str(plan), "--from", "2026-11-01", "--to", "2026-11-02", "--ledger", str(junk))
     assert r.code == 1 and len(r.stderr.strip().splitlines()) == 1
     assert junk.read_text().startswith("not a database")
+
+
+def test_metric_total_bills_every_call_except_blocked_ones(tmp_path):
+    plan = write_plan(tmp_path / "plan.yaml", PLAN.replace("metric: success", "metric: total"))
+    assert run_cli("apply", str(plan), "--auto-approve").code == 0
+    seed(tmp_path, [("globex", "starter", "2026-11-03", "success", 15_000),
+                    ("globex", "starter", "2026-11-03", "failed", 1_000),
+                    ("globex", "starter", "2026-11-03", "blocked", 500),
+                    ("globex", "starter", "2026-11-03", "total", 16_500)])
+    pull(plan)
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "csv")
+    usage = [row for row in csv.DictReader(io.StringIO(r.stdout)) if row["line_type"] == "usage"
+             and row["subscriber"] == "globex"]
+    # 16,500 seen - 500 blocked = 16,000; minus 10,000 included = 6,000 x 0.001
+    assert [(u["quantity"], u["amount"]) for u in usage] == [("6000", "6.00")]

@@ -248,6 +248,11 @@ def invoices_for(desired, window, book, provider: str, target: str):
     from .billing.invoice import build_invoices
 
     usage = book.totals(window.start, window.end, desired.billing.metric, provider, target)
+    if desired.billing.metric == "total":
+        # `total` is every call the gateway saw, but calls it blocked (throttled, over quota, bad key) are
+        # never billed (shared/design/pricing.md): bill total - blocked
+        blocked = book.totals(window.start, window.end, "blocked", provider, target)
+        usage = {k: max(0, n - blocked.get(k, 0)) for k, n in usage.items()}
     # the setup fee only needs "was the first usage in this window?": no scan of all history
     earlier = book.seen_before(window.start, provider, target)
     first = {sid: window.start for (sid, _pid), n in usage.items() if n > 0 and sid not in earlier}
@@ -335,7 +340,8 @@ def _invoice_rows(invoices, metadata_keys):
 def _write_invoices(invoices, fmt: str, fh, metadata_keys: list[str]) -> int:
     from .export.writers import write_csv, write_jsonl
 
-    columns = list(INVOICE_COLUMNS) + [f"metadata.{k}" for k in metadata_keys]
+    # one column per metadata key, named by the key (prefixed only where it would clash with a standard column)
+    columns = list(INVOICE_COLUMNS) + [f"metadata.{k}" if k in INVOICE_COLUMNS else k for k in metadata_keys]
     rows = _invoice_rows(invoices, metadata_keys)
     if fmt == "csv":
         return write_csv(rows, columns, fh, set(INVOICE_NUMERIC))
