@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +132,7 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 def main() -> None:
     os.chdir(ROOT)
     shutil.rmtree(ROOT / ".apimon", ignore_errors=True)  # a fresh demo every run
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     period = today.strftime("%Y-%m")
 
     step("start the sample upstream (examples/upstream.py on 127.0.0.1:9000)")

@@ -675,7 +675,7 @@ class ApigeeFake:
             return status, body, {}
         except ApiError as e:
             return e.code, e.body(), e.headers
-        except Exception as e:  # noqa: BLE001 - report fake bugs as 500s
+        except Exception as e:
             tb = traceback.format_exc()
             return 500, ApiError(500, "INTERNAL", f"ApigeeFake bug: {e!r}\n{tb}").body(), {}
 
