@@ -349,7 +349,7 @@ def test_target_id_and_bad_quota_scale(aws, monkeypatch):
     from apimon_cli.providers.base import ProviderError
 
     desired = DesiredState(Target("aws", {"region": REGION}), Billing(), {}, {})
-    assert AwsProvider(desired).target_id == f"123456789012/{REGION}"  # moto's default account
+    assert AwsProvider(desired).target_id == f"profile:default/{REGION}"  # no network call needed
     monkeypatch.setenv("APIMON_AWS_QUOTA_SCALE", "zero")
     with pytest.raises(ProviderError, match="APIMON_AWS_QUOTA_SCALE must be a positive number"):
         AwsProvider(desired)

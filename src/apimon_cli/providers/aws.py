@@ -191,24 +191,16 @@ class AwsProvider(Provider):
 
     @property
     def target_id(self) -> str:
+        """The ledger's name for this account, known without a network call (so `apimon invoice` works
+        offline): the endpoint override, else the credentials profile, plus the region."""
         endpoint = self.endpoint_url or self._client_endpoint_override()
         if endpoint:
             return f"{endpoint.rstrip('/')}/{self.region}"
-        return f"{self._account_id()}/{self.region}"
+        return f"profile:{self.profile or 'default'}/{self.region}"
 
     def _client_endpoint_override(self) -> str | None:
         url = self.client.meta.endpoint_url
         return None if url.endswith(".amazonaws.com") or ".amazonaws.com." in url else url
-
-    def _account_id(self) -> str:
-        import boto3
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
-            return session.client("sts").get_caller_identity()["Account"]
-        except (BotoCoreError, ClientError) as exc:
-            raise ProviderError(f"cannot tell which AWS account this is (sts:GetCallerIdentity): {exc}") from None
 
     def _call(self, op: str, *, recover: Callable[[], Any] | None = None, missing_ok: bool = False,
               **kwargs: Any) -> Any:
