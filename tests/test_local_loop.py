@@ -301,3 +301,12 @@ def test_import_then_plan_shows_no_changes_and_adopt_takes_ownership(plan, tmp_p
         assert conn.execute("SELECT owner FROM products WHERE id='legacy'").fetchone() == ("apimon",)
         assert conn.execute("SELECT owner FROM subscribers WHERE id='ops'").fetchone() == ("apimon",)
     assert run_cli("plan", str(imported), "--detailed-exitcode").code == 0
+
+
+def test_usage_errors_exit_1_never_2(plan):
+    # exit code 2 means "changes present" for plan --detailed-exitcode: a typo must not look like that
+    r = run_cli("plan", "--detailed-exitcode")
+    assert r.code == 1 and "Missing argument" in r.stderr
+    r = run_cli("plan", str(plan), "--detailed-exitcod")
+    assert r.code == 1 and "No such option" in r.stderr
+    assert run_cli("plan", str(plan), "--detailed-exitcode", env=ENV).code == 2

@@ -31,7 +31,8 @@ app = typer.Typer(
 keys_app = typer.Typer(help="API keys of subscribers.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(keys_app, name="keys")
 
-PlanArgs = Annotated[list[str], typer.Argument(help="Plan file(s); several files merge.", show_default=False)]
+PlanArgs = Annotated[list[str], typer.Argument(help="Plan file(s); several files merge.", show_default=False,
+                                               metavar="PLAN")]
 Strict = Annotated[bool, typer.Option("--strict", help="Treat provider capability warnings as errors.")]
 
 
@@ -512,10 +513,22 @@ def gateway_serve(
 
 
 def main() -> None:
-    """Console entry point: no traceback reaches the user unless APIMON_DEBUG is set."""
+    """Console entry point: no traceback reaches the user unless APIMON_DEBUG is set.
+
+    Usage errors (a missing argument, an unknown option) exit 1, not click's 2: exit code 2 means
+    "changes present" for `plan --detailed-exitcode`, and CI must never read a typo as that."""
+    from typer.exceptions import Abort, TyperException  # typer vendors its own click
 
     try:
-        app()
+        code = app(standalone_mode=False)
+    except Abort:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except TyperException as exc:  # usage errors; `apimon` alone prints the help
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        sys.exit(0 if type(exc).__name__ == "NoArgsIsHelpError" else 1)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
@@ -527,6 +540,7 @@ def main() -> None:
             "(set APIMON_DEBUG=1 for details, and please report it)\n"
         )
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
