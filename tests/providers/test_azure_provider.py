@@ -662,3 +662,16 @@ def test_diff_uses_provider_stores(plan, fake):
     cs = compute_changes(run.loaded.desired, run.live, stores=run.provider.stores)
     run.provider.close()
     assert cs.changes == []
+
+
+def test_service_without_products_by_tags_is_read_from_the_product_list(plan, fake):
+    converged(plan)
+    fake.inject(method="GET", path_regex=r"/productsByTags$", status=404, times=None)
+    fake.reset_requests()
+    run = planned(plan)
+    run.provider.close()
+    fake.clear_faults()
+    assert run.changes.empty and not run.changes.conflicts
+    assert {u.name for u in run.changes.unmanaged if u.kind == "product"} == {"legacy"}
+    paths = [p for _, p, _ in fake.requests]
+    assert any(p.endswith("/products") for p in paths) and any(p.endswith("/tags") for p in paths)

@@ -327,6 +327,13 @@ def _ns_product_by_tag(v: dict) -> SimpleNamespace:
     return SimpleNamespace(product=product, tag=None if tag is None else SimpleNamespace(id=tag.get("id")))
 
 
+def _is_missing_products_by_tags(exc: Exception) -> bool:
+    response = getattr(exc, "response", None)
+    request = getattr(response, "request", None)
+    return (getattr(exc, "status_code", None) in (404, 501)
+            and "/productsByTags" in str(getattr(request, "url", "")))
+
+
 def _ns_report(v: dict) -> SimpleNamespace:
     return SimpleNamespace(subscription_id=v.get("subscriptionId"), product_id=v.get("productId"),
                            call_count_success=v.get("callCountSuccess"), call_count_blocked=v.get("callCountBlocked"),
@@ -359,6 +366,7 @@ class AzureProvider(Provider):
         self._api_ids: list[str] = []
         self._foreign_subs: dict[str, list[str]] = {}  # product id -> subscriptions apimon does not own
         self._tag_ready = False
+        self._plain_product_list = False  # the service does not serve productsByTags: list products + tags
 
     # ---------------------------------------------------------------- plumbing
     @property
@@ -502,9 +510,28 @@ class AzureProvider(Provider):
     # ---------------------------------------------------------------- read
     def read_live_state(self) -> LiveState:
         try:
-            return self._read_live_state()
+            try:
+                return self._read_live_state()
+            except HttpResponseError as exc:
+                if self._plain_product_list or not _is_missing_products_by_tags(exc):
+                    raise
+                self._plain_product_list = True  # read again without it
+                return self._read_live_state()
         except (HttpResponseError, ServiceRequestError, ServiceResponseError) as exc:
             raise self._explain(exc, f"reading API Management service {self.service}") from None
+
+    def _products_with_tags(self) -> list:
+        """What productsByTags answers, built from the product list and each product's tags (slower: one
+        request per product), for a service that does not serve productsByTags."""
+        c, rg, svc = self.client, self.rg, self.service
+        rows = []
+        for p in c.product.list_by_service(rg, svc, top=PAGE_SIZE):
+            product = SimpleNamespace(id=p.id, name=p.display_name, description=p.description, state=p.state,
+                                      subscription_required=p.subscription_required,
+                                      approval_required=p.approval_required)
+            tags = [SimpleNamespace(id=t.id) for t in c.tag.list_by_product(rg, svc, p.name)]
+            rows.extend(SimpleNamespace(product=product, tag=t) for t in (tags or [None]))
+        return rows
 
     def _read_live_state(self) -> LiveState:
         """Three collections listed in parallel (products with their tags, subscriptions, APIs), then per
@@ -578,8 +605,11 @@ class AzureProvider(Provider):
                 if name.lower().startswith(SUB_PREFIX) and name[len(SUB_PREFIX):] in want_keys:
                     sched.submit(lambda name=name: read_secret(name), lambda r: secrets.__setitem__(*r))
 
-        _PagedList(sched, self._raw_list("productsByTags", _ns_product_by_tag, includeNotTaggedProducts="true"),
-                   self.concurrency, on_products).start()
+        if self._plain_product_list:
+            sched.submit(self._products_with_tags, on_products)
+        else:
+            _PagedList(sched, self._raw_list("productsByTags", _ns_product_by_tag, includeNotTaggedProducts="true"),
+                       self.concurrency, on_products).start()
         _PagedList(sched, self._raw_list("subscriptions", _ns_subscription), self.concurrency, on_subs).start()
         _PagedList(sched, lambda **kw: c.api.list_by_service(rg, svc, **kw), self.concurrency, on_apis).start()
         sched.run()
