@@ -327,6 +327,18 @@ def _ns_product_by_tag(v: dict) -> SimpleNamespace:
     return SimpleNamespace(product=product, tag=None if tag is None else SimpleNamespace(id=tag.get("id")))
 
 
+def _quiet_sdk_logs() -> None:
+    """azure-identity and azure-core log multi-line warnings (every credential DefaultAzureCredential tried)
+    to stderr through Python's last-resort handler; apimon reports one line itself."""
+    import logging
+
+    for name in ("azure", "msal"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+
+
 def _is_missing_products_by_tags(exc: Exception) -> bool:
     response = getattr(exc, "response", None)
     request = getattr(response, "request", None)
@@ -380,6 +392,7 @@ class AzureProvider(Provider):
         return self._client
 
     def _make_client(self) -> Any:
+        _quiet_sdk_logs()
         import requests
         from azure.core.pipeline.transport import RequestsTransport
         from azure.mgmt.apimanagement import ApiManagementClient
