@@ -40,6 +40,10 @@ app.add_typer(usage_app, name="usage")
 app.command("invoice")(invoice_command)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 @app.command()
 def validate(plans: PlanArgs, strict: Strict = False) -> None:
     """Check plan files offline: every problem, one line each, FILE:LINE:COL. Exit 0 valid, 1 not."""
@@ -54,7 +58,7 @@ def validate(plans: PlanArgs, strict: Strict = False) -> None:
     d = loaded.desired
     w = len(loaded.warnings)
     out.print(
-        f"The plan is valid: {len(d.products)} products, {len(d.subscribers)} subscribers, target "
+        f"The plan is valid: {_count(len(d.products), 'product')}, {_count(len(d.subscribers), 'subscriber')}, target "
         f"{d.target.provider}" + (f" ({w} warning{'s' if w != 1 else ''})" if w else "") + "."
     )
 

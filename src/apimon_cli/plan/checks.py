@@ -32,6 +32,7 @@ _REQUIRED_SETTINGS = {
 _PROVIDERS = ("aws", "azure", "apigee", "local")
 
 
+
 @dataclass
 class PlanParts:
     """Everything the files define, merged; entries whose structure was invalid are left out (their problems
@@ -262,6 +263,18 @@ def _check_capabilities(parts: PlanParts, r: _Reporter) -> None:
                     "seconds, not on calendar months; month is written as 2592000 s (30 days)",
                 )
         if provider == "apigee":
+            if product.quota and product.quota.period == "week":
+                r.warn(
+                    base + ("quota", "period"),
+                    "apigee: API product quotas have no week unit; written as an interval of 7 days "
+                    "(rolling, not ISO calendar weeks)",
+                )
+            if product.pricing.model == "graduated" and any(t.flat_fee is not None for t in product.pricing.tiers):
+                r.warn(
+                    base + ("pricing", "tiers"),
+                    "apigee: BANDED rate plans have no per-tier flat fee; apimon's invoices apply it, Apigee's "
+                    "do not",
+                )
             if product.rate_limit:
                 r.warn(
                     base + ("rate_limit",),

@@ -778,17 +778,11 @@ class ApigeeProvider(Provider):
         desired = self.desired
         priced = [pid for pid, p in desired.products.items()
                   if p.pricing.model != "free" or p.pricing.fee is not None]
-        if not self.monetization:
-            if priced:
-                changes.warnings.append(
-                    f"warning: apigee: monetization is not enabled in organization {self.org}: no rate plans are read "
-                    f"or written and pricing is not compared ({len(priced)} priced product(s)); apimon's own "
-                    "invoices still use the plan's pricing")
-        else:
-            for pid, p in sorted(desired.products.items()):
-                if p.pricing.model == "graduated" and any(t.flat_fee for t in p.pricing.tiers):
-                    changes.warnings.append(f"warning: products.{pid}.pricing.tiers: apigee: BANDED rate plans have no "
-                                            "per-tier flat fee; flat_fee is not written to Apigee")
+        if not self.monetization and priced:
+            changes.warnings.append(
+                f"warning: apigee: monetization is not enabled in organization {self.org}: no rate plans are read "
+                f"or written and pricing is not compared ({len(priced)} priced product(s)); apimon's own "
+                "invoices still use the plan's pricing")
         changes.warnings.extend(w for w in self._warnings if w not in changes.warnings)
         for pid, fields in sorted(self._extra_fields.items()):
             if pid in desired.products:
