@@ -121,6 +121,9 @@ def test_invoice_table_totals_and_jsonl(plan, tmp_path):
 
 def test_invoice_with_no_usage_applies_minimum(plan):
     r = run_cli("invoice", str(plan), "--period", "2026-12", "--format", "csv")
+    assert r.code == 1 and "no ledger at" in r.stderr and "usage pull" in r.stderr  # never a silent empty ledger
+    pull(plan)  # November's usage; December has none
+    r = run_cli("invoice", str(plan), "--period", "2026-12", "--format", "csv")
     rows = list(csv.reader(io.StringIO(r.stdout)))
     acme = [(x[5], x[9]) for x in rows[1:] if x[3] == "acme"]
     assert ("fee", "199.00") in acme and ("minimum", "51.00") in acme

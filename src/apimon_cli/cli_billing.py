@@ -168,7 +168,7 @@ def usage_show(
     loaded = load_plan(out, plans)
     window = _period_window(out, period, loaded.desired.billing.period)
     provider, target = _provider_and_target(out, loaded.desired)
-    with open_ledger(out, ledger_path(ledger, plans)) as book:
+    with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
         rows = book.summary(window.start, window.end, by=by, provider=provider, target=target)
     from .model import METRICS
 
@@ -211,9 +211,7 @@ def usage_export(
     start = parse_day(out, from_, "--from") if from_ else None
     end = parse_day(out, to, "--to") if to else None
     path = ledger_path(ledger, [plan] if plan else None)
-    if not path.exists():
-        fail(out, f"error: no ledger at {path}; run `apimon usage pull` first (or give --ledger)")
-    with open_ledger(out, path) as book, _writer(out, out_file) as fh:
+    with open_ledger(out, path, must_exist=True) as book, _writer(out, out_file) as fh:
         rows = book.iter_rows(start, end)
         if fmt == "csv":
             n = write_csv(usage_records(rows), USAGE_COLUMNS, fh, USAGE_NUMERIC_COLUMNS)
@@ -287,7 +285,7 @@ def invoice(
     desired = loaded.desired
     window = _period_window(out, period, desired.billing.period)
     provider, target = _provider_and_target(out, desired)
-    with open_ledger(out, ledger_path(ledger, plans)) as book:
+    with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
         invoices = invoices_for(desired, window, book, provider, target)
         if compare:
             other = load_plan(out, [compare]).desired

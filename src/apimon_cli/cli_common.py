@@ -59,9 +59,13 @@ def ledger_path(explicit: str | None, plan_files: list[str] | tuple[str, ...] | 
     return base / ".apimon" / "ledger.db"
 
 
-def open_ledger(out, path: Path):
+def open_ledger(out, path: Path, *, must_exist: bool = False):
+    """Open the ledger; with ``must_exist`` (commands that only read it) a missing one is an error, not a
+    new empty file."""
     from .ledger.store import Ledger, LedgerError
 
+    if must_exist and not path.exists():
+        fail(out, f"error: no ledger at {path}; run `apimon usage pull` first (or give --ledger)")
     try:
         return Ledger.open(path)
     except LedgerError as exc:
