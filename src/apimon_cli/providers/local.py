@@ -108,8 +108,14 @@ class LocalProvider(Provider):
             self._conn = None
 
     # ---------------------------------------------------------------- read
+    @property
+    def exists(self) -> bool:
+        return (self.state_dir / "state.db").exists()
+
     def read_live_state(self) -> LiveState:
         live = LiveState()
+        if not self.exists:  # nothing applied yet: plan reads, it never creates the state
+            return live
         for pid, owner, spec in self.conn.execute("SELECT id, owner, spec FROM products ORDER BY id"):
             try:
                 product = product_from_plan(pid, json.loads(spec))
@@ -235,10 +241,14 @@ class LocalProvider(Provider):
 
     # ---------------------------------------------------------------- keys, usage, import
     def reveal_key(self, subscriber_id: str) -> str | None:
+        if not self.exists:
+            return None
         row = self.conn.execute("SELECT api_key FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
         return row[0] if row else None
 
     def pull_usage(self, start: date, end: date) -> Iterable[UsageRow]:
+        if not self.exists:
+            raise ProviderError(f"no local gateway state at {self.state_dir}; run `apimon apply` first")
         rows = self.conn.execute(
             "SELECT subscriber, product, day, metric, count FROM usage WHERE day BETWEEN ? AND ? "
             "ORDER BY day, subscriber, product, metric", (start.isoformat(), end.isoformat()))
