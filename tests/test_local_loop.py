@@ -310,3 +310,17 @@ def test_usage_errors_exit_1_never_2(plan):
     r = run_cli("plan", str(plan), "--detailed-exitcod")
     assert r.code == 1 and "No such option" in r.stderr
     assert run_cli("plan", str(plan), "--detailed-exitcode", env=ENV).code == 2
+
+
+def test_saved_plan_applies_in_another_checkout(tmp_path):
+    import shutil
+
+    first = tmp_path / "checkout-a"
+    write_plan(first / "plans" / "plan.yaml", PLAN)
+    r = run_cli("plan", "plans/plan.yaml", "--out", "saved.json", cwd=first, env=ENV)
+    assert r.code == 0, r.output
+    second = tmp_path / "checkout-b"  # e.g. the CI job that downloads the saved plan as an artifact
+    shutil.copytree(first, second)
+    r = run_cli("apply", "--plan-file", "saved.json", cwd=second, env=ENV)
+    assert r.code == 0, r.output
+    assert (second / "plans" / "state" / "state.db").exists() and not (first / "plans" / "state").exists()

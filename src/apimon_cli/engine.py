@@ -55,7 +55,9 @@ def saved_plan(run: PlanRun, *, adopt: bool) -> dict:
     return {
         "apimon_saved_plan": SAVED_PLAN_VERSION,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "files": [{"path": str(Path(f).resolve()), "sha256": _sha256(f)} for f in run.loaded.desired.files],
+        # paths as given (relative ones to the working directory), so a saved plan made in one checkout
+        # applies in another, e.g. a CI job that downloads it as an artifact
+        "files": [{"path": f, "sha256": _sha256(f)} for f in run.loaded.desired.files],
         "provider": run.loaded.desired.target.provider,
         "adopt": adopt,
         "live_fingerprint": run.fingerprint,
