@@ -137,6 +137,7 @@ class Fault:
     error_type: str | None
     message: str
     drop_connection: bool
+    after_forward: bool = False  # the request takes effect first, then the client sees the failure
     hits: int = 0
 
 
@@ -502,7 +503,7 @@ class AwsFake:
 
     def inject(self, match: Callable[[str, str], bool] | str, status: int = 429, times: int = 1,
                retry_after: float | None = None, body_error_type: str | None = None,
-               drop_connection: bool = False, message: str | None = None) -> Fault:
+               drop_connection: bool = False, message: str | None = None, after_forward: bool = False) -> Fault:
         """Make the next ``times`` matching requests fail.
 
         ``match``: a callable ``(method, path) -> bool`` (path URL-decoded, no query), an API Gateway
@@ -511,7 +512,8 @@ class AwsFake:
         BadRequestException, 404 NotFoundException, 503 ServiceUnavailableException; 500: no type, so
         botocore's code is '500', body "Internal server error"). ``body_error_type=""`` sends no type.
         ``retry_after`` sets the Retry-After header. ``drop_connection`` closes the TCP connection with no
-        response instead.
+        response instead. ``after_forward`` lets the request take effect first (a response lost on the way
+        back, as after a network failure or a gateway timeout): a client that retries blindly duplicates it.
         """
         if callable(match):
             fn = match
@@ -529,7 +531,7 @@ class AwsFake:
         default_type, default_message = _DEFAULT_ERROR.get(status, (None, "Error"))
         fault = Fault(matcher, status, times, retry_after,
                       default_type if body_error_type is None else body_error_type,
-                      message or default_message, drop_connection)
+                      message or default_message, drop_connection, after_forward)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -594,6 +596,11 @@ class AwsFake:
                 if fault.status == 429 and not fault.drop_connection:
                     self.throttled += 1
         if fault is not None:
+            if fault.after_forward:
+                try:
+                    self._dispatch(_Req(method, raw_path, query, headers, body, op))
+                except _ApiError:
+                    pass
             if fault.drop_connection:
                 return None
             extra = [] if fault.retry_after is None else [("Retry-After", _fmt_seconds(fault.retry_after))]

@@ -216,6 +216,24 @@ def test_faults_are_retried_and_apply_converges(fake, tmp_path, engine):
     assert snapshot(fake) == before
 
 
+def test_lost_responses_of_creates_that_took_effect_are_not_duplicated(fake, tmp_path, engine):
+    # the request reaches AWS and takes effect, but the answer never arrives (network drop, gateway 5xx)
+    before = snapshot(fake)
+    plan = write_plan(tmp_path / "plan.yaml", PLAN)
+    faults = [fake.inject("CreateUsagePlan", status=500, after_forward=True),
+              fake.inject("CreateApiKey", drop_connection=True, after_forward=True),
+              fake.inject("CreateUsagePlanKey", status=503, after_forward=True)]
+    run, report = engine.apply(plan)
+    assert not report.failed and not report.not_applied, [o.message for o in report.failed]
+    assert [f.hits for f in faults] == [1, 1, 1]
+    plans = [p["name"] for p in fake.moto_client().get_usage_plans()["items"]]
+    keys = [k["name"] for k in fake.moto_client().get_api_keys()["items"]]
+    assert sorted(plans) == ["free", "legacy", "pro"] and sorted(keys) == ["acme", "bob", "handmade", "imported",
+                                                                            "loose"]
+    assert engine.plan(plan).changes.empty
+    assert snapshot(fake) == before
+
+
 def test_bounded_retries_then_a_clear_failure(fake, tmp_path):
     plan = write_plan(tmp_path / "plan.yaml", PLAN)
     fake.inject("CreateApiKey", status=429, retry_after=0.01, times=1000)
