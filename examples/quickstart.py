@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PLAN = "plans/local.yaml"
 APIMON = [sys.executable, "-m", "apimon_cli.cli"]
 UPSTREAM_PORT = 9000  # plans/local.yaml: target.local.upstreams.petstore
-LEDGER = ".apimon/ledger.db"
 
 started: list[subprocess.Popen] = []
 
@@ -131,7 +130,10 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 def main() -> None:
     os.chdir(ROOT)
-    shutil.rmtree(ROOT / ".apimon", ignore_errors=True)  # a fresh demo every run
+    # a fresh demo every run: the local gateway's state (target.local.state_dir) and the ledger, which by
+    # default lives in .apimon/ beside the plan, so later commands find it without --ledger
+    shutil.rmtree(ROOT / ".apimon", ignore_errors=True)
+    shutil.rmtree(ROOT / "plans" / ".apimon", ignore_errors=True)
     today = datetime.now(UTC).date()
     period = today.strftime("%Y-%m")
 
@@ -159,14 +161,15 @@ def main() -> None:
     print((gateway.stdout.read() or "").strip())
 
     step("pull usage into the ledger, show it, invoice it")
-    apimon("usage", "pull", PLAN, "--from", today.isoformat(), "--to", today.isoformat(), "--ledger", LEDGER)
-    apimon("usage", "show", PLAN, "--period", period, "--ledger", LEDGER)
-    apimon("invoice", PLAN, "--period", period, "--ledger", LEDGER)
+    apimon("usage", "pull", PLAN, "--from", today.isoformat(), "--to", today.isoformat())
+    apimon("usage", "show", PLAN, "--period", period)
+    apimon("invoice", PLAN, "--period", period)
     Path("out").mkdir(exist_ok=True)
     csv = f"out/invoice-{period}.csv"
-    apimon("invoice", PLAN, "--period", period, "--ledger", LEDGER, "--format", "csv", "--out", csv,
+    apimon("invoice", PLAN, "--period", period, "--format", "csv", "--out", csv,
            "--with-metadata", "customer_id")
-    print(f"\nThe invoice CSV is {csv}. Next: edit {PLAN} and run `.venv/bin/apimon plan {PLAN}`.")
+    print(f"\nThe invoice CSV is {csv}. Next: `.venv/bin/apimon invoice {PLAN} --period {period}` shows the "
+          f"invoices again; edit {PLAN} and run `.venv/bin/apimon plan {PLAN}` to see a change.")
 
 
 if __name__ == "__main__":

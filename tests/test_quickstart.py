@@ -37,5 +37,6 @@ def test_quickstart_runs_the_whole_loop(tmp_path):
     invoice = list(csv.DictReader((tmp_path / "out").glob("invoice-*.csv").__next__().open()))
     assert {r["subscriber"] for r in invoice} == {"acme", "globex", "hooli", "initech"}
     assert any(r["subscriber"] == "acme" and r["line_type"] == "minimum" for r in invoice)
-    for key_line in (tmp_path / ".apimon").glob("*.db"):
-        assert key_line.stat().st_mode & 0o077 == 0
+    databases = [tmp_path / ".apimon" / "state.db", tmp_path / "plans" / ".apimon" / "ledger.db"]
+    for db in databases:  # the gateway state (keys) and the ledger (customer usage): owner-only
+        assert db.stat().st_mode & 0o077 == 0, db
