@@ -86,5 +86,6 @@ def plan_document(
     doc["products"] = {p.id: product_to_plan(p) for p in sorted(products, key=lambda p: p.id)}
     doc["subscribers"] = {s.id: subscriber_to_plan(s) for s in sorted(subscribers, key=lambda s: s.id)}
     text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    schema_line = "# yaml-language-server: $schema=https://apimon.dev/schemas/apimon-plan-1.json\n"
-    return (header + schema_line + text) if header else schema_line + text
+    # `apimon schema > apimon-plan.schema.json` beside the file gives editors completion for it
+    schema_line = "# yaml-language-server: $schema=./apimon-plan.schema.json\n"
+    return header + schema_line + text
