@@ -79,14 +79,7 @@ def check_plan(parts: PlanParts, env: dict[str, str], *, strict: bool = False) -
     r = _Reporter(parts, strict)
     _check_target(parts, r)
     _check_billing(parts, r)
-    for pid in parts.known("products"):
-        if not _ID_RE.match(pid):
-            r.error(
-                ("products", pid),
-                f"invalid product id {pid!r}; ids are 1-63 characters of a-z, 0-9 and "
-                "'-', starting with a letter or digit",
-                key=True,
-            )
+    _check_ids(parts, r, "products", "product")
     for pid, product in parts.products.items():
         base = ("products", pid)
         if product.rate_limit and product.rate_limit.burst < product.rate_limit.rate:
@@ -102,14 +95,7 @@ def check_plan(parts: PlanParts, env: dict[str, str], *, strict: bool = False) -
                 r.error(base + ("apis", i), f"{api!r} is listed twice; list each API once")
             seen.add(api)
     known_products = set(parts.known("products"))
-    for sid in parts.known("subscribers"):
-        if not _ID_RE.match(sid):
-            r.error(
-                ("subscribers", sid),
-                f"invalid subscriber id {sid!r}; ids are 1-63 characters of a-z, 0-9 "
-                "and '-', starting with a letter or digit",
-                key=True,
-            )
+    _check_ids(parts, r, "subscribers", "subscriber")
     for sid, sub in parts.subscribers.items():
         base = ("subscribers", sid)
         if parts.complete and sub.product not in known_products:
@@ -142,6 +128,13 @@ def check_plan(parts: PlanParts, env: dict[str, str], *, strict: bool = False) -
                 )
     _check_capabilities(parts, r)
     return r.out
+
+
+def _check_ids(parts, r, kind: str, noun: str) -> None:
+    for rid in parts.known(kind):
+        if not _ID_RE.match(rid):
+            r.error((kind, rid), f"invalid {noun} id {rid!r}; ids are 1-63 characters of a-z, 0-9 and '-', "
+                                 "starting with a letter or digit", key=True)
 
 
 def _check_pricing(p: Pricing, path: tuple, explicit: set[str], r: _Reporter) -> None:
