@@ -29,7 +29,8 @@ def run_cli(*args: str, cwd: str | Path | None = None, env: dict | None = None, 
             timeout: float = 120) -> Result:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "APIMON_"))}
     full_env.update({"NO_COLOR": "1", "COLUMNS": "200", "AWS_ACCESS_KEY_ID": "testing",
-                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                     "AWS_EC2_METADATA_DISABLED": "true"})  # never probe 169.254.169.254
     full_env.update(env or {})
     proc = subprocess.run([sys.executable, "-m", "apimon_cli.cli", *args], cwd=cwd, env=full_env,
                           input=input, capture_output=True, text=True, timeout=timeout)
