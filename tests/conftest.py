@@ -38,6 +38,16 @@ def run_cli(*args: str, cwd: str | Path | None = None, env: dict | None = None, 
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def load_example_upstream():
+    """examples/upstream.py (the quick start's sample upstream) as a module, for in-process servers."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("apimon_example_upstream", ROOT / "examples" / "upstream.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_plan(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip())

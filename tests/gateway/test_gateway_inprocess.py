@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import socket
 import sqlite3
 import time
@@ -14,21 +13,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yarl
-from conftest import ROOT, run_cli, write_plan
+from conftest import load_example_upstream, run_cli, write_plan
 
 from apimon_cli.gateway import FakeClock, Gateway, GatewayConfig
 from apimon_cli.gateway.clock import windows_at
 from apimon_cli.gateway.metering import metric_of
 
-
-def _load_upstream():
-    spec = importlib.util.spec_from_file_location("apimon_example_upstream", ROOT / "examples" / "upstream.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-upstream = _load_upstream()
+upstream = load_example_upstream()
 
 PLAN = """
 apimon: 1

@@ -4,7 +4,6 @@ after `apimon apply`, a large body streamed both ways in constant memory."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -17,17 +16,9 @@ from datetime import date
 from pathlib import Path
 
 import aiohttp
-from conftest import ROOT, run_cli, write_plan
+from conftest import load_example_upstream, run_cli, write_plan
 
-
-def _load_upstream():
-    spec = importlib.util.spec_from_file_location("apimon_example_upstream", ROOT / "examples" / "upstream.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-upstream = _load_upstream()
+upstream = load_example_upstream()
 
 PLAN = """
 apimon: 1
