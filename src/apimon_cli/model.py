@@ -85,11 +85,39 @@ class Subscriber:
         return dict(self.metadata)
 
 
+PushVendor = Literal["stripe", "lago", "openmeter"]
+PUSH_VENDORS: tuple[str, ...] = ("stripe", "lago", "openmeter")
+
+
+@dataclass(frozen=True)
+class PushSink:
+    """One ``billing.push.<vendor>`` block: where ``apimon billing push`` sends usage."""
+
+    vendor: PushVendor
+    endpoint: str  # API base URL (checked against the endpoint allow-list at load time)
+    meter: str  # Stripe event_name, Lago metric_code, OpenMeter CloudEvent type
+    destination: str | None  # metadata key holding the vendor's customer/subscription/subject; None: subscriber id
+    secret_env: str  # environment variable holding the credential
+    secret: str | None = field(default=None, repr=False)  # its value (None if unset); never printed
+    field: str = "requests"  # Lago property / OpenMeter data key carrying the count
+    source: str = "apimon"  # OpenMeter CloudEvent source
+    where: str = ""  # FILE:LINE:COL of the block, for located errors at push time
+
+    def destination_of(self, sub: Subscriber) -> str | None:
+        if self.destination is None:
+            return sub.id
+        return sub.metadata_dict.get(self.destination) or None
+
+
 @dataclass(frozen=True)
 class Billing:
     currency: str = "USD"
     period: BillingPeriod = "month"
     metric: Literal["success", "total"] = "success"
+    push: tuple[PushSink, ...] = field(default=(), compare=False)
+
+    def sink(self, vendor: str) -> PushSink | None:
+        return next((s for s in self.push if s.vendor == vendor), None)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def test_v1_ledger_is_upgraded_in_place_keeping_rows(tmp_path):
     path = tmp_path / "old.db"
     _create_v1(path)
     with Ledger.open(path) as ledger:
-        assert ledger.schema_version == 2
+        assert ledger.schema_version == SCHEMA_VERSION
         assert list(ledger.iter_rows()) == [
             LedgerRow("azure", "svc", "2025-12-30", "bob", "free", "success", 7, None),
             LedgerRow("aws", "acct", "2026-01-02", "acme", "gold", "success", 10, None),
@@ -105,7 +105,7 @@ def test_a_failing_migration_leaves_the_old_ledger_as_it_was(tmp_path, monkeypat
     conn.close()
     monkeypatch.undo()
     with Ledger.open(path) as ledger:
-        assert ledger.schema_version == 2 and len(list(ledger.iter_rows())) == 3
+        assert ledger.schema_version == SCHEMA_VERSION and len(list(ledger.iter_rows())) == 3
 
 
 def test_newer_schema_is_refused_untouched(tmp_path):
@@ -113,14 +113,15 @@ def test_newer_schema_is_refused_untouched(tmp_path):
     with Ledger.open(path):
         pass
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE schema_version SET version = 3")
+    conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     conn.commit()
     conn.close()
     before = path.read_bytes()
     with pytest.raises(LedgerError) as err:
         Ledger.open(path)
     assert str(err.value) == (
-        f"ledger {path} was written by a newer apimon (schema 3; this apimon knows up to 2); upgrade apimon"
+        f"ledger {path} was written by a newer apimon (schema {SCHEMA_VERSION + 1}; this apimon knows up to "
+        f"{SCHEMA_VERSION}); upgrade apimon"
     )
     assert "\n" not in str(err.value)
     assert path.read_bytes() == before

@@ -39,7 +39,7 @@ from typing import NamedTuple, Self
 from apimon_cli.model import METRICS, UsageRow
 
 #: the schema this code writes; older ledgers are migrated in place on open
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _USAGE_V2 = """
 CREATE TABLE usage (
@@ -52,6 +52,33 @@ CREATE TABLE usage (
     count      INTEGER NOT NULL,  -- >= 0
     pulled_at  TEXT,   -- ISO 8601 UTC; NULL only for rows migrated from schema 1
     PRIMARY KEY (day, provider, target, subscriber, product, metric)
+) WITHOUT ROWID
+"""
+
+# What each billing platform acknowledged, per ledger row (apimon billing push; see ledger/sync.py).
+_PUSH_SYNC_V3 = """
+CREATE TABLE push_sync (
+    vendor      TEXT    NOT NULL,  -- stripe | lago | openmeter
+    sink        TEXT    NOT NULL,  -- the vendor account's meter: "<meter>@<endpoint host>"
+    provider    TEXT    NOT NULL,  -- the ledger row: provider, target, day, subscriber, product, metric
+    target      TEXT    NOT NULL,
+    day         TEXT    NOT NULL,
+    subscriber  TEXT    NOT NULL,
+    product     TEXT    NOT NULL,
+    metric      TEXT    NOT NULL,
+    destination TEXT,              -- customer id / subscription id / subject the count lives under
+    acked_count INTEGER NOT NULL DEFAULT 0,  -- what the vendor holds for the row
+    revision    INTEGER NOT NULL DEFAULT 0,  -- events acknowledged for the row (1 = the first)
+    last_key    TEXT,              -- idempotency key (event identifier) of the last acknowledged event
+    last_value  INTEGER NOT NULL DEFAULT 0,  -- that event's value
+    acked_at    TEXT,              -- when the vendor acknowledged it (ISO 8601 UTC)
+    pending_key   TEXT,            -- write-ahead: an event being sent (replayed as-is after a crash)
+    pending_value INTEGER,
+    pending_count INTEGER,
+    pending_cancel TEXT,           -- Stripe: the identifier cancelled before the pending event
+    pending_at    TEXT,
+    pending_destination TEXT,
+    PRIMARY KEY (vendor, sink, provider, target, day, subscriber, product, metric)
 ) WITHOUT ROWID
 """
 
@@ -155,13 +182,19 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE usage_v2 RENAME TO usage")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1_to_2]
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    # Adds the push sync table (apimon billing push); usage rows are unchanged.
+    conn.execute(_PUSH_SYNC_V3)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1_to_2, _migrate_2_to_3]
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
     conn.execute(_SCHEMA_VERSION_TABLE)
     conn.execute(_USAGE_V2)
+    conn.execute(_PUSH_SYNC_V3)
     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 

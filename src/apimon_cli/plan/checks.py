@@ -47,6 +47,7 @@ class PlanParts:
     subscribers: dict[str, Subscriber] = field(default_factory=dict)
     product_specs: dict[str, S.ProductSpec] = field(default_factory=dict)
     subscriber_specs: dict[str, S.SubscriberSpec] = field(default_factory=dict)
+    billing_spec: S.BillingSpec | None = None
     owner: dict[tuple[str, str], Source] = field(default_factory=dict)  # (kind, id) -> defining file
 
     def known(self, kind: str) -> list[str]:
@@ -79,6 +80,7 @@ def check_plan(parts: PlanParts, env: dict[str, str], *, strict: bool = False) -
     r = _Reporter(parts, strict)
     _check_target(parts, r)
     _check_billing(parts, r)
+    _check_push(parts, env, r)
     _check_ids(parts, r, "products", "product")
     for pid, product in parts.products.items():
         base = ("products", pid)
@@ -224,6 +226,48 @@ def _check_billing(parts: PlanParts, r: _Reporter) -> None:
 
     if not is_known_currency(code):
         r.error(("billing", "currency"), f"unknown currency {code!r}; use an ISO 4217 code such as USD, EUR, JPY")
+
+
+_PUSH_FIELDS = {  # vendor -> (URL field, its public default, destination field, what the destination is)
+    "stripe": ("api_base", "https://api.stripe.com", "customer", "Stripe customer id"),
+    "lago": ("api_url", "https://api.getlago.com", "subscription", "Lago external_subscription_id"),
+    "openmeter": ("url", "https://openmeter.cloud", "subject", "OpenMeter subject"),
+}
+_SECRET_FIELD = {"stripe": "api_key", "lago": "api_key", "openmeter": "token"}
+
+
+def _check_push(parts: PlanParts, env: dict[str, str], r: _Reporter) -> None:
+    """billing.push: destinations are `metadata.<key>` and every subscriber has it; credentials go only to
+    allowed endpoints (security.endpoints); the credential is named by a valid environment variable."""
+    from ..security.endpoints import check_endpoint
+
+    spec = parts.billing_spec.push if parts.billing_spec is not None else None
+    if spec is None:
+        return
+    for sink in parts.billing.push:
+        base = ("billing", "push", sink.vendor)
+        url_field, default, dest_field, what = _PUSH_FIELDS[sink.vendor]
+        problem = check_endpoint(sink.endpoint, default, env)
+        if problem:
+            r.error(base + (url_field,), problem)
+        secret_path = base + (_SECRET_FIELD[sink.vendor], "from_env")
+        if not _ENV_NAME_RE.fullmatch(sink.secret_env):
+            r.error(secret_path, f"invalid environment variable name {sink.secret_env!r}; use letters, digits and _")
+        given = getattr(getattr(spec, sink.vendor), dest_field)
+        if given is None:
+            continue  # OpenMeter's subject defaults to the subscriber id
+        if not given.startswith("metadata.") or not given[len("metadata."):]:
+            example = _DEFAULT_KEYS[sink.vendor]
+            r.error(base + (dest_field,), f"must name a subscriber metadata key (metadata.{example}); got {given!r}")
+            continue
+        key = sink.destination
+        for sid, sub in sorted(parts.subscribers.items()):
+            if not sub.metadata_dict.get(key):
+                r.error(("subscribers", sid), f"has no metadata.{key}: billing.push.{sink.vendor} needs the {what} "
+                        f"of every subscriber; add `metadata: {{{key}: ...}}`", key=True)
+
+
+_DEFAULT_KEYS = {"stripe": "stripe_customer_id", "lago": "lago_subscription_id", "openmeter": "openmeter_subject"}
 
 
 # ---------------------------------------------------------------- provider capabilities

@@ -23,6 +23,7 @@ from ..model import (
     Package,
     Pricing,
     Product,
+    PushSink,
     Quota,
     RateLimit,
     Subscriber,
@@ -123,6 +124,7 @@ def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
     for src in sources:  # every position is resolved: free the node tree (most of the objects allocated)
         src.release()
     secrets |= {s.key_value for s in parts.subscribers.values() if s.key_value}
+    secrets |= {sink.secret for sink in parts.billing.push if sink.secret}
     if any(d.severity == "error" for d in diags) or parts.target is None:
         return LoadedPlan(None, _sorted(diags, paths), secrets, sources)
     desired = DesiredState(
@@ -465,8 +467,42 @@ def _merge(files: list[_FilePlan], diags: list[Diagnostic], env: dict[str, str],
     if billing is not None:
         parts.owner[("billing", "")] = billing[0]
         b = billing[1]
-        parts.billing = Billing(currency=b.currency, period=b.period, metric=b.metric)
+        parts.billing = Billing(
+            currency=b.currency, period=b.period, metric=b.metric, push=_push_sinks(billing[0], b.push, env)
+        )
+        parts.billing_spec = b
     return parts
+
+
+_METADATA_PREFIX = "metadata."
+
+
+def _push_sinks(src: Source, spec: S.PushSpec | None, env: dict[str, str]) -> tuple[PushSink, ...]:
+    """The billing.push blocks as model sinks; their rules are checked in ``checks._check_push``."""
+    if spec is None:
+        return ()
+
+    def meta(path: str | None) -> str | None:
+        return path[len(_METADATA_PREFIX):] if path and path.startswith(_METADATA_PREFIX) else path
+
+    def where(vendor: str) -> str:
+        line, col = src.where(("billing", "push", vendor), key=True)
+        return f"{src.file}:{line}:{col}"
+
+    sinks = []
+    if spec.stripe is not None:
+        s = spec.stripe
+        sinks.append(PushSink("stripe", s.api_base, s.event_name, meta(s.customer), s.api_key.from_env,
+                              env.get(s.api_key.from_env), field="value", where=where("stripe")))
+    if spec.lago is not None:
+        s = spec.lago
+        sinks.append(PushSink("lago", s.api_url, s.metric_code, meta(s.subscription), s.api_key.from_env,
+                              env.get(s.api_key.from_env), field=s.field, where=where("lago")))
+    if spec.openmeter is not None:
+        s = spec.openmeter
+        sinks.append(PushSink("openmeter", s.url, s.type, meta(s.subject), s.token.from_env,
+                              env.get(s.token.from_env), field=s.field, source=s.source, where=where("openmeter")))
+    return tuple(sinks)
 
 
 def _dup(diags: list[Diagnostic], kind: str, name: str, first: Source, src: Source) -> None:

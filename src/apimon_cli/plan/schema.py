@@ -287,10 +287,45 @@ class TargetSpec(_Strict):
     local: LocalTarget | None = None
 
 
+class SecretRef(_Strict):
+    from_env: Text = Field(description="Name of the environment variable holding the secret (never the value).")
+
+
+class StripePushSpec(_Strict):
+    api_key: SecretRef = Field(description="Stripe secret key: {from_env: VAR}.")
+    event_name: Text = Field(description="The event_name of the Stripe meter.")
+    customer: Text = Field(description="Where each subscriber's Stripe customer id lives: metadata.<key>.")
+    api_base: Text = Field("https://api.stripe.com", description="API base URL (see APIMON_ALLOW_ENDPOINTS).")
+
+
+class LagoPushSpec(_Strict):
+    api_url: Text = Field("https://api.getlago.com", description="Lago API URL (Lago Cloud or self-hosted).")
+    api_key: SecretRef = Field(description="Lago API key: {from_env: VAR}.")
+    metric_code: Text = Field(description="The billable metric's code (a sum_agg metric on `field`).")
+    field: Text = Field("requests", description="The event property that carries the count.")
+    subscription: Text = Field(description="Where each subscriber's Lago external_subscription_id lives.")
+
+
+class OpenMeterPushSpec(_Strict):
+    url: Text = Field("https://openmeter.cloud", description="OpenMeter API URL.")
+    token: SecretRef = Field(description="OpenMeter API token: {from_env: VAR}.")
+    type: Text = Field(description="The CloudEvent type the meter filters on.")
+    subject: Text | None = Field(None, description="metadata.<key> holding the subject; default the subscriber id.")
+    field: Text = Field("requests", description="The data property that carries the count (the meter's valueProperty).")
+    source: Text = Field("apimon", description="CloudEvent source (events are deduplicated by id + source).")
+
+
+class PushSpec(_Strict):
+    stripe: StripePushSpec | None = None
+    lago: LagoPushSpec | None = None
+    openmeter: OpenMeterPushSpec | None = None
+
+
 class BillingSpec(_Strict):
     currency: Text = "USD"
     period: Literal["month", "week"] = "month"
     metric: Literal["success", "total"] = "success"
+    push: PushSpec | None = Field(None, description="Billing platforms `apimon billing push` sends usage to.")
 
 
 class PlanHead(_Strict):

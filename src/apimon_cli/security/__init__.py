@@ -1,0 +1,1 @@
+"""Checks that keep credentials where they belong (see README "Security")."""
