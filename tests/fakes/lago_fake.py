@@ -53,8 +53,12 @@ class LagoFake(FakeServer):
         ("GET", r"/_fake/totals", "fake_totals"),
     ]
 
-    def __init__(self, api_key: str = "lago_fake_key", *, latency: float = 0.0) -> None:
+    def __init__(self, api_key: str = "lago_fake_key", *, latency: float = 0.0,
+                 subscriptions: set[str] | None = None) -> None:
         super().__init__()
+        # Optional: the external_subscription_ids that exist. Lago versions that resolve the subscription at
+        # ingestion reject others with ``subscription_not_found``; None accepts any (asynchronous ingestion).
+        self.subscriptions = subscriptions
         self.api_key = api_key
         self.latency = latency
         self.events: dict[tuple[str, str], dict] = {}  # (external_subscription_id, transaction_id) -> event
@@ -125,6 +129,9 @@ class LagoFake(FakeServer):
             seen: set[tuple[str, str]] = set()
             for i, raw in enumerate(events):
                 errors, when = self._validate(raw)
+                if not errors and self.subscriptions is not None \
+                        and raw["external_subscription_id"] not in self.subscriptions:
+                    errors["external_subscription_id"] = ["subscription_not_found"]
                 if not errors:
                     key = (raw["external_subscription_id"], raw["transaction_id"])
                     if key in self.events or key in seen:

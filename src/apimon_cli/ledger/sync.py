@@ -118,14 +118,15 @@ class PushSync:
             raise
         return owned
 
-    def acknowledge(self, acks: Iterable[tuple[RowKey, str, int, str]]) -> None:
-        """(row, pending key, value actually sent, acknowledged at) -> acknowledged, in one transaction."""
+    def acknowledge(self, acks: Iterable[tuple[RowKey, str, int, int, str]]) -> None:
+        """(row, pending key, count the vendor now holds, value of the event under that key, acknowledged at)
+        -> acknowledged, in one transaction."""
         self._write(
-            "UPDATE push_sync SET acked_count = pending_count, revision = revision + 1, last_key = pending_key,"
+            "UPDATE push_sync SET acked_count = ?, revision = revision + 1, last_key = pending_key,"
             " last_value = ?, acked_at = ?, destination = pending_destination, pending_key = NULL,"
             " pending_value = NULL, pending_count = NULL, pending_cancel = NULL, pending_at = NULL,"
             f" pending_destination = NULL WHERE {_PK} AND pending_key = ?",
-            [(value, at, self.vendor, self.sink, *row, key) for row, key, value, at in acks])
+            [(count, value, at, self.vendor, self.sink, *row, key) for row, key, count, value, at in acks])
 
     def release(self, rows: Iterable[tuple[RowKey, str]]) -> None:
         """Drop pending events the vendor rejected for good (nothing of them was counted)."""
