@@ -17,6 +17,7 @@ from .cli_billing import usage_app
 from .cli_common import fail as _fail
 from .cli_common import make_output as _output
 from .cli_common import print_diagnostics as _print_diagnostics
+from .cli_push import billing_app
 
 app = typer.Typer(
     name="apimon",
@@ -37,6 +38,7 @@ Strict = Annotated[bool, typer.Option("--strict", help="Treat provider capabilit
 
 
 app.add_typer(usage_app, name="usage")
+app.add_typer(billing_app, name="billing")
 app.command("invoice")(invoice_command)
 
 

@@ -70,11 +70,17 @@ def days_back(n: int) -> list[str]:
     return [(t - timedelta(days=i)).isoformat() for i in range(n, 0, -1)]
 
 
-def fill(ledger: Ledger, rows: dict[tuple[str, str, str], int], start: str, end: str, blocked: int = 3) -> None:
+def fill(ledger: Ledger, rows: dict[tuple[str, str, str], int], start: str, end: str, blocked: int = 3,
+         target: str = "local") -> None:
     """rows: (subscriber, product, day) -> success count; blocked calls are added and must never be pushed."""
     usage = []
     for (sub, prod, day), n in rows.items():
         usage.append(UsageRow(sub, prod, day, "success", n))
         usage.append(UsageRow(sub, prod, day, "blocked", blocked))
         usage.append(UsageRow(sub, prod, day, "total", n + blocked))
-    ledger.replace_window("local", "local", date.fromisoformat(start), date.fromisoformat(end), usage)
+    ledger.replace_window("local", target, date.fromisoformat(start), date.fromisoformat(end), usage)
+
+
+def local_target(plan_dir: Path) -> str:
+    """The ledger's target id of the local target whose plan is in ``plan_dir`` (its resolved state dir)."""
+    return str((plan_dir / ".apimon").resolve())

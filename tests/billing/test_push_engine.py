@@ -131,7 +131,8 @@ def test_subscriber_moved_to_another_product_and_removed_subscriber_are_pushed(t
         fill(book, {("acme", "basic", d1): 5, ("acme", "pro", d2): 7, ("gone", "pro", d1): 9,
                     ("ghost", "pro", d2): 3}, d1, d2)
         report = push(book, desired, "lago", s, e)
-        assert [n.row[3] for n in report.not_pushable] == ["ghost"] and "not in the plan" in report.not_pushable[0].reason
+        assert [n.row[3] for n in report.not_pushable] == ["ghost"]
+        assert "not in the plan" in report.not_pushable[0].reason
 
 
 def test_vendor_totals_equal_invoice_quantities_for_every_subscriber(setup, fakes):

@@ -477,3 +477,19 @@ def test_pull_killed_while_applying_leaves_old_or_new_never_a_mix(tmp_path, dela
         assert len(now) == 150_000 and sum(r[6] for r in now) == new_total
     else:
         assert now == old
+
+
+def test_v2_ledger_gains_the_push_sync_table_keeping_its_rows(tmp_path):
+    path = tmp_path / "v2.db"
+    with Ledger.open(path) as ledger:
+        ledger.replace_window("aws", "acct", *JAN, [row("acme", "2026-01-02", 11)])
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE push_sync")
+    conn.execute("UPDATE schema_version SET version = 2")
+    conn.commit()
+    conn.close()
+    with Ledger.open(path) as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION
+        assert [r.count for r in ledger.iter_rows()] == [11]
+    tables = {n for (n,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "push_sync" in tables
