@@ -51,6 +51,7 @@ class LagoFake(FakeServer):
         ("POST", r"/api/v1/events", "create_one"),
         ("GET", r"/api/v1/events/([^/]+)", "get_event"),
         ("GET", r"/_fake/totals", "fake_totals"),
+        ("GET", r"/_fake/stats", "fake_stats"),
     ]
 
     def __init__(self, api_key: str = "lago_fake_key", *, latency: float = 0.0,
@@ -189,6 +190,15 @@ class LagoFake(FakeServer):
 
     def fake_totals(self, req: Request) -> Reply:
         return Reply(200, self.totals())
+
+    def fake_stats(self, req: Request) -> Reply:
+        with self.lock:
+            sizes: dict[str, int] = {}
+            for n in self.batch_sizes:
+                sizes[str(n)] = sizes.get(str(n), 0) + 1
+            return Reply(200, {"requests": self.request_count, "accepted_batches": len(self.batch_sizes),
+                               "rejected_batches": self.rejected_batches, "batch_sizes": sizes,
+                               "events": len(self.events)})
 
 
 def main() -> None:

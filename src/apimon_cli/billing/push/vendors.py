@@ -4,8 +4,8 @@ made), and follows that vendor's documented limits.
 * Stripe: the official ``stripe`` SDK (``StripeClient`` pointed at ``api_base``, its own retries off so the
   backoff is ours): one meter event per request, at most one request at a time per customer (and meter),
   several customers in parallel, 429 retried with exponential backoff and jitter.
-* Lago: the official ``lago-python-client`` (``Client(api_url=...)``, ``events.batch_create``): batches of
-  100; a rejected (atomic) batch is split by Lago's per-index ``error_details``: events Lago already has
+* Lago: ``requests`` (see ``LagoClient`` for why not ``lago-python-client``): batches of 100; a rejected
+  (atomic) batch is split by Lago's per-index ``error_details``: events Lago already has
   (``value_already_exist`` on our deterministic ``transaction_id``) count as delivered, invalid ones are
   reported, the rest go out again in full batches.
 * OpenMeter: plain ``requests`` (the ``openmeter`` SDK is only published as pre-releases):
@@ -170,75 +170,81 @@ class StripeClient:
 
 
 class LagoClient:
-    def __init__(self, sink: PushSink, *, concurrency: int = 1) -> None:
-        from lago_python_client.client import Client
+    """Lago's ``POST /api/v1/events/batch`` over one kept-alive ``requests`` session.
 
-        url = sink.endpoint if sink.endpoint.endswith("/") else sink.endpoint + "/"
+    Not ``lago-python-client``: its calls go through module-level ``httpx.post``, which builds a new client
+    (TLS context and connection) for every request: measured 0.14-0.24 s per batch against 0.015 s with a
+    session, i.e. minutes instead of seconds for a month of 10,000 subscribers.
+    """
+
+    def __init__(self, sink: PushSink, *, concurrency: int = 1) -> None:
+        import requests
+
         self.sink = sink
-        self._client = Client(api_key=sink.secret or "", api_url=url)
+        self._session = requests.Session()
+        self._session.headers.update({"Authorization": f"Bearer {sink.secret}", "Content-Type": "application/json",
+                                      "Accept": "application/json"})
+        self._url = sink.endpoint.rstrip("/") + "/api/v1/events/batch"
         self.requests = 0
 
-    def _event(self, op: Op):
-        from lago_python_client.models.event import Event
+    def _event(self, op: Op) -> dict:
+        return {"transaction_id": op.event_key, "external_subscription_id": op.destination, "code": self.sink.meter,
+                "timestamp": op.timestamp, "properties": {self.sink.field: op.value}}
 
-        return Event(transaction_id=op.event_key, external_subscription_id=op.destination, code=self.sink.meter,
-                     timestamp=op.timestamp, precise_total_amount_cents=None,
-                     properties={self.sink.field: op.value})
-
-    def _batch(self, batch: list[Op]):
-        from lago_python_client.exceptions import LagoApiError
-        from lago_python_client.models.event import BatchEvent
-
-        def transient(exc: Exception) -> bool:
-            import httpx
-
-            if isinstance(exc, httpx.TransportError):
-                return True
-            return isinstance(exc, LagoApiError) and (exc.status_code == 429 or exc.status_code >= 500)
+    def _post(self, batch: list[Op]):
+        import requests
 
         def call():
             self.requests += 1
-            self._client.events.batch_create(BatchEvent(events=[self._event(op) for op in batch]))
+            resp = self._session.post(self._url, data=json.dumps({"events": [self._event(op) for op in batch]}),
+                                      timeout=TIMEOUT)
+            if resp.status_code == 429 or resp.status_code >= 500:
+                raise _Transient(resp)
+            return resp
+
+        def transient(exc: Exception) -> bool:
+            return isinstance(exc, (_Transient, requests.ConnectionError, requests.Timeout))
 
         return _retrying(call, transient, lambda: None)
 
     def send(self, ops: list[Op]) -> Iterator[Outcome]:
-        from lago_python_client.exceptions import LagoApiError
-
         todo = deque(ops)
         while todo:
             batch = [todo.popleft() for _ in range(min(BATCH, len(todo)))]
             try:
-                self._batch(batch)
-            except LagoApiError as exc:
-                if exc.status_code in (401, 403):
-                    raise PushAborted(f"Lago refused the API key ({exc.status_code})") from None
-                details = (exc.response or {}).get("error_details") if isinstance(exc.response, dict) else None
-                per_event = isinstance(details, dict) and details and all(str(k).isdigit() for k in details)
-                if exc.status_code != 422 or not per_event:
-                    for op in batch:
-                        yield Outcome(op, "failed", detail=f"Lago {exc.status_code}: {_short(exc.response)}",
-                                      permanent=exc.status_code < 500 and exc.status_code != 429)
-                    continue
-                good = []
-                for i, op in enumerate(batch):
-                    errors = details.get(str(i))
-                    if not errors:
-                        good.append(op)
-                    elif list(errors) == ["transaction_id"] and "value_already_exist" in errors["transaction_id"]:
-                        yield Outcome.ok(op, "already")  # our deterministic transaction_id: Lago has this event
-                    else:
-                        what = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in errors.items())
-                        yield Outcome(op, "failed", detail=f"Lago rejected the event: {what}")
-                todo.extendleft(reversed(good))  # the rest again, at the front: batches stay full
-                continue
-            except Exception as exc:  # network gave up after retries: keep pending, resend next time
+                resp = self._post(batch)
+            except Exception as exc:  # the network gave up after retries: keep pending, resend next time
                 for op in batch:
                     yield Outcome(op, "failed", detail=f"Lago unreachable: {type(exc).__name__}: {exc}",
                                   permanent=False)
                 continue
-            for op in batch:
-                yield Outcome.ok(op)
+            if resp.status_code < 300:
+                for op in batch:
+                    yield Outcome.ok(op)
+                continue
+            if resp.status_code in (401, 403):
+                raise PushAborted(f"Lago refused the API key ({resp.status_code})")
+            try:
+                body = resp.json()
+            except ValueError:
+                body = resp.text
+            details = body.get("error_details") if isinstance(body, dict) else None
+            per_event = isinstance(details, dict) and details and all(str(k).isdigit() for k in details)
+            if resp.status_code != 422 or not per_event:
+                for op in batch:
+                    yield Outcome(op, "failed", detail=f"Lago {resp.status_code}: {_short(body)}")
+                continue
+            good = []
+            for i, op in enumerate(batch):
+                errors = details.get(str(i))
+                if not errors:
+                    good.append(op)
+                elif list(errors) == ["transaction_id"] and "value_already_exist" in errors["transaction_id"]:
+                    yield Outcome.ok(op, "already")  # our deterministic transaction_id: Lago has this event
+                else:
+                    what = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in errors.items())
+                    yield Outcome(op, "failed", detail=f"Lago rejected the event: {what}")
+            todo.extendleft(reversed(good))  # the rest again, at the front: batches stay full
 
 
 def _short(body: object) -> str:
