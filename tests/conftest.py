@@ -57,3 +57,43 @@ def write_plan(path: Path, text: str) -> Path:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# --- billing platform fakes (tests/fakes/stripe_fake.py, lago_fake.py, openmeter_fake.py) ---------------
+
+@pytest.fixture
+def stripe_fake():
+    from fakes.stripe_fake import StripeFake
+    from push_helpers import STRIPE_KEY
+
+    with StripeFake(api_key=STRIPE_KEY, meters={"api_requests": "mtr_api"}) as fake:
+        yield fake
+
+
+@pytest.fixture
+def lago_fake():
+    from fakes.lago_fake import LagoFake
+    from push_helpers import LAGO_KEY
+
+    with LagoFake(api_key=LAGO_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def openmeter_fake():
+    from fakes.openmeter_fake import OpenMeterFake
+    from push_helpers import OM_TOKEN
+
+    with OpenMeterFake(token=OM_TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fakes(stripe_fake, lago_fake, openmeter_fake):
+    return {"stripe": stripe_fake, "lago": lago_fake, "openmeter": openmeter_fake}
+
+
+@pytest.fixture
+def allow(fakes):
+    """APIMON_ALLOW_ENDPOINTS for the three fakes (loopback is allowed only when listed)."""
+    return ",".join(f.hostport for f in fakes.values())

@@ -11,7 +11,7 @@ import time
 from datetime import date
 
 import pytest
-from conftest_helpers import ROOT
+from conftest import ROOT
 from push_helpers import ENV, LAGO_KEY, OM_TOKEN, STRIPE_KEY, days_back, fill, local_target, write_plan
 
 from apimon_cli.ledger import Ledger

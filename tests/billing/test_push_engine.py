@@ -209,3 +209,41 @@ def test_wrong_credentials_abort_with_nothing_recorded_as_sent(setup, fakes):
         report = push(book, desired, vendor, start, end)
         assert report.ok and report.sent == 15
         assert totals(fakes, vendor) == ledger_totals(book, start, end)
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_two_pushes_at_once_never_double_count(tmp_path, setup, fakes, vendor):
+    import threading
+
+    book, desired, start, end = setup
+    fakes[vendor].latency = 0.02
+    reports = []
+
+    def one():
+        with Ledger.open(book.path) as own:  # one connection per thread, as two processes would have
+            reports.append(push(own, desired, vendor, start, end))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(not r.failed for r in reports), [r.failed[:2] for r in reports]
+    assert sum(r.sent + r.already for r in reports) >= 15
+    assert totals(fakes, vendor) == ledger_totals(book, start, end)
+    assert push(book, desired, vendor, start, end).requests == 0
+
+
+def test_a_stripe_event_pending_longer_than_the_identifier_window_is_in_doubt_not_resent(setup, fakes):
+    from dataclasses import replace
+
+    book, desired, start, end = setup
+    sink = replace(desired.billing.sink("stripe"), secret="wrong-secret-value")
+    aborted = run_push(book, desired, sink, "local", "local", start, end, make_client(sink))
+    assert aborted.aborted  # its events stay pending
+    later = datetime.now(UTC) + timedelta(hours=25)
+    fakes["stripe"].clock_offset = 25 * 3600
+    report = push(book, desired, "stripe", start, end, now=later)
+    assert len(report.in_doubt) == 15 and report.sent == 0 and not report.ok
+    assert "24 h identifier window" in report.in_doubt[0][1]
+    assert fakes["stripe"].totals() == {}

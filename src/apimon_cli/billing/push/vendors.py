@@ -77,8 +77,8 @@ class StripeClient:
         s = self._stripe
         if isinstance(exc, (s.RateLimitError, s.APIConnectionError)):
             return True
-        if isinstance(exc, s.IdempotencyError) and exc.http_status == 409:
-            return True  # the same key is still being processed (another push): wait for it
+        if isinstance(exc, s.StripeError) and exc.http_status == 409:
+            return True  # the same Idempotency-Key is still being processed (another push): wait for it
         return isinstance(exc, s.APIError) and (exc.http_status or 500) >= 500
 
     def _post(self, service, params: dict, key: str):
