@@ -478,6 +478,14 @@ def gateway_serve(
             help="Seconds to wait for an upstream's response headers or next body chunk; then 504.",
         ),
     ] = 30.0,
+    total_timeout: Annotated[
+        float,
+        typer.Option(
+            "--total-timeout",
+            help="Seconds one request may take from its arrival to its response's last byte; then 504 "
+            "(or the body is cut).",
+        ),
+    ] = 300.0,
 ) -> None:
     """Run the local gateway in front of the plan's upstreams.
 
@@ -498,23 +506,36 @@ def gateway_serve(
 
     def ready(gw) -> None:
         apis = ", ".join(f"{a} -> {u}" for a, u in sorted(gw.upstreams.items())) or "none"
-        out.info(f"apimon gateway listening on {gw.url} ({len(gw.keys)} keys; upstreams: {apis}); Ctrl-C to stop")
+        out.info(
+            f"apimon gateway listening on {gw.url} ({len(gw.keys)} keys; upstreams: {apis}; "
+            f"event loop: {gw.loop_name}); Ctrl-C to stop"
+        )
 
     try:
         summary = serve(
             config_from_plan(
-                loaded.desired, listen=listen, connect_timeout=connect_timeout, upstream_timeout=upstream_timeout
+                loaded.desired,
+                listen=listen,
+                connect_timeout=connect_timeout,
+                upstream_timeout=upstream_timeout,
+                total_timeout=total_timeout,
             ),
             on_ready=ready,
         )
     except GatewayError as exc:
         _fail(out, f"error: {exc}")
-    out.info(
-        f"apimon gateway stopped after {summary.seconds:.0f} s: {summary.requests} metered requests "
-        f"written to the usage table, {summary.unauthenticated} without a valid key (not metered)."
+    written = (
+        f"{summary.requests} metered requests written to the usage table"
+        if not summary.unwritten
+        else f"{summary.requests} metered requests, {summary.written} written to the usage table and "
+        f"{summary.unwritten} NOT written"
     )
-    if summary.lost:
-        out.json({"unwritten_usage": summary.lost})
+    out.info(
+        f"apimon gateway stopped after {summary.seconds:.0f} s: {written}, "
+        f"{summary.unauthenticated} without a valid key (not metered)."
+    )
+    if summary.lost or summary.lost_quota:
+        out.json({"unwritten_usage": summary.lost, "unwritten_quota": summary.lost_quota})
         _fail(out, "error: some usage counts could not be written to the state (printed above as JSON)")
 
 

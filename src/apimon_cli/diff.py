@@ -120,6 +120,8 @@ def flatten_product(p: Product) -> dict[str, object]:
     if p.quota:
         out["quota.limit"] = p.quota.limit
         out["quota.period"] = p.quota.period
+    if p.max_concurrent is not None:
+        out["max_concurrent"] = p.max_concurrent
     out.update(flatten_pricing(p.pricing))
     return out
 

@@ -68,6 +68,7 @@ class Product:
     rate_limit: RateLimit | None = None
     quota: Quota | None = None
     pricing: Pricing = field(default_factory=Pricing)
+    max_concurrent: int | None = None  # requests in flight per subscriber (local gateway only)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,30 @@
-"""`apimon gateway serve`: a local API gateway over the local target's state (see ``server``).
+"""`apimon gateway serve`: a local API gateway over the local target's state.
 
 Requests ``/{api}/{path}`` with an ``x-api-key`` header are checked (key, enabled, the product includes the
-API), rate limited (token bucket: the product's rate and burst), counted against the product's quota (UTC
-day / ISO week / calendar month, persisted in ``quota_counters``), proxied to the plan's
+API, a path that stays below the upstream's base path), bounded (requests in flight per subscriber and per
+upstream), rate limited (token bucket: the product's rate and burst), counted against the product's quota
+(UTC day / ISO week / calendar month, persisted in ``quota_counters``), proxied to the plan's
 ``target.local.upstreams[api]`` and metered per subscriber, product and UTC day into the ``usage`` table.
+
+Modules, one concern each:
+
+- ``config``      every number (limits, timeouts) in ``GatewayConfig``; ``Summary``; option parsing
+- ``connections`` client connections: connection limit, header/keep-alive timeouts, head size limits,
+  error answers (aiohttp protocol subclass)
+- ``pipeline``    one request: authenticate -> admit -> bound -> limits -> proxy -> meter -> observers
+- ``auth``        SEAM: ``Authenticator.authenticate(request) -> KeyState | Denial`` (``ApiKeyAuth``)
+- ``limits``      ``KeyState`` (subscriber, product, limits, counters), the off-loop key table build, and
+  SEAM: ``LimitsBackend`` (token bucket + quota counter; ``InMemoryLimits`` is the default)
+- ``metering``    usage counters and SEAM: ``MeterObserver`` / ``MeteredRequest`` (``Gateway.add_observer``)
+- ``paths``       request target -> API and a path that cannot leave the upstream's base path
+- ``proxy``       per-upstream pools and forwarding (streaming, body limits)
+- ``store``       the SQLite state (snapshot, counts) and ``StateLock`` (one gateway per SQLite state)
+- ``lifecycle``   ``Gateway``: start, hot reload off the loop, flush, deadline sweep, drain; ``run`` (uvloop)
+- ``clock``, ``log`` wall-clock windows; rate-limited stderr
+
+Seams for later work: a new credential scheme is an ``Authenticator``; shared limits are a
+``LimitsBackend`` with ``exclusive_state = False`` (then no state lock is taken); per-request events are a
+``MeterObserver``. ``Gateway(config, auth=..., limits=...)`` takes the first two; ``add_observer`` the third.
 """
 
 from __future__ import annotations
@@ -11,15 +32,27 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..model import DesiredState
+from .auth import ApiKeyAuth, Authenticator, Denial
 from .clock import Clock, FakeClock, clock_from_env
-from .server import Gateway, GatewayConfig, GatewayError, Summary, check_upstreams, parse_listen, run
+from .config import GatewayConfig, GatewayError, Summary, check_upstreams, parse_listen
+from .lifecycle import Gateway, run
+from .limits import InMemoryLimits, KeyState, LimitsBackend
+from .metering import MeteredRequest, MeterObserver
 
 __all__ = [
+    "ApiKeyAuth",
+    "Authenticator",
     "Clock",
+    "Denial",
     "FakeClock",
     "Gateway",
     "GatewayConfig",
     "GatewayError",
+    "InMemoryLimits",
+    "KeyState",
+    "LimitsBackend",
+    "MeterObserver",
+    "MeteredRequest",
     "Summary",
     "clock_from_env",
     "config_from_plan",
@@ -33,6 +66,7 @@ def config_from_plan(
     listen: str = "127.0.0.1:8080",
     connect_timeout: float = 5.0,
     upstream_timeout: float = 30.0,
+    total_timeout: float = 300.0,
 ) -> GatewayConfig:
     """The gateway's configuration from a loaded plan (its target must be local) and the CLI options."""
     from ..providers.local import state_dir_of
@@ -41,19 +75,26 @@ def config_from_plan(
         raise GatewayError(
             f"`apimon gateway serve` serves the local target; this plan's target is {desired.target.provider}"
         )
-    for name, value in (("--connect-timeout", connect_timeout), ("--upstream-timeout", upstream_timeout)):
+    for name, value in (
+        ("--connect-timeout", connect_timeout),
+        ("--upstream-timeout", upstream_timeout),
+        ("--total-timeout", total_timeout),
+    ):
         if not value > 0:
             raise GatewayError(f"{name} must be a positive number of seconds; got {value}")
     host, port = parse_listen(listen)
     upstreams = check_upstreams(desired.target.settings.get("upstreams") or {})
-    return GatewayConfig(
+    config = GatewayConfig(
         state_dir=state_dir_of(desired),
         upstreams=upstreams,
         host=host,
         port=port,
         connect_timeout=connect_timeout,
         upstream_timeout=upstream_timeout,
+        total_timeout=total_timeout,
     )
+    config.check()
+    return config
 
 
 def serve(

@@ -1,16 +1,21 @@
-"""Call counts per subscriber, product and UTC day, and quota counters, aggregated in memory.
+"""Call counts per subscriber, product and UTC day, aggregated in memory, and the per-request observer hook.
 
 Metrics follow Azure API Management's report definitions, by the status code the client received:
 success (status <= 301, 304, 307), blocked (401, 403, 429), failed (400, 5xx; an unreachable or timed-out
 upstream is a 502/504 from the gateway), other (everything else, e.g. 404), total (all of them).
 Requests without a known key have no subscriber and are not metered (only counted for the shutdown
 summary). The server swaps the pending counters out at least once a second and the store adds them to the
-``usage`` and ``quota_counters`` tables; a write that fails puts them back, so nothing is lost.
+``usage`` table (with the limits back end's quota deltas, in one transaction); a write that fails puts them
+back, so nothing is lost.
+
+``MeteredRequest`` / ``MeterObserver``: the per-request hook. ``Gateway.add_observer(fn)`` has ``fn`` called
+once per answered metered request (the same requests the usage table counts), e.g. to emit events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 SUCCESS, BLOCKED, FAILED, OTHER = 0, 1, 2, 3
 METRIC_NAMES = ("success", "blocked", "failed", "other")
@@ -30,14 +35,13 @@ def metric_of(status: int) -> int:
 METRIC_BY_STATUS: tuple[int, ...] = tuple(metric_of(s) for s in range(1000))
 
 UsageKey = tuple[str, str, str]  # subscriber, product, day
-QuotaKey = tuple[str, str]  # subscriber, window
 
 
 class Meter:
-    def __init__(self, quota_used: dict[QuotaKey, int] | None = None):
+    """Usage counts per subscriber, product and day, pending until the next flush."""
+
+    def __init__(self) -> None:
         self.usage: dict[UsageKey, list[int]] = {}
-        self.quota_used: dict[QuotaKey, int] = dict(quota_used or {})
-        self.quota_pending: dict[QuotaKey, int] = {}
         self.unauthenticated = 0  # requests with no or an unknown key: not metered
         self.requests = 0  # metered requests, for the shutdown summary
 
@@ -48,38 +52,41 @@ class Meter:
         c[METRIC_BY_STATUS[status] if 0 <= status < 1000 else OTHER] += 1
         self.requests += 1
 
-    def take_quota(self, key: QuotaKey, limit: int) -> int | None:
-        """Count one call against the window; None if the quota is used up (then nothing is counted)."""
-        used = self.quota_used.get(key, 0)
-        if used >= limit:
-            return None
-        self.quota_used[key] = used + 1
-        self.quota_pending[key] = self.quota_pending.get(key, 0) + 1
-        return used + 1
+    def swap(self) -> dict[UsageKey, list[int]]:
+        """Take the pending deltas for writing; new calls count into a fresh dict."""
+        usage, self.usage = self.usage, {}
+        return usage
 
-    def keep_windows(self, windows: Iterable[str]) -> None:
-        """Forget counters of windows that ended (pending deltas are still written)."""
-        current = set(windows)
-        self.quota_used = {k: v for k, v in self.quota_used.items() if k[1] in current}
-
-    def swap(self) -> tuple[dict[UsageKey, list[int]], dict[QuotaKey, int]]:
-        """Take the pending deltas for writing; new calls count into fresh dicts."""
-        usage, quota = self.usage, self.quota_pending
-        self.usage, self.quota_pending = {}, {}
-        return usage, quota
-
-    def restore(self, usage: dict[UsageKey, list[int]], quota: dict[QuotaKey, int]) -> None:
+    def restore(self, usage: dict[UsageKey, list[int]]) -> None:
         """Put deltas back after a failed write, so the next flush writes them."""
         for k, counts in usage.items():
             c = self.usage.setdefault(k, [0, 0, 0, 0])
             for i, n in enumerate(counts):
                 c[i] += n
-        for k, n in quota.items():
-            self.quota_pending[k] = self.quota_pending.get(k, 0) + n
 
     @property
     def pending(self) -> bool:
-        return bool(self.usage or self.quota_pending)
+        return bool(self.usage)
+
+
+@dataclass(frozen=True, slots=True)
+class MeteredRequest:
+    """One answered metered request, as the observer hook sees it (never the key, never a body)."""
+
+    subscriber: str
+    product: str
+    api: str  # the path's first segment ("" if the request had none)
+    method: str
+    status: int  # what the client received (or 502/504 for a body cut mid-way)
+    outcome: str  # success | blocked | failed | other (the metric it was counted in)
+    latency: float  # seconds from the request's arrival to its response's last byte handed over
+    bytes_in: int  # request body bytes read from the client
+    bytes_out: int  # response body bytes sent to the client
+
+
+#: called once per answered metered request, on the event loop: must not block (queue the event and
+#: return); an exception is reported once and never affects the request
+MeterObserver = Callable[[MeteredRequest], None]
 
 
 def usage_rows(usage: dict[UsageKey, list[int]]) -> list[tuple[str, str, str, str, int]]:

@@ -2,18 +2,26 @@
 
 All calls are blocking and run on one dedicated worker thread (an apply holding the write lock may make a
 write wait, never the event loop); the connection is opened on that thread.
+
+``StateLock``: the lock file ``gateway.lock`` in the state directory, held for a gateway's life when its
+limits back end keeps counters in memory (``LimitsBackend.exclusive_state``): a second gateway on the same
+SQLite state would count quotas and rate limits on its own, so it is refused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..plan.writer import product_from_plan
 from ..providers.local import connect_state
+from .config import GatewayError
 from .limits import ProductLimits
 
 
@@ -29,6 +37,8 @@ class StateStore:
     def __init__(self, state_dir: Path):
         self.state_dir = state_dir
         self._conn: sqlite3.Connection | None = None
+        self._products: dict[str, tuple[str, ProductLimits]] = {}  # id -> (spec text, limits): unchanged
+        # specs keep their ProductLimits object, so a reload can tell unchanged keys by identity
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -57,12 +67,22 @@ class StateStore:
             conn.execute("COMMIT")
         products: dict[str, ProductLimits] = {}
         unreadable: list[str] = []
+        cache: dict[str, tuple[str, ProductLimits]] = {}
         for pid, spec in product_rows:
-            try:
-                products[pid] = ProductLimits.of(product_from_plan(pid, json.loads(spec)))
-            except Exception:  # a hand-written row that is not a valid product: its keys get 403
-                products[pid] = ProductLimits.unusable(pid)
-                unreadable.append(pid)
+            known = self._products.get(pid)
+            if known is not None and known[0] == spec:
+                limits = known[1]
+                if not limits.usable:
+                    unreadable.append(pid)
+            else:
+                try:
+                    limits = ProductLimits.of(product_from_plan(pid, json.loads(spec)))
+                except Exception:  # a hand-written row that is not a valid product: its keys get 403
+                    limits = ProductLimits.unusable(pid)
+                    unreadable.append(pid)
+            products[pid] = limits
+            cache[pid] = (spec, limits)
+        self._products = cache
         subscribers = [(sid, pid, bool(enabled), key) for sid, pid, enabled, key in sub_rows]
         return Snapshot(revision, products, subscribers, sorted(unreadable))
 
@@ -99,5 +119,40 @@ class StateStore:
                 conn.execute(f'DELETE FROM quota_counters WHERE "window" NOT IN ({",".join("?" * len(wins))})', wins)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk): a ROLLBACK then fails and would hide the
+            # real error, so only roll back a transaction that is still open
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
+
+
+class StateLock:
+    """``gateway.lock`` in the state directory, held (flock) while a gateway serves that state. The kernel
+    drops it when the process ends, however it ends."""
+
+    def __init__(self, state_dir: Path):
+        self.path = state_dir / "gateway.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            os.close(fd)
+            who = f" ({holder})" if holder else ""
+            raise GatewayError(
+                f"another `apimon gateway serve` already serves the state in {self.path.parent}{who}. Quota "
+                "counters and rate limits are kept in the gateway's memory with the SQLite state, so a second "
+                "gateway would count on its own and let subscribers past their limits; stop the other one, or "
+                "run several gateways only with shared back ends (state in PostgreSQL, limits in Redis)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None

@@ -279,6 +279,12 @@ def _check_capabilities(parts: PlanParts, r: _Reporter) -> None:
     provider = parts.target.provider
     for pid, product in parts.products.items():
         base = ("products", pid)
+        if product.max_concurrent is not None and provider != "local":
+            r.warn(
+                base + ("max_concurrent",),
+                f"{provider}: the gateway has no bound on a subscriber's requests in flight; max_concurrent "
+                "is enforced only by `apimon gateway serve` (local target)",
+            )
         if provider == "aws":
             for i, api in enumerate(product.apis):
                 if api.count("/") != 1 or api.startswith("/") or api.endswith("/"):

@@ -543,4 +543,5 @@ def _product(pid: str, spec: S.ProductSpec) -> Product:
         rate_limit=RateLimit(spec.rate_limit.rate, spec.rate_limit.burst) if spec.rate_limit else None,
         quota=Quota(spec.quota.limit, spec.quota.period) if spec.quota else None,
         pricing=pricing,
+        max_concurrent=spec.max_concurrent,
     )

@@ -238,6 +238,11 @@ class ProductSpec(_Strict):
     rate_limit: RateLimitSpec | None = None
     quota: QuotaSpec | None = None
     pricing: PricingSpec = Field(default_factory=lambda: PricingSpec(model="free"))
+    max_concurrent: PositiveInt | None = Field(
+        None,
+        description="Requests one subscriber may have in flight at once (local gateway; over it: 503 with "
+        "Retry-After). Default: the gateway's bound (64).",
+    )
 
 
 class KeySpec(_Strict):

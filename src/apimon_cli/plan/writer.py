@@ -54,6 +54,8 @@ def product_to_plan(p: Product) -> dict:
     if p.quota:
         out["quota"] = {"limit": p.quota.limit, "period": p.quota.period}
     out["pricing"] = pricing_to_plan(p.pricing)
+    if p.max_concurrent is not None:
+        out["max_concurrent"] = p.max_concurrent
     return out
 
 

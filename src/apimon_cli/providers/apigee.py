@@ -554,6 +554,8 @@ class ApigeeProvider(Provider):
         return bool(cfg.get("enabled"))
 
     def stores(self, kind: str, field: str) -> bool:
+        if kind == "product" and field == "max_concurrent":
+            return False
         if kind == "product" and field.startswith("pricing."):
             if not self.monetization:
                 return False

@@ -289,7 +289,7 @@ class AwsProvider(Provider):
     # ---------------------------------------------------------------- what AWS can keep
     def stores(self, kind: str, field: str) -> bool:
         if kind == "product":
-            return not (field == "display_name" or field.startswith("pricing"))
+            return not (field in ("display_name", "max_concurrent") or field.startswith("pricing"))
         if field.startswith("metadata."):
             return field == "metadata.customer_id"
         return True

@@ -515,7 +515,7 @@ class AzureProvider(Provider):
     # ---------------------------------------------------------------- stores
     def stores(self, kind: str, field: str) -> bool:
         if kind == "product":
-            return not (field.startswith("pricing.") or field == "rate_limit.burst")
+            return not (field.startswith("pricing.") or field in ("rate_limit.burst", "max_concurrent"))
         if kind == "subscriber":
             return not (field == "email" or field.startswith("metadata."))
         return True
