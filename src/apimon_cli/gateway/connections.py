@@ -24,6 +24,7 @@ import asyncio
 import json
 
 from aiohttp import web
+from aiohttp.http import RawRequestMessage
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
@@ -129,6 +130,8 @@ class Connection(RequestHandler):
         before = self._request_count
         super().data_received(data)
         if self._request_count != before:  # a head (or a parse error) is complete
+            if self._head_bytes + len(data) > self._cfg.max_head_size and self._too_big():
+                return
             self._reading = False
             self._payload = self._messages[-1][1] if self._messages else None
             self._head_bytes = 0
@@ -142,6 +145,26 @@ class Connection(RequestHandler):
                            f"the request head is larger than {self._cfg.max_head_size} bytes")
             elif self._head_timer is None and data:
                 self._head_timer = self._loop.call_later(self._cfg.header_timeout, self._head_timeout)
+
+    def stop_reading(self) -> None:
+        """Ignore whatever else the client sends; the request's body ends here (the connection closes after
+        the response)."""
+        self._refusing = True
+        if self._payload is not None and not self._payload.is_eof():
+            self._payload.feed_eof()
+
+    def _too_big(self) -> bool:
+        """The head just parsed arrived with more bytes than a head may have: is it itself too large?"""
+        last = self._messages[-1][0] if self._messages else None
+        if not isinstance(last, RawRequestMessage):
+            return False
+        size = len(last.method) + len(last.path) + 12 + sum(len(k) + len(v) + 4 for k, v in last.raw_headers) + 2
+        if size <= self._cfg.max_head_size:
+            return False
+        self._messages.pop()
+        self._fail(431, "request_header_fields_too_large",
+                   f"the request head is larger than {self._cfg.max_head_size} bytes")
+        return True
 
     def _head_timeout(self) -> None:
         self._head_timer = None

@@ -3,8 +3,8 @@
 ``Gateway`` puts the parts together (``auth``, ``limits``, ``pipeline``, ``proxy``, ``connections``, ``store``)
 and runs three background tasks:
 
-- **reload**: every ``poll_interval`` the state's ``meta.revision`` is read; when an apply changed it, the
-  snapshot is read *and the new key table built* on the database thread (``limits.build_keys``, reusing
+- **reload**: every ``poll_interval`` the state's ``meta.revision`` is read; when an apply changed it (and
+  has finished: never a half-applied plan), the snapshot is read *and the new key table built* on the database thread (``limits.build_keys``, reusing
   every unchanged ``KeyState``), then swapped in on the event loop in one assignment: the loop never
   rebuilds 90,000 keys itself;
 - **flush**: every ``flush_interval`` the pending usage counts and the limits back end's quota deltas are
@@ -209,7 +209,9 @@ class Gateway:
         while True:
             await asyncio.sleep(self.config.poll_interval)
             try:
-                if await self._call(self._store.revision) != self.revision:
+                if await self._call(self._store.revision) != self.revision and not await self._call(
+                    self._store.apply_running
+                ):  # never a half-applied plan: reload once the apply has finished
                     await self.reload()
                 self.log.clear("poll")
             except Exception as exc:  # the DB briefly unreadable: keep serving the last state

@@ -69,6 +69,6 @@ def confined(base_path: str, forwarded_path: str) -> bool:
     for _ in range(3):
         path = unquote(path, encoding="latin-1").replace("\\", "/")
     parts = [p.split(";", 1)[0] for p in path.split("/")]
-    normal = posixpath.normpath("/" + "/".join(parts))
+    normal = posixpath.normpath("/" + "/".join(parts).lstrip("/"))
     base = posixpath.normpath("/" + base_path.strip("/")) if base_path.strip("/") else "/"
     return base == "/" or normal == base or normal.startswith(base + "/")

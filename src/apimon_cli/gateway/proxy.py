@@ -206,6 +206,10 @@ def _body_failed(request: web.BaseRequest, ex: Exchange) -> tuple[web.StreamResp
     resp = ex.body_error
     assert resp is not None
     resp.force_close()  # the rest of the client's body is not read
+    if resp.status == 408:  # a stalled client: no lingering read of a body that does not come
+        stop = getattr(request.protocol, "stop_reading", None)
+        if stop is not None:
+            stop()
     return resp, resp.status
 
 

@@ -24,6 +24,8 @@ from ..providers.local import connect_state
 from .config import GatewayError
 from .limits import ProductLimits
 
+APPLY_LOCK = "apply.lock"  # the lock file `apimon apply` holds on the local state (providers.local)
+
 
 @dataclass
 class Snapshot:
@@ -54,6 +56,21 @@ class StateStore:
     def revision(self) -> str:
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
         return row[0] if row else "0"
+
+    def apply_running(self) -> bool:
+        """True while an `apimon apply` holds the state's apply lock (``providers.local``): its changes are
+        committed one by one, so a snapshot now could catch a half-applied plan."""
+        try:
+            fd = os.open(self.state_dir / APPLY_LOCK, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # drops the shared lock at once: an apply waiting for it goes ahead
+        return False
 
     def snapshot(self) -> Snapshot:
         """Products and subscribers as of one revision (one read transaction)."""
