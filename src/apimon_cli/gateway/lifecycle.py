@@ -4,9 +4,9 @@
 and runs three background tasks:
 
 - **reload**: every ``poll_interval`` the state's ``meta.revision`` is read; when an apply changed it (and
-  has finished: never a half-applied plan), the snapshot is read *and the new key table built* on the database thread (``limits.build_keys``, reusing
-  every unchanged ``KeyState``), then swapped in on the event loop in one assignment: the loop never
-  rebuilds 90,000 keys itself;
+  has finished: never a half-applied plan), the snapshot is read *and the new key table built* on the
+  database thread (``limits.build_keys``, reusing every unchanged ``KeyState``), then swapped in on the
+  event loop in one assignment: the loop never rebuilds 90,000 keys itself;
 - **flush**: every ``flush_interval`` the pending usage counts and the limits back end's quota deltas are
   added to the state in one transaction (a failed write keeps them for the next one);
 - **sweep**: about once a second, requests past ``total_timeout`` are cancelled (504, or a cut body).
