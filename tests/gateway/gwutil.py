@@ -73,3 +73,65 @@ async def raw(port: int, data: bytes, *, read_timeout: float = 5.0) -> bytes:
 
 def status_of(response: bytes) -> int:
     return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
+
+
+class GatewayProcess:
+    """`apimon gateway serve` in a child process; the bound URL is read from its 'listening on' line."""
+
+    def __init__(self, plan: Path, *args: str, env: dict | None = None, python: list[str] | None = None,
+                 preexec_fn=None, wait_ready: bool = True):
+        import os
+        import subprocess
+        import sys
+        import threading
+
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("APIMON_")} | {"NO_COLOR": "1"}
+        cmd = python or [sys.executable, "-m", "apimon_cli.cli"]
+        self.proc = subprocess.Popen(
+            [*cmd, "gateway", "serve", str(plan), "--listen", "127.0.0.1:0", *args],
+            env=full_env | (env or {}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=preexec_fn,
+        )
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+
+        def read() -> None:
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                if "listening on" in line:
+                    self.ready.set()
+            self.ready.set()
+
+        self.reader = threading.Thread(target=read, daemon=True)
+        self.reader.start()
+        self.url = ""
+        if wait_ready:
+            assert self.ready.wait(15) and self.proc.poll() is None, "".join(self.lines)
+            self.url = next(w for line in self.lines for w in line.split() if w.startswith("http://"))
+            self.port = int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, sig=None, timeout: float = 30) -> int:
+        import signal
+
+        self.proc.send_signal(sig or signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=5)
+        assert "Traceback" not in self.stderr, self.stderr
+        return code
+
+    def wait(self, timeout: float = 30) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
