@@ -26,6 +26,7 @@ import gc
 import os
 import resource
 import signal
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +40,7 @@ from .auth import ApiKeyAuth, Authenticator
 from .clock import Clock, clock_from_env, windows_at
 from .config import GatewayConfig, GatewayError, Summary
 from .connections import ConnectionGate, GatewayServer
-from .limits import InMemoryLimits, KeyState, LimitsBackend, build_keys
+from .limits import InMemoryLimits, KeyState, KeyTable, LimitsBackend, ProductSlot, build_keys
 from .log import GatewayLog
 from .metering import Meter, MeterObserver, usage_rows
 from .pipeline import Pipeline
@@ -87,6 +88,7 @@ class Gateway:
         self.port: int | None = None
         self.connection_limit = config.max_connections
         self.loop_name = "asyncio"
+        self._slots: dict[str, ProductSlot] = {}
         self._store = StateStore(config.state_dir)
         self._lock = StateLock(config.state_dir) if self.limits.exclusive_state else None
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apimon-gateway-db")
@@ -132,7 +134,7 @@ class Gateway:
         self._started = time.monotonic()
         cfg = self.config
         try:
-            snap, keys, refill = await self._call(self._build, {})
+            snap, table = await self._call(self._build, {})
         except ProviderError as exc:
             await self._close_db()
             raise GatewayError(str(exc)) from None
@@ -148,7 +150,7 @@ class Gateway:
         except BaseException:
             await self._close_db()
             raise
-        self._install(snap, keys, refill)
+        self._install(snap, table)
         self._exit.enter_context(self.log.capture(loop))
 
         fds = _fd_limit()
@@ -180,17 +182,29 @@ class Gateway:
         self._tasks = [asyncio.create_task(t()) for t in (self._poll, self._flusher, self._sweeper)]
 
     # ---------------------------------------------------------------- reload
-    def _build(self, previous: dict[str, KeyState]) -> tuple[Snapshot, dict[str, KeyState], list[KeyState]]:
-        """On the database thread: the snapshot and the key table built from it."""
-        snap = self._store.snapshot()
-        keys, refill = build_keys(snap.products, snap.subscribers, previous, 0.0, self.config.max_concurrent)
-        return snap, keys, refill
+    def _build(self, previous: dict[str, KeyState]) -> tuple[Snapshot, KeyTable]:
+        """On the database thread: the snapshot and the key table built from it. The cyclic GC is held off
+        meanwhile (a full collection over 90,000 fresh keys would hold the GIL, and so the event loop, for
+        tens of ms) and the new table is frozen out of later full collections."""
+        enabled = gc.isenabled()
+        gc.disable()
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)  # the event loop gets the GIL back within 0.5 ms when it asks
+        try:
+            snap = self._store.snapshot(incremental=bool(previous))
+            table = build_keys(snap.products, snap.subscribers, previous, self._slots, snap.removed)
+        finally:
+            sys.setswitchinterval(interval)
+            if enabled:
+                gc.enable()
+        gc.freeze()
+        return snap, table
 
-    def _install(self, snap: Snapshot, keys: dict[str, KeyState], refill: list[KeyState]) -> None:
-        """On the event loop: swap the new table in (one assignment) and fill buckets that got a rate."""
-        self.auth.install(keys)
-        for ks in refill:
-            ks.counters.tokens, ks.counters.stamp = ks.burst, 0.0
+    def _install(self, snap: Snapshot, table: KeyTable) -> None:
+        """On the event loop, without yielding: new product limits onto their slots, buckets filled for
+        products that gained a rate, and the new key table swapped in (one assignment)."""
+        self.auth.install(table.install())
+        self._slots = table.slots
         self.revision = snap.revision
         for pid in snap.unreadable:
             self.log.warn_once(f"product:{pid}", f"product {pid} in the state cannot be read; its keys get 403")
@@ -201,9 +215,17 @@ class Gateway:
             )
 
     async def reload(self) -> None:
-        """Read the state and swap the new key table in; the build runs off the event loop."""
-        snap, keys, refill = await self._call(self._build, self.auth.keys)
-        self._install(snap, keys, refill)
+        """Read the state and swap the new key table in; the build runs off the event loop, and so does
+        freeing the old table (its last reference is dropped on the database thread)."""
+        snap, table = await self._call(self._build, self.auth.keys)
+        garbage = [self.auth.keys, snap]
+        try:
+            self._install(snap, table)
+        except BaseException:
+            self._store.forget()
+            raise
+        del snap, table
+        await self._call(garbage.clear)
 
     async def _poll(self) -> None:
         while True:

@@ -1,11 +1,12 @@
 """Limits: who a key belongs to and what it may do (``KeyState``), and the limits back end (``LimitsBackend``).
 
-``KeyState`` is the principal the authentication step yields: subscriber, product, enabled, the product's
-limits, and ``counters``, the mutable per-subscriber state on the event loop (token bucket and requests in
-flight). A hot reload builds a new key table off the event loop; a key whose subscriber, product limits and
-enabled flag did not change keeps its very ``KeyState`` object, and a key whose limits changed gets a new
-``KeyState`` sharing the old ``counters`` (the bucket and the in-flight count carry over, nothing is copied
-across threads).
+``KeyState`` is the principal the authentication step yields: subscriber, product (a ``ProductSlot``
+holding the product's current ``ProductLimits``), enabled, and ``counters``, the mutable per-subscriber
+state on the event loop (token bucket and requests in flight). A hot reload builds a new key table off the
+event loop (``build_keys`` -> ``KeyTable``); a key whose subscriber, product and enabled flag did not change
+keeps its very ``KeyState`` object, a changed one gets a new ``KeyState`` sharing the old ``counters`` (the
+bucket and the in-flight count carry over, nothing is copied across threads), and changed product limits
+are set on their slots when the table is installed, on the loop, together with the swap.
 
 ``LimitsBackend`` is the seam for shared limits: ``admit`` takes one token from the subscriber's bucket and
 counts one call against the product's quota window, or says why not. ``InMemoryLimits`` (the default) keeps
@@ -77,49 +78,54 @@ class Counters:
         self.inflight = 0
 
 
-class KeyState:
-    """One API key: subscriber, product, its limits (flattened for the hot path) and shared ``counters``."""
+class ProductSlot:
+    """One product id's current limits, shared by all its keys and by every key table: a reload that
+    changes a product's limits replaces ``limits`` here (on the event loop, with the table swap) instead of
+    rebuilding the product's keys."""
 
-    __slots__ = (
-        "subscriber",
-        "product",
-        "enabled",
-        "limits",
-        "usable",
-        "apis",
-        "rate",
-        "burst",
-        "quota_limit",
-        "quota_period",
-        "max_concurrent",
-        "counters",
-    )
+    __slots__ = ("id", "limits")
 
-    def __init__(self, subscriber: str, enabled: bool, limits: ProductLimits, counters: Counters,
-                 default_concurrent: int = 64):
-        self.subscriber = subscriber
-        self.product = limits.id
-        self.enabled = enabled
+    def __init__(self, limits: ProductLimits):
+        self.id = limits.id
         self.limits = limits
-        self.usable = limits.usable
-        self.apis = limits.apis
-        self.rate = limits.rate
-        self.burst = limits.burst
-        self.quota_limit = limits.quota_limit
-        self.quota_period = limits.quota_period
-        self.max_concurrent = limits.max_concurrent or default_concurrent
+
+
+class KeyState:
+    """One API key: subscriber, product (``slot.limits``), enabled, and the subscriber's ``counters``."""
+
+    __slots__ = ("subscriber", "product", "enabled", "slot", "counters")
+
+    def __init__(self, subscriber: str, enabled: bool, slot: ProductSlot, counters: Counters):
+        self.subscriber = subscriber
+        self.product = slot.id
+        self.enabled = enabled
+        self.slot = slot
         self.counters = counters
+
+    # the product's limits, for code off the hot path (the pipeline reads ``slot.limits`` once)
+    @property
+    def limits(self) -> ProductLimits:
+        return self.slot.limits
+
+    @property
+    def rate(self) -> float:
+        return self.slot.limits.rate
+
+    @property
+    def burst(self) -> float:
+        return self.slot.limits.burst
 
     @property
     def tokens(self) -> float:
         return self.counters.tokens
 
-    def take(self, now: float) -> bool:
+    def take(self, lim: ProductLimits, now: float) -> bool:
         """Take one token if there is one (refilling ``rate`` per second up to ``burst``)."""
         c = self.counters
-        tokens = c.tokens + (now - c.stamp) * self.rate
-        if tokens > self.burst:
-            tokens = self.burst
+        burst = lim.burst
+        tokens = c.tokens + (now - c.stamp) * lim.rate
+        if tokens > burst:
+            tokens = burst
         c.stamp = now
         if tokens >= 1.0:
             c.tokens = tokens - 1.0
@@ -130,64 +136,104 @@ class KeyState:
     def rate_limit_headers(self) -> dict[str, str]:
         """Headers of a 429 from the bucket: Retry-After is when one request fits again, RateLimit-Reset
         when the bucket is full again (IETF RateLimit header fields draft: remaining back to the limit)."""
-        tokens = self.counters.tokens
-        retry = max(1, math.ceil((1.0 - tokens) / self.rate))
-        full = max(retry, math.ceil((self.burst - tokens) / self.rate))
+        lim, tokens = self.slot.limits, self.counters.tokens
+        retry = max(1, math.ceil((1.0 - tokens) / lim.rate))
+        full = max(retry, math.ceil((lim.burst - tokens) / lim.rate))
         return {
             "Retry-After": str(retry),
-            "RateLimit-Limit": str(int(self.burst)),
+            "RateLimit-Limit": str(int(lim.burst)),
             "RateLimit-Remaining": "0",
             "RateLimit-Reset": str(full),
         }
 
     def rate_limit_body(self) -> bytes:
-        retry = max(1, math.ceil((1.0 - self.counters.tokens) / self.rate))
+        lim = self.slot.limits
+        retry = max(1, math.ceil((1.0 - self.counters.tokens) / lim.rate))
         return json.dumps(
             {
                 "error": "rate_limited",
-                "message": f"rate limit exceeded: {self.rate:g} requests per second, burst "
-                f"{self.burst:g}; retry after {retry} s",
-                "rate_limit": {"rate": int(self.rate), "burst": int(self.burst)},
+                "message": f"rate limit exceeded: {lim.rate:g} requests per second, burst "
+                f"{lim.burst:g}; retry after {retry} s",
+                "rate_limit": {"rate": int(lim.rate), "burst": int(lim.burst)},
                 "retry_after": retry,
             }
         ).encode()
+
+
+@dataclass
+class KeyTable:
+    """A key table built off the event loop, ready to install: ``keys``, the product limits to set on
+    their slots (``limits``), and the keys whose bucket must be filled (their product gained a rate)."""
+
+    keys: dict[str, KeyState]
+    slots: dict[str, ProductSlot]
+    limits: list[tuple[ProductSlot, ProductLimits]]
+    refill: list[KeyState]
+
+    def install(self) -> dict[str, KeyState]:
+        """On the event loop, right before the table is swapped in: O(products + refills)."""
+        for slot, limits in self.limits:
+            slot.limits = limits
+        for ks in self.refill:
+            ks.counters.tokens, ks.counters.stamp = ks.slot.limits.burst, 0.0
+        return self.keys
 
 
 def build_keys(
     products: dict[str, ProductLimits],
     subscribers: Iterable[tuple[str, str, bool, str]],
     previous: dict[str, KeyState],
-    now: float,
-    default_concurrent: int = 64,
-) -> tuple[dict[str, KeyState], list[KeyState]]:
-    """api_key -> KeyState from (subscriber, product, enabled, api_key) rows, and the keys whose bucket must
-    be filled on the event loop (their product gained a rate limit).
+    slots: dict[str, ProductSlot] | None = None,
+    removed: Iterable[str] | None = None,
+) -> KeyTable:
+    """The key table for (subscriber, product, enabled, api_key) rows: all rows, or with ``removed`` given,
+    only the rows that changed since ``previous`` (and the keys that are gone).
 
-    Safe to run off the event loop: ``previous`` is only read, and no ``counters`` is written. A key that
-    stays with its subscriber keeps its counters (bucket and in-flight count; a smaller burst clamps the
-    bucket at its next use); an unchanged key keeps its KeyState object; a new key starts with a full
-    bucket."""
-    keys: dict[str, KeyState] = {}
+    Safe to run off the event loop: ``previous`` and ``slots`` are only read, nothing the loop uses is
+    written. A key whose subscriber, product and enabled flag did not change keeps its KeyState object (a
+    product whose limits changed gets them through its slot); a key that stays with its subscriber keeps
+    its counters (bucket and in-flight count; a smaller burst clamps the bucket at its next use); a new
+    key starts with a full bucket."""
+    old_slots = slots or {}
+    new_slots: dict[str, ProductSlot] = {}
+    limits_of: dict[str, ProductLimits] = {}  # pid -> the limits its slot holds once installed
+    updates: list[tuple[ProductSlot, ProductLimits]] = []
+    gained_rate: set[str] = set()
+    for pid in old_slots.keys() | products.keys():
+        limits = products.get(pid) or ProductLimits.unusable(pid)
+        slot = old_slots.get(pid)
+        if slot is None:
+            slot = ProductSlot(limits)
+        elif slot.limits != limits:
+            updates.append((slot, limits))
+            if limits.rate and not slot.limits.rate:
+                gained_rate.add(pid)
+        new_slots[pid] = slot
+        limits_of[pid] = limits
+
+    incremental = removed is not None
+    keys: dict[str, KeyState] = dict(previous) if incremental else {}
+    for api_key in removed or ():
+        keys.pop(api_key, None)
     refill: list[KeyState] = []
-    missing: dict[str, ProductLimits] = {}
     for sid, pid, enabled, api_key in subscribers:
-        limits = products.get(pid)
-        if limits is None:
-            limits = missing.get(pid) or missing.setdefault(pid, ProductLimits.unusable(pid))
+        slot = new_slots.get(pid)
+        if slot is None:  # a subscriber of a product that has no row
+            slot = new_slots[pid] = ProductSlot(ProductLimits.unusable(pid))
+            limits_of[pid] = slot.limits
         old = previous.get(api_key)
         if old is not None and old.subscriber == sid:
-            if old.limits is limits and old.enabled == enabled and old.max_concurrent == (
-                limits.max_concurrent or default_concurrent
-            ):
-                keys[api_key] = old
-                continue
-            ks = KeyState(sid, enabled, limits, old.counters, default_concurrent)
-            if ks.rate and not old.rate:
+            if old.slot is slot and old.enabled == enabled:
+                ks = keys[api_key] = old
+            else:
+                ks = keys[api_key] = KeyState(sid, enabled, slot, old.counters)
+            if pid not in gained_rate and old.slot is not slot and limits_of[pid].rate and not old.slot.limits.rate:
                 refill.append(ks)
         else:
-            ks = KeyState(sid, enabled, limits, Counters(limits.burst, now), default_concurrent)
-        keys[api_key] = ks
-    return keys, refill
+            keys[api_key] = KeyState(sid, enabled, slot, Counters(limits_of[pid].burst, 0.0))
+    if gained_rate:  # rare: a product got a rate limit; its keys start with a full bucket
+        refill.extend(ks for ks in keys.values() if ks.product in gained_rate)
+    return KeyTable(keys, new_slots, updates, refill)
 
 
 # ---------------------------------------------------------------- the limits back end
@@ -247,14 +293,14 @@ class InMemoryLimits(LimitsBackend):
         self.quota_used = dict(await read_quota_counts(win.window.values()))
 
     async def admit(self, ks: KeyState, mono: float, win: Windows, now: float) -> Refusal | None:
-        if ks.rate and not ks.take(mono):
+        lim = ks.slot.limits
+        if lim.rate and not ks.take(lim, mono):
             return 429, ks.rate_limit_body(), ks.rate_limit_headers()
-        if ks.quota_limit is not None:
-            period = ks.quota_period
-            key = (ks.subscriber, win.window[period])
+        if lim.quota_limit is not None:
+            key = (ks.subscriber, win.window[lim.quota_period])
             used = self.quota_used.get(key, 0)
-            if used >= ks.quota_limit:
-                return quota_refusal(ks, win, now)
+            if used >= lim.quota_limit:
+                return quota_refusal(lim, win, now)
             self.quota_used[key] = used + 1
             self.quota_pending[key] = self.quota_pending.get(key, 0) + 1
         return None
@@ -272,16 +318,16 @@ class InMemoryLimits(LimitsBackend):
             self.quota_pending[k] = self.quota_pending.get(k, 0) + n
 
 
-def quota_refusal(ks: KeyState, win: Windows, now: float) -> Refusal:
-    period = ks.quota_period
+def quota_refusal(lim: ProductLimits, win: Windows, now: float) -> Refusal:
+    period = lim.quota_period
     resets = win.resets[period]
     at = iso_utc(resets)
     body = json.dumps(
         {
             "error": "quota_exceeded",
-            "message": f"quota exhausted: {ks.quota_limit} requests per {period} (not the rate limit); "
+            "message": f"quota exhausted: {lim.quota_limit} requests per {period} (not the rate limit); "
             f"it resets at {at}",
-            "quota": {"limit": ks.quota_limit, "period": period, "resets_at": at},
+            "quota": {"limit": lim.quota_limit, "period": period, "resets_at": at},
         }
     ).encode()
     return 429, body, {"Retry-After": str(max(1, int(resets - now + 0.999)))}

@@ -153,9 +153,10 @@ class Pipeline:
         route: tuple[str, str] | None, ex: Exchange,
     ) -> tuple[web.StreamResponse, int]:
         """Admission, bounds, limits, proxy: the response and the status to meter."""
+        lim = ks.slot.limits
         if not ks.enabled:
             return _e(403, "key_disabled", "the subscription of this API key is disabled")
-        if not ks.usable:
+        if not lim.usable:
             return _e(403, "product_unavailable",
                       f"the product of this API key ({ks.product}) is not readable in the gateway state")
         if route is None:
@@ -163,7 +164,7 @@ class Pipeline:
         api, rest = route
         if not api:
             return _e(404, "no_api", "no API in the path: call /API/PATH")
-        if api not in ks.apis:
+        if api not in lim.apis:
             return _e(403, "api_not_in_product",
                       f"the product of this API key ({ks.product}) does not include the API {api!r}")
         up = self.upstreams.get(api)
@@ -181,9 +182,10 @@ class Pipeline:
             return resp, 413
 
         counters = ks.counters
-        if counters.inflight >= ks.max_concurrent:
+        bound = lim.max_concurrent or self.cfg.max_concurrent
+        if counters.inflight >= bound:
             return _e(503, "too_many_in_flight",
-                      f"this subscriber already has {ks.max_concurrent} requests in flight (the product's "
+                      f"this subscriber already has {bound} requests in flight (the product's "
                       "max_concurrent); retry when one has finished", {"Retry-After": "1"})
         if up.inflight >= up.limit:
             return _e(503, "upstream_busy",
