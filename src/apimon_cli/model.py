@@ -69,6 +69,8 @@ class Product:
     quota: Quota | None = None
     pricing: Pricing = field(default_factory=Pricing)
     max_concurrent: int | None = None  # requests in flight per subscriber (local gateway only)
+    # listed on the public pricing page (`apimon portal build`); not a gateway field: never stored or compared
+    public: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True)

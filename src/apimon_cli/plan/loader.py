@@ -544,4 +544,5 @@ def _product(pid: str, spec: S.ProductSpec) -> Product:
         quota=Quota(spec.quota.limit, spec.quota.period) if spec.quota else None,
         pricing=pricing,
         max_concurrent=spec.max_concurrent,
+        public=spec.public,
     )

@@ -243,6 +243,11 @@ class ProductSpec(_Strict):
         description="Requests one subscriber may have in flight at once (local gateway; over it: 503 with "
         "Retry-After). Default: the gateway's bound (64).",
     )
+    public: Bool = Field(
+        True,
+        description="Listed on the public pricing page (`apimon portal build`); false hides it there. "
+        "Not a gateway field: it never changes what `apply` does.",
+    )
 
 
 class KeySpec(_Strict):
