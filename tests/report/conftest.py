@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from seed import PROVIDER, TARGET, seed_ledger, write_plan  # noqa: E402
+from seed import PROVIDER, TARGET, seed_ledger, write_plan
 
 
 @pytest.fixture
