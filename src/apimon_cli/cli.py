@@ -18,6 +18,8 @@ from .cli_common import fail as _fail
 from .cli_common import make_output as _output
 from .cli_common import print_diagnostics as _print_diagnostics
 from .cli_push import billing_app
+from .cli_report import portal_app
+from .cli_report import report as report_command
 
 app = typer.Typer(
     name="apimon",
@@ -40,6 +42,8 @@ Strict = Annotated[bool, typer.Option("--strict", help="Treat provider capabilit
 app.add_typer(usage_app, name="usage")
 app.add_typer(billing_app, name="billing")
 app.command("invoice")(invoice_command)
+app.command("report")(report_command)
+app.add_typer(portal_app, name="portal")
 
 
 def _count(n: int, noun: str) -> str:

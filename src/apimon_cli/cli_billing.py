@@ -170,15 +170,28 @@ def usage_show(
     provider, target = _provider_and_target(out, loaded.desired)
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
         rows = book.summary(window.start, window.end, by=by, provider=provider, target=target)
+        spark = None
+        if by != "day":  # calls per day of the period, one character a day
+            from .report.usage import daily_series
+
+            spark = daily_series(book.iter_rows(window.start, window.end, provider, target), window.start, window.end,
+                                 by)
     from .model import METRICS
+    from .render.sparkline import sparkline
 
     table = Table(title=f"Usage {window.label} ({window.start} .. {window.end}), by {by}")
     table.add_column(by)
     for m in METRICS:
         table.add_column(m, justify="right")
+    if spark is not None:
+        table.add_column("calls per day", no_wrap=True)
+    days = (window.end - window.start).days + 1
     sums = dict.fromkeys(METRICS, 0)
     for key, counts in rows:
-        table.add_row(out.mask(str(key)), *(f"{counts.get(m, 0):,}" for m in METRICS))
+        cells = [f"{counts.get(m, 0):,}" for m in METRICS]
+        if spark is not None:
+            cells.append(sparkline(spark.get(key, [0] * days)))
+        table.add_row(out.mask(str(key)), *cells)
         for m in METRICS:
             sums[m] += counts.get(m, 0)
     table.add_section()

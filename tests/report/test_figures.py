@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixtures come from seed.py
 """Golden figures of the seeded ledger (tests/report/seed.py): hand-computed, and equal to the invoice
 engine's lines to the cent."""
 
@@ -8,7 +9,7 @@ import textwrap
 from datetime import date
 from decimal import Decimal
 
-from seed import PROVIDER, TARGET
+from seed import PROVIDER, TARGET, make_report, seeded  # noqa: F401 - fixtures
 
 from apimon_cli.report.figures import Money, report_data
 

@@ -37,7 +37,7 @@ def render_report(report: Report, *, mask: Mask | None = None) -> str:
     h = Html(mask)
     r = report
     per = r.period
-    names = {p.id: p.display_name for p in r.products}
+    names = {p.id: h.mask(p.display_name) for p in r.products}
     colours = {p.id: svg.colour(i) for i, p in enumerate(r.products)}
     rev = r.revenue
 
@@ -75,7 +75,7 @@ def render_report(report: Report, *, mask: Mask | None = None) -> str:
     keys = [d.day.isoformat() for d in days]
     ticks = [d.day.strftime("%d") for d in days]
     used_products = [p for p in r.products if any(d.calls.get(p.id) for d in days)]
-    series = [svg.Series(p.id, p.display_name, colours[p.id], [d.calls.get(p.id, 0) for d in days])
+    series = [svg.Series(p.id, name(p.id), colours[p.id], [d.calls.get(p.id, 0) for d in days])
               for p in used_products]
     out.append('<section aria-labelledby="usage"><h2 id="usage">Usage per day, by product</h2>')
     out.append('<p class="muted">Every call the gateway saw (success, blocked, failed and other), per UTC day, '

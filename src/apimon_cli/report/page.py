@@ -71,6 +71,10 @@ class Html:
     def __init__(self, mask: Mask | None = None):
         self._mask = mask or (lambda s: s)
 
+    def mask(self, value: object) -> str:
+        """Masked, not escaped: for text handed to the SVG builders (which escape it)."""
+        return self._mask(str(value))
+
     def t(self, value: object) -> str:
         return escape(self._mask(str(value)), quote=True)
 
@@ -125,7 +129,7 @@ def page(title: str, body: str, *, h: Html, lang: str = "en", noindex: bool = Fa
     meta = '<meta name="robots" content="noindex, nofollow">' if noindex else ""
     if description:
         meta += f'<meta name="description" content="{h.t(description)}">'
-    return (
+    doc = (
         f'<!DOCTYPE html>\n<html lang="{lang}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         # belt and braces: the page loads nothing, and says so to the browser
@@ -133,3 +137,4 @@ def page(title: str, body: str, *, h: Html, lang: str = "en", noindex: bool = Fa
         "img-src data:\">"
         f"{meta}<title>{h.t(title)}</title><style>{CSS}{css}</style></head><body>{body}</body></html>\n"
     )
+    return h.mask(doc)  # and once more over the whole page: nothing from the environment gets through
