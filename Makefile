@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test lint bench clean
+.PHONY: quickstart test lint bench clean browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,19 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	@bash examples/quickstart.sh
 
-test: $(STAMP)
+# The browser tests drive Debian's chromium (never a downloaded browser): installed here when missing.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (Debian package) for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: /usr/bin/chromium is missing and cannot be installed here (apt-get install -y chromium as root);" \
+	      "the browser tests will skip (fail under CI)"; \
+	  fi; \
+	fi
+
+test: $(STAMP) browser
 	@$(BIN)/python -m pytest
 
 lint: $(STAMP)
