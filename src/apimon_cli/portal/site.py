@@ -198,17 +198,16 @@ class Statement:
     alternatives: list[dict]  # {product, display_name, amount, difference, within_quota}
 
 
-def statement(desired: DesiredState, sid: str, window: BillingWindow, usage: DailyUsage, invoice, as_of: date,
+def statement(desired: DesiredState, sid: str, window: BillingWindow, rows: Sequence, invoice, as_of: date,
               pricer: Pricer) -> Statement:
+    """The statement of ``sid``; ``rows`` are its ((product, day), counts) of ``DailyUsage``."""
     sub = desired.subscribers[sid]
     product = desired.products[sub.product]
     metric = desired.billing.metric
     currency = desired.billing.currency
     per_day: dict[date, list[int]] = {}
     admitted_by_day: dict[date, int] = {}
-    for (s, _pid, day), c in usage.rows.items():
-        if s != sid:
-            continue
+    for (_pid, day), c in rows:
         a = admitted(c)
         if a:
             admitted_by_day[day] = admitted_by_day.get(day, 0) + a
@@ -359,11 +358,14 @@ def build_site(
     }
     pricer = Pricer(desired.products, desired.billing.currency)
     by_sub = {inv.subscriber: inv for inv in invoices}
+    rows_of: dict[str, list] = {}  # one pass over the rows, not one per subscriber
+    for (sid, pid, day), c in usage.rows.items():
+        rows_of.setdefault(sid, []).append(((pid, day), c))
     for sid in sorted(desired.subscribers):
         inv = by_sub.get(sid)
         if inv is None:
             continue
-        st = statement(desired, sid, window, usage, inv, as_of, pricer)
+        st = statement(desired, sid, window, rows_of.get(sid, []), inv, as_of, pricer)
         base = f"s/{tokens[sid]}/"
         files[base + "index.html"] = statement_page(st, title=title, mask=mask).encode()
         files[base + "usage.json"] = (masked(json.dumps(statement_data(st), indent=2)) + "\n").encode()
