@@ -20,7 +20,7 @@ billing: {currency: USD, period: month, metric: success}
 products:
   free:
     display_name: Free
-    description: Try the API <b>no card</b> & more
+    description: "Try the API, no card needed (R&D <beta>)"
     rate_limit: {rate: 5, burst: 10}
     quota: {limit: 1000, period: month}
     pricing: {model: free}

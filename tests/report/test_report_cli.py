@@ -152,7 +152,7 @@ def test_portal_build_pricing_page_and_statements(site, tmp_path):
     for name in ("Free", "Trial", "Starter", "Pro"):
         assert f">{name}</h2>" in index
     assert "Enterprise" not in index and "enterprise" not in index  # public: false
-    assert "Try the API &lt;b&gt;no card&lt;/b&gt; &amp; more" in index  # descriptions are text
+    assert "Try the API, no card needed (R&amp;D &lt;beta&gt;)" in index  # descriptions are text
     # the worked example: 100,000 calls, by the pricing engine: starter 29 + 90,000 x 0.001; pro 199 + 80 -> 279
     assert ("100,000 calls in a month cost 0.00 USD on Free, 5.00 USD on Trial, 119.00 USD on Starter, "
             "279.00 USD on Pro.") in index

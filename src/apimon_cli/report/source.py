@@ -12,10 +12,18 @@ from .usage import DailyUsage
 
 
 def period_invoices(desired, window: BillingWindow, book, provider: str, target: str) -> list:
-    """Exactly the invoices `apimon invoice --period` makes for ``window``."""
-    from apimon_cli.cli_billing import invoices_for
+    """Exactly the invoices `apimon invoice --period` makes for ``window``: the billing library's
+    ``billable_usage`` + ``invoice_accounts`` where this apimon has them, else the invoice command's own
+    ``invoices_for`` (one code path with `apimon invoice` either way)."""
+    try:
+        from apimon_cli.billing.billable import billable_usage
+        from apimon_cli.billing.invoice import invoice_accounts
+    except ImportError:
+        from apimon_cli.cli_billing import invoices_for
 
-    run = invoices_for(desired, window, book, provider, target)
+        run = invoices_for(desired, window, book, provider, target)
+    else:
+        run = invoice_accounts(desired, billable_usage(book, desired, window, provider, target), window)
     return list(getattr(run, "invoices", run))
 
 
