@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from functools import lru_cache
 
 from apimon_cli.billing.periods import window_of
 
@@ -30,8 +31,10 @@ def quota_window(day: date, period: str) -> tuple[date, date]:
     return w.start, w.end
 
 
-def windows_between(start: date, end: date, period: str) -> list[tuple[date, date]]:
-    """Every quota window of ``period`` that has a day in [start, end], in order."""
+@lru_cache(maxsize=256)
+def windows_between(start: date, end: date, period: str) -> tuple[tuple[date, date], ...]:
+    """Every quota window of ``period`` that has a day in [start, end], in order (cached: every subscriber
+    of a report asks for the same few)."""
     out: list[tuple[date, date]] = []
     day = start
     while day <= end:
@@ -40,7 +43,7 @@ def windows_between(start: date, end: date, period: str) -> list[tuple[date, dat
         if w[1] >= date.max - timedelta(days=1):
             break
         day = w[1] + timedelta(days=1)
-    return out
+    return tuple(out)
 
 
 def lookback_start(start: date) -> date:
