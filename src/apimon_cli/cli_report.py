@@ -48,13 +48,10 @@ def _as_of(out, text: str | None, window) -> date:
 
 
 def _target(out, desired) -> tuple[str, str]:
-    from .providers import ProviderError, get_provider
+    """(provider, target) naming the plan's rows in the ledger, as `usage show` and `invoice` name them."""
+    from .cli_billing import _provider_and_target
 
-    try:
-        with get_provider(desired) as provider:
-            return provider.name, provider.target_id
-    except ProviderError as exc:
-        fail(out, f"error: {exc}")
+    return _provider_and_target(out, desired)
 
 
 def _write_atomic(out, path: str, text: str) -> None:
