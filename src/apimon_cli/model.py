@@ -137,6 +137,7 @@ class DesiredState:
     products: dict[str, Product]
     subscribers: dict[str, Subscriber]
     files: tuple[str, ...] = ()  # plan files it was loaded from
+    events: object | None = None  # events.config.EventsConfig: the plan's `events` block, if any
 
 
 @dataclass(frozen=True)

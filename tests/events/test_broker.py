@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
+import broker
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+kafka = broker.fixture()
 
 
 def test_idempotent_producer_and_partition_eof(kafka):

@@ -49,6 +49,7 @@ class PlanParts:
     subscriber_specs: dict[str, S.SubscriberSpec] = field(default_factory=dict)
     billing_spec: S.BillingSpec | None = None
     owner: dict[tuple[str, str], Source] = field(default_factory=dict)  # (kind, id) -> defining file
+    events_spec: S.EventsSpec | None = None
 
     def known(self, kind: str) -> list[str]:
         return [name for k, name in self.owner if k == kind]
@@ -129,6 +130,11 @@ def check_plan(parts: PlanParts, env: dict[str, str], *, strict: bool = False) -
                     "value to import, or remove `key` to let the gateway generate one",
                 )
     _check_capabilities(parts, r)
+    if parts.events_spec is not None:
+        from ..events.config import check as check_events
+
+        for path, message in check_events(parts.events_spec, env):
+            r.error(("events", *path), message)
     return r.out
 
 

@@ -125,6 +125,13 @@ def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
         src.release()
     secrets |= {s.key_value for s in parts.subscribers.values() if s.key_value}
     secrets |= {sink.secret for sink in parts.billing.push if sink.secret}
+    events = None
+    if parts.events_spec is not None:
+        from ..events.config import build as build_events
+        from ..events.config import secrets_of
+
+        events = build_events(parts.events_spec, env)
+        secrets |= secrets_of(events)
     if any(d.severity == "error" for d in diags) or parts.target is None:
         return LoadedPlan(None, _sorted(diags, paths), secrets, sources)
     desired = DesiredState(
@@ -133,6 +140,7 @@ def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
         products=parts.products,
         subscribers=parts.subscribers,
         files=tuple(f.src.file for f in files),
+        events=events,
     )
     return LoadedPlan(desired, _sorted(diags, paths), secrets, sources)
 
@@ -386,6 +394,7 @@ def _merge(files: list[_FilePlan], diags: list[Diagnostic], env: dict[str, str],
     parts = PlanParts(complete=complete, first=files[0].src if files else None)
     target: tuple[Source, S.TargetSpec] | None = None
     billing: tuple[Source, S.BillingSpec] | None = None
+    events: tuple[Source, S.EventsSpec] | None = None
     target_given = False
 
     def once(kind: str, current, src: Source, value):
@@ -417,6 +426,8 @@ def _merge(files: list[_FilePlan], diags: list[Diagnostic], env: dict[str, str],
             target = once("target", target, src, f.head.target)
         if f.head is not None and f.head.billing is not None:
             billing = once("billing", billing, src, f.head.billing)
+        if f.head is not None and f.head.events is not None:
+            events = once("events", events, src, f.head.events)
         for pid, spec in f.products.items():
             if ("products", pid) in parts.owner:
                 _dup(diags, "products", pid, parts.owner[("products", pid)], src)
@@ -464,6 +475,9 @@ def _merge(files: list[_FilePlan], diags: list[Diagnostic], env: dict[str, str],
                 "local}` to one plan file (provider: aws | azure | apigee | local)",
             )
         )
+    if events is not None:
+        parts.owner[("events", "")] = events[0]
+        parts.events_spec = events[1]
     if billing is not None:
         parts.owner[("billing", "")] = billing[0]
         b = billing[1]

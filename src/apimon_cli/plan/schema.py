@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from ..events.types import DEFAULT_QUOTA_ALERTS, EVENT_TYPES
+
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 MAX_PRICE_PLACES = 12
 
@@ -338,6 +340,44 @@ class BillingSpec(_Strict):
     push: PushSpec | None = Field(None, description="Billing platforms `apimon billing push` sends usage to.")
 
 
+class SecretRef(_Strict):
+    from_env: Text = Field(description="Name of the environment variable holding the secret (never in the plan).")
+
+
+class KafkaSecuritySpec(_Strict):
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="librdkafka security.protocol; SASL_SSL for MSK (SCRAM) and Confluent Cloud."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    username: Text | None = None
+    password: SecretRef | None = None
+    ca_file: Text | None = Field(None, description="PEM file of the CA that signed the brokers' certificates "
+                                                   "(default: the system's CAs).")
+
+
+class KafkaSpec(_Strict):
+    bootstrap_servers: Text = Field(description="host:port[,host:port]")
+    topic: Text = Field("apimon.events", description="One topic for every event type.")
+    security: KafkaSecuritySpec | None = None
+
+
+class WebhookSpec(_Strict):
+    url: Text
+    secret: SecretRef = Field(description="Standard Webhooks secret (whsec_ + base64) for webhook-signature.")
+    types: list[Literal[EVENT_TYPES]] | None = Field(  # type: ignore[valid-type]
+        None, description="Event types sent to the webhook; default: all but com.apimon.request."
+    )
+
+
+class EventsSpec(_Strict):
+    kafka: KafkaSpec | None = None
+    webhook: WebhookSpec | None = None
+    quota_alerts: list[PositiveInt] = Field(
+        default_factory=lambda: list(DEFAULT_QUOTA_ALERTS),
+        description="Percentages of a subscriber's quota that raise com.apimon.quota.threshold (1-100).",
+    )
+
+
 class PlanHead(_Strict):
     """A plan file's top level; products and subscribers are validated one by one (``PlanFile`` for the
     JSON Schema), so that one bad product does not hide the problems of the others."""
@@ -345,6 +385,7 @@ class PlanHead(_Strict):
     apimon: Literal[1]
     target: TargetSpec = None  # type: ignore[assignment]  # may be left out, but not null
     billing: BillingSpec = None  # type: ignore[assignment]
+    events: EventsSpec = None  # type: ignore[assignment]
     products: dict[str, Any] = Field(default_factory=dict)
     subscribers: dict[str, Any] = Field(default_factory=dict)
 
@@ -357,6 +398,7 @@ class PlanFile(_Strict):
     apimon: Literal[1] = Field(description="Plan format version.")
     target: TargetSpec = Field(None, description="Where the plan is applied; in one of the files.")  # type: ignore[assignment]
     billing: BillingSpec = Field(None, description="Currency, billing period, billable metric.")  # type: ignore[assignment]
+    events: EventsSpec = Field(None, description="CloudEvents to Kafka and a webhook.")  # type: ignore[assignment]
     products: dict[str, ProductSpec] = Field(default_factory=dict)
     subscribers: dict[str, SubscriberSpec] = Field(default_factory=dict)
 

