@@ -36,10 +36,11 @@ from operator import attrgetter
 from pathlib import Path
 from typing import NamedTuple, Self
 
+from apimon_cli.ledger import stream
 from apimon_cli.model import METRICS, UsageRow
 
 #: the schema this code writes; older ledgers are migrated in place on open
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _USAGE_V2 = """
 CREATE TABLE usage (
@@ -187,7 +188,8 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     conn.execute(_PUSH_SYNC_V3)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1_to_2, _migrate_2_to_3]
+# Schema 4: stream_offsets and stream_event_ids, for `apimon events consume` (ledger/stream.py).
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1_to_2, _migrate_2_to_3, stream.migrate_to_stream]
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
@@ -195,6 +197,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     conn.execute(_SCHEMA_VERSION_TABLE)
     conn.execute(_USAGE_V2)
     conn.execute(_PUSH_SYNC_V3)
+    stream.migrate_to_stream(conn)
     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
@@ -482,6 +485,22 @@ class Ledger:
             " DO UPDATE SET count = excluded.count, pulled_at = excluded.pulled_at",
             window,
         )
+
+    def ingest_stream(
+        self, topic: str, items: list[stream.StreamItem], next_offsets: dict[int, int]
+    ) -> tuple[int, int, int]:
+        """Consumed messages -> counts, event ids and offsets in one transaction (see ``ledger.stream``)."""
+        try:
+            return stream.ingest(self._conn, topic, items, next_offsets)
+        except sqlite3.OperationalError as exc:
+            raise _operational_error(exc, self.path) from None
+
+    def stream_offsets(self, topic: str) -> dict[int, int]:
+        """partition -> the next offset to consume."""
+        return stream.offsets(self._conn, topic)
+
+    def prune_stream_ids(self) -> int:
+        return stream.prune_ids(self._conn)
 
     # --- reading -----------------------------------------------------------------------------------
     def totals(
