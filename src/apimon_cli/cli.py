@@ -17,6 +17,7 @@ from .cli_billing import usage_app
 from .cli_common import fail as _fail
 from .cli_common import make_output as _output
 from .cli_common import print_diagnostics as _print_diagnostics
+from .cli_events import events_app
 from .cli_push import billing_app
 from .cli_report import portal_app
 from .cli_report import report as report_command
@@ -44,6 +45,7 @@ app.add_typer(billing_app, name="billing")
 app.command("invoice")(invoice_command)
 app.command("report")(report_command)
 app.add_typer(portal_app, name="portal")
+app.add_typer(events_app, name="events")
 
 
 def _count(n: int, noun: str) -> str:
@@ -267,6 +269,9 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
         )
     else:
         render_apply_report(out, report)
+    from .events.publish import publish_applied
+
+    publish_applied(out, run, report)
     if report.failed:
         raise typer.Exit(1)
 

@@ -59,6 +59,7 @@ def usage_pull(
     ledger: LedgerOpt = None,
 ) -> None:
     """Pull usage for [--from, --to] into the ledger; pulling again replaces, never adds."""
+    from .events.publish import EVERY_ROW, publish_pulled
     from .ledger.store import LedgerError
     from .providers import ProviderError, get_provider
 
@@ -72,7 +73,8 @@ def usage_pull(
         try:
             with get_provider(loaded.desired) as provider:
                 rows = _counting(out, provider.pull_usage(start, end))
-                report = book.replace_window(provider.name, provider.target_id, start, end, rows)
+                every = {"detail_limit": EVERY_ROW} if loaded.desired.events is not None else {}
+                report = book.replace_window(provider.name, provider.target_id, start, end, rows, **every)
                 warnings = list(getattr(provider, "usage_warnings", []))
         except ProviderError as exc:
             fail(out, f"error: {exc}; the ledger was not changed")
@@ -83,6 +85,7 @@ def usage_pull(
     for w in warnings:
         out.warning(f"warning: {w}")
     _render_pull(out, report, path)
+    publish_pulled(out, loaded.desired, report)
 
 
 def _counting(out, rows):
@@ -140,11 +143,12 @@ def _period_window(out, period: str | None, kind: str):
 
 
 def _provider_and_target(out, desired) -> tuple[str, str]:
+    from .events.publish import usage_source
     from .providers import ProviderError, get_provider
 
     try:
         with get_provider(desired) as provider:
-            return provider.name, provider.target_id
+            return usage_source(desired, provider.name, provider.target_id)
     except ProviderError as exc:
         fail(out, f"error: {exc}")
 

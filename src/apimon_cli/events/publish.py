@@ -107,3 +107,41 @@ def publish(events: Sequence[CloudEvent], config: EventsConfig | None, plan_file
     line, warn = describe(report, path, hint)
     if line:
         (out.warning if warn else out.info)(line)
+
+
+# ---------------------------------------------------------------- the commands' hooks
+
+#: a pull with events keeps every changed row in its report (one usage.daily event each)
+EVERY_ROW = 10**12
+
+
+def publish_applied(out, run, report) -> None:
+    """After ``apply``: one event per change that took effect (and key.revoked where a key stopped working)."""
+    desired = run.loaded.desired
+    if desired.events is None:
+        return
+    from .cloudevent import apply_events
+
+    events = apply_events(report.outcomes, provider=run.provider.name, target=run.provider.target_id, mask=out.mask)
+    publish(events, desired.events, list(desired.files), out)
+
+
+def publish_pulled(out, desired, report) -> None:
+    """After ``usage pull`` committed: one ``usage.daily`` per new, revised or removed ledger row."""
+    if desired.events is None:
+        return
+    from .cloudevent import usage_daily_events
+
+    publish(list(usage_daily_events(report)), desired.events, list(desired.files), out)
+
+
+def usage_source(desired, provider: str, target: str) -> tuple[str, str]:
+    """Which ledger rows ``usage show`` and ``invoice`` read for a plan: for a local plan with events.kafka the
+    gateway meters through the stream, so the rows ``apimon events consume`` writes (target
+    ``stream:<topic>``); otherwise the pulled rows."""
+    ev = desired.events
+    if provider == "local" and ev is not None and ev.kafka is not None:
+        from ..ledger.stream import stream_target
+
+        return provider, stream_target(ev.kafka.topic)
+    return provider, target
