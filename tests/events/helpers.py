@@ -120,3 +120,80 @@ class WebhookReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class UpstreamThread:
+    """examples/upstream.py on its own event loop in a thread (so a test can stay synchronous)."""
+
+    def __init__(self):
+        from conftest import load_example_upstream
+
+        module = load_example_upstream()
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.runner, self.port = self.loop.run_until_complete(module.start())
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert started.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class GatewayProcess:
+    """`apimon gateway serve` in a child process; the bound URL is read from its 'listening on' line."""
+
+    def __init__(self, plan, env: dict | None = None):
+        import os
+        import subprocess
+        import sys
+
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("APIMON_")} | {"NO_COLOR": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "apimon_cli.cli", "gateway", "serve", str(plan), "--listen", "127.0.0.1:0"],
+            env=full_env | (env or {}), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: list[str] = []
+        ready = threading.Event()
+
+        def read() -> None:
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                if "listening on" in line:
+                    ready.set()
+            ready.set()
+
+        self.reader = threading.Thread(target=read, daemon=True)
+        self.reader.start()
+        assert ready.wait(20) and self.proc.poll() is None, "".join(self.lines)
+        self.url = next(w for line in self.lines for w in line.split() if w.startswith("http://"))
+
+    def stop(self, timeout: float = 30) -> float:
+        """SIGTERM; returns how long it took to exit."""
+        import signal
+
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        self.code = self.proc.wait(timeout=timeout)
+        took = time.monotonic() - started
+        self.reader.join(timeout=5)
+        self.stderr = "".join(self.lines)
+        assert "Traceback" not in self.stderr, self.stderr
+        return took
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -92,6 +92,7 @@ def config_from_plan(
         connect_timeout=connect_timeout,
         upstream_timeout=upstream_timeout,
         total_timeout=total_timeout,
+        events=desired.events,
     )
     config.check()
     return config

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 KIB = 1024
@@ -45,6 +46,8 @@ class GatewayConfig:
     poll_interval: float = 0.25  # revision polling (hot reload)
     flush_interval: float = 1.0  # usage / quota writes
     drain_timeout: float = 10.0  # on SIGINT/SIGTERM, how long requests in flight may still run
+    # ---- events
+    events: Any = None  # events.config.EventsConfig: the plan's events block (None: no events)
 
     def check(self) -> None:
         """Refuse nonsense numbers with one line naming the option."""

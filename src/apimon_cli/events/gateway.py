@@ -1,0 +1,370 @@
+"""The gateway's side of events: a bounded in-process queue, quota alerts, the outbox, delivery threads.
+
+The hot path (``request``) appends one tuple to a list: no I/O, no serialisation, no lock. Every
+``flush_interval`` (0.1 s) the event loop swaps the list out and a writer thread turns it into CloudEvents and
+appends them to the outbox (``<state_dir>/events-gateway.db``) in one transaction. One thread per sink
+delivers from the outbox (``delivery.KafkaPump`` / ``WebhookPump``), so a slow or dead broker or webhook
+never reaches the event loop: the gateway keeps its latency, the outbox grows on disk, and delivery resumes
+where it stopped. ``events: delivery to kafka stalled`` is logged once when nothing was acknowledged for
+``STALL_AFTER`` seconds while events wait, ``... resumed`` once when acknowledgements come back.
+
+If the writer cannot keep up (the disk stalls) the queue stops at ``queue_limit`` events: further events
+are dropped, counted, and logged once; the gateway itself never waits. On SIGTERM the queue is written to the
+outbox, the sinks get ``drain_timeout`` to acknowledge what is in flight, and everything else stays in the
+outbox: the next ``gateway serve`` delivers it first (outbox order).
+
+Quota alerts: when a counted call takes a subscriber's quota window to or past a threshold (``quota_alerts``
+percent of the limit), one ``com.apimon.quota.threshold`` is raised, once per subscriber, window and
+threshold: the thresholds already raised are kept in the outbox file, so a restart does not raise them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
+from pathlib import Path
+
+from . import types as T
+from .cloudevent import IdSequence, _dumps, gateway_source, quota_threshold_data, rfc3339
+from .config import EventsConfig
+from .delivery import KafkaPump, WebhookPump, pending_bits
+from .outbox import GATEWAY_OUTBOX, Outbox, OutboxError, OutboxLock
+
+STALL_AFTER = 5.0
+_OUTCOMES = ("success", "blocked", "failed", "other")
+_METRIC_BY_STATUS: tuple[int, ...] = ()
+
+
+def _metric_table() -> tuple[int, ...]:
+    from ..gateway.metering import METRIC_BY_STATUS
+
+    return METRIC_BY_STATUS
+
+
+def window_bounds(window: str) -> tuple[str, str]:
+    """"day:2026-11-30" / "week:2026-W49" / "month:2026-11" -> (first day, first day after), ISO dates."""
+    kind, _, ident = window.partition(":")
+    if kind == "day":
+        d = date.fromisoformat(ident)
+        return d.isoformat(), (d + timedelta(days=1)).isoformat()
+    if kind == "week":
+        year, week = ident.split("-W")
+        d = date.fromisocalendar(int(year), int(week), 1)
+        return d.isoformat(), (d + timedelta(days=7)).isoformat()
+    y, m = (int(x) for x in ident.split("-"))
+    return date(y, m, 1).isoformat(), date(y + (m == 12), m % 12 + 1, 1).isoformat()
+
+
+class GatewayEvents:
+    def __init__(
+        self,
+        config: EventsConfig,
+        state_dir: Path,
+        *,
+        log: Callable[[str], None] | None = None,
+        queue_limit: int = 200_000,
+        flush_interval: float = 0.1,
+        drain_timeout: float = 2.0,
+    ):
+        self.config = config
+        self.path = Path(state_dir) / GATEWAY_OUTBOX
+        self.log = log or (lambda msg: sys.stderr.write(f"apimon gateway: {msg}\n"))
+        self.queue_limit = queue_limit
+        self.flush_interval = flush_interval
+        self.drain_timeout = drain_timeout
+        self.source = "apimon/gateway"
+        self.dropped = 0
+        self._buf: list[tuple] = []
+        self._alerts: list[tuple] = []
+        self._fired: set[tuple[str, str, int]] = set()
+        self._thresholds = tuple(sorted(config.quota_alerts))
+        self._ids = IdSequence()
+        self._lock = OutboxLock(self.path)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apimon-events-writer")
+        self._outbox: Outbox | None = None
+        self._task: asyncio.Task | None = None
+        self._stop = threading.Event()
+        self._wake_kafka = threading.Event()
+        self._wake_webhook = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._write_lock = asyncio.Lock()
+        self.written = 0
+        self.delivered = {"kafka": 0, "webhook": 0}
+        self.waiting = {"kafka": 0, "webhook": 0}
+
+    # ---------------------------------------------------------------- lifecycle
+    def open(self, windows: list[str]) -> None:
+        """Take the outbox (one gateway per state), load the alerts already raised. Raises OutboxError."""
+        if not self._lock.acquire():
+            raise OutboxError(f"{self.path} is in use by another `apimon gateway serve` on the same state")
+        try:
+            self._outbox = Outbox(self.path)
+            self._outbox.forget_alerts(windows)
+            self._fired = self._outbox.alerts(windows)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def start(self, host: str, port: int) -> None:
+        self.source = gateway_source(host, port)
+        global _METRIC_BY_STATUS
+        _METRIC_BY_STATUS = _metric_table()
+        self._task = asyncio.get_running_loop().create_task(self._flusher())
+        if self.config.kafka is not None:
+            self._threads.append(threading.Thread(target=self._kafka_loop, name="apimon-events-kafka", daemon=True))
+        if self.config.webhook is not None:
+            self._threads.append(threading.Thread(target=self._webhook_loop, name="apimon-events-webhook",
+                                                  daemon=True))
+        for t in self._threads:
+            t.start()
+
+    async def stop(self) -> None:
+        """Write what is queued, give the sinks ``drain_timeout``, keep the rest in the outbox."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self.write()
+        except Exception as exc:
+            self.log(f"events: writing {len(self._buf)} queued event(s) to {self.path} failed: {exc}")
+        self._stop.set()
+        self._wake_kafka.set()
+        self._wake_webhook.set()
+        loop = asyncio.get_running_loop()
+        for t in self._threads:
+            await loop.run_in_executor(None, t.join, self.drain_timeout + 10)
+        if self._outbox is not None:
+            await loop.run_in_executor(self._writer, self._outbox.close)
+        self._writer.shutdown(wait=True)
+        self._lock.release()
+        if self.dropped:
+            self.log(f"events: {self.dropped} event(s) were dropped: the outbox could not keep up")
+        waiting = max(self.waiting[s] for s in self.config.sinks) if self.config.sinks else 0
+        if waiting:
+            self.log(f"events: {waiting} event(s) wait in {self.path}; the next `apimon gateway serve` delivers "
+                     "them first (or `apimon events flush`)")
+
+    # ---------------------------------------------------------------- the hot path
+    def request(self, now: float, subscriber: str, product: str, api: str | None, method: str, status: int,
+                quota: tuple | None, rate_limit: str, latency_ms: float, request_bytes: int,
+                response_bytes: int) -> None:
+        """One answered, metered request. ``quota``: (outcome, limit, used, period, window) or None."""
+        buf = self._buf
+        if len(buf) >= self.queue_limit:
+            self._drop()
+            return
+        buf.append((now, subscriber, product, api, method, status, quota, rate_limit, latency_ms, request_bytes,
+                    response_bytes))
+        if quota is not None and quota[0] == "counted" and self._thresholds:
+            limit, used = quota[1], quota[2]
+            if used * 100 >= self._thresholds[0] * limit:
+                self._check_alerts(now, subscriber, product, limit, used, quota[3], quota[4])
+
+    def _check_alerts(self, now, subscriber, product, limit, used, period, window) -> None:
+        for pct in self._thresholds:
+            if used < math.ceil(limit * pct / 100):
+                break
+            key = (subscriber, window, pct)
+            if key not in self._fired:
+                self._fired.add(key)
+                self._alerts.append((now, subscriber, product, limit, used, period, window, pct))
+
+    def _drop(self) -> None:
+        if not self.dropped:
+            self.log(f"events: the queue is full ({self.queue_limit} events): the outbox {self.path} does not keep "
+                     "up; events are dropped until it does")
+        self.dropped += 1
+
+    # ---------------------------------------------------------------- queue -> outbox
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await asyncio.shield(self.write())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the disk: keep the events queued and try again
+                self.log(f"events: writing to {self.path} failed ({exc}); will retry")
+
+    async def write(self) -> None:
+        async with self._write_lock:
+            if not self._buf and not self._alerts:
+                return
+            batch, alerts = self._buf, self._alerts
+            self._buf, self._alerts = [], []
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._writer, self._write, batch, alerts)
+            except BaseException:
+                self._buf = batch + self._buf
+                self._alerts = alerts + self._alerts
+                raise
+
+    def _write(self, batch: list[tuple], alerts: list[tuple]) -> None:
+        assert self._outbox is not None
+        config, source, ids = self.config, self.source, self._ids
+        bits = pending_bits(config, T.REQUEST)
+        metric = _METRIC_BY_STATUS
+        rows = []
+        if bits:
+            for (now, sub, prod, api, method, status, quota, rate, latency, rq, rs) in batch:
+                eid = ids()
+                when = rfc3339(now)
+                q = ({"outcome": quota[0], "limit": quota[1], "used": quota[2], "period": quota[3]}
+                     if quota is not None else {"outcome": "none"})
+                body = _dumps({
+                    "specversion": "1.0", "id": eid, "source": source, "type": T.REQUEST, "time": when,
+                    "subject": sub, "datacontenttype": "application/json",
+                    "data": {"subscriber": sub, "product": prod, "api": api, "method": method, "status": status,
+                             "outcome": _OUTCOMES[metric[status] if 0 <= status < 1000 else 3], "quota": q,
+                             "rate_limit": rate, "latency_ms": round(latency, 3), "request_bytes": rq,
+                             "response_bytes": rs},
+                }).encode()
+                rows.append((eid, T.REQUEST, source, when, sub, body, bits))
+        if alerts:
+            fresh = self._outbox.claim_alerts([(a[1], a[6], a[7]) for a in alerts])
+            abits = pending_bits(config, T.QUOTA_THRESHOLD)
+            for (now, sub, prod, limit, used, period, window, pct) in alerts:
+                if (sub, window, pct) not in fresh or not abits:
+                    continue
+                start, end = window_bounds(window)
+                eid = ids()
+                when = rfc3339(now)
+                body = _dumps({
+                    "specversion": "1.0", "id": eid, "source": source, "type": T.QUOTA_THRESHOLD, "time": when,
+                    "subject": sub, "datacontenttype": "application/json",
+                    "data": quota_threshold_data(sub, prod, period, start, end, limit, used, pct),
+                }).encode()
+                rows.append((eid, T.QUOTA_THRESHOLD, source, when, sub, body, abits))
+        if rows:
+            self._outbox.add(rows)
+            self.written += len(rows)
+            self._wake_kafka.set()
+            self._wake_webhook.set()
+
+    # ---------------------------------------------------------------- delivery threads
+    def _kafka_loop(self) -> None:
+        from .sinks import KafkaSink
+
+        outbox = Outbox(self.path)
+        pump = KafkaPump(outbox, KafkaSink(self.config.kafka))
+        stalled_at: float | None = None
+        busy_since: float | None = None
+        try:
+            while not self._stop.is_set():
+                acked = pump.step(0.05)
+                now = time.monotonic()
+                busy = bool(pump.inflight)  # librdkafka holds what the broker has not acknowledged yet
+                if acked:
+                    self.delivered["kafka"] += acked
+                    busy_since = now
+                    if stalled_at is not None:
+                        self.log(f"events: delivery to kafka resumed after {now - stalled_at:.0f} s; "
+                                 f"{pump.waiting()} event(s) still in the outbox")
+                        stalled_at = None
+                elif busy:
+                    busy_since = busy_since or now
+                    if stalled_at is None and now - busy_since > STALL_AFTER:
+                        stalled_at = now
+                        why = pump.last_error or f"no acknowledgement for {STALL_AFTER:g} s"
+                        self.log(f"events: delivery to kafka stalled ({why}); events wait in {self.path} "
+                                 f"({pump.waiting()} now), the gateway keeps serving")
+                else:
+                    busy_since = None
+                    self._wake_kafka.wait(0.2)
+                    self._wake_kafka.clear()
+                for note in pump.sink.notes:
+                    self.log(f"events: {note}")
+                pump.sink.notes.clear()
+        except Exception as exc:  # pragma: no cover - a bug: say so, the events stay in the outbox
+            self.log(f"events: the kafka delivery thread stopped ({type(exc).__name__}: {exc}); events stay in "
+                     f"{self.path} for the next start or `apimon events flush`")
+        finally:
+            try:  # shutting down: what the outbox holds gets ``drain_timeout`` to reach a healthy broker
+                deadline = time.monotonic() + (self.drain_timeout if stalled_at is None else 0.5)
+                while time.monotonic() < deadline and (pump.inflight or pump.waiting()):
+                    pump.step(0.05)
+            finally:
+                pump.close()
+                self.delivered["kafka"] = pump.delivered
+                self.waiting["kafka"] = pump.waiting()
+                outbox.close()
+
+    def _webhook_loop(self) -> None:
+        from .sinks import WebhookSink
+
+        outbox = Outbox(self.path)
+        pump = WebhookPump(outbox, WebhookSink(self.config.webhook), self.log)
+        stalled_at: float | None = None
+        try:
+            while not self._stop.is_set():
+                res = pump.step(stop=self._stop.is_set)
+                if res.delivered and stalled_at is not None:
+                    self.log(f"events: delivery to the webhook resumed after {time.monotonic() - stalled_at:.0f} s")
+                    stalled_at = None
+                elif res.retried and not res.delivered and stalled_at is None:
+                    stalled_at = time.monotonic()
+                    self.log(f"events: delivery to the webhook {self.config.webhook.url} stalled ({pump.last_error});"
+                             " retrying with backoff")
+                due = pump.next_due()
+                wait = 1.0 if due is None else max(0.0, min(1.0, due - time.time()))
+                if wait > 0:
+                    self._wake_webhook.wait(wait)
+                    self._wake_webhook.clear()
+        finally:
+            pump.close()
+            self.delivered["webhook"] = pump.delivered
+            self.waiting["webhook"] = pump.waiting()
+            outbox.close()
+
+
+def metered_observer(events: GatewayEvents, gateway) -> Callable:
+    """The gateway's per-request hook -> ``events.request``: everything an event holds, read from what the
+    gateway already has (its key state, the response, the meter's quota counter); never the key, the path
+    or the query. ``api`` is set only when it is an API of the caller's product."""
+    record = events.request
+    loop_time = gateway._loop_time
+
+    def metered(request, ks, resp, status: int, admitted: bool, win, now: float, started: float) -> None:
+        headers = resp.headers if resp is not None else {}
+        api = None
+        path = request.raw_path
+        end = len(path)
+        for sep in ("/", "?"):
+            i = path.find(sep, 1)
+            if i != -1 and i < end:
+                end = i
+        name = path[1:end]
+        if name in ks.apis:
+            api = name
+        rate_limited = status == 429 and "RateLimit-Limit" in headers
+        quota = None
+        if ks.quota_limit is not None:
+            window = win.window[ks.quota_period]
+            if admitted:
+                quota = ("counted", ks.quota_limit, gateway.meter.quota_used.get((ks.subscriber, window), 0),
+                         ks.quota_period, window)
+            elif status == 429 and not rate_limited:
+                quota = ("exceeded", ks.quota_limit, gateway.meter.quota_used.get((ks.subscriber, window), 0),
+                         ks.quota_period, window)
+        if not ks.rate:
+            rate = "none"
+        elif rate_limited:
+            rate = "limited"
+        elif admitted or quota is not None:
+            rate = "allowed"
+        else:
+            rate = "none"  # refused before the bucket (disabled key, API outside the product, bad path)
+        if resp is None:
+            size = 0
+        else:
+            size = resp.content_length if resp.prepared is False else resp.body_length
+        record(now, ks.subscriber, ks.product, api, request.method, status, quota, rate,
+               (loop_time() - started) * 1000.0, request.content_length or 0, size or 0)
+
+    return metered

@@ -1,0 +1,231 @@
+"""The local gateway publishes one com.apimon.request per metered request and quota alerts once per
+threshold, without slowing down or losing anything when the broker stops: a real broker, the real
+`apimon gateway serve` process, and an independent consumer (aiokafka)."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import threading
+import time
+from collections import Counter
+
+import broker
+import pytest
+import requests
+from conftest import run_cli, write_plan
+from helpers import GatewayProcess, UpstreamThread, WebhookReceiver, read_topic
+from standardwebhooks import Webhook
+
+from apimon_cli.events import types as T
+from apimon_cli.ledger import Ledger
+
+kafka = broker.fixture()
+SECRET = "whsec_" + base64.b64encode(b"gateway-events-test-secret-0123").decode()
+IMPORTED = "imported-key-value-0123456789abcdef"
+PLAN = """
+apimon: 1
+target: {{provider: local, local: {{state_dir: state, upstreams: {{petstore: "{up}", orders: "{up}"}}}}}}
+events:
+  kafka: {{bootstrap_servers: "{bootstrap}", topic: apimon.events}}
+{webhook}
+  quota_alerts: [50, 100]
+products:
+  free:
+    display_name: Free
+    apis: [petstore]
+    rate_limit: {{rate: 2, burst: 5}}
+    quota: {{limit: 10, period: day}}
+  pro:
+    display_name: Pro
+    apis: [petstore, orders]
+subscribers:
+  bob: {{product: free}}
+  acme: {{product: pro, key: {{from_env: ACME_KEY}}}}
+  off: {{product: pro, enabled: false}}
+"""
+
+
+@pytest.fixture
+def upstream():
+    u = UpstreamThread()
+    yield u
+    u.close()
+
+
+def _setup(tmp_path, kafka, upstream, webhook: str = "") -> tuple:
+    plan = write_plan(tmp_path / "plan.yaml", PLAN.format(up=upstream.url, bootstrap=kafka.bootstrap,
+                                                          webhook=webhook))
+    env = {"ACME_KEY": IMPORTED, "WHSEC": SECRET}
+    if webhook:
+        env["APIMON_ALLOW_ENDPOINTS"] = webhook.split("//")[1].split("/")[0]
+    r = run_cli("apply", str(plan), "--auto-approve", env=env)
+    assert r.code == 0, r.output
+    with sqlite3.connect(tmp_path / "state" / "state.db") as conn:
+        keys = dict(conn.execute("SELECT id, api_key FROM subscribers"))
+    return plan, env, keys
+
+
+def _state_usage(tmp_path) -> dict[tuple[str, str], int]:
+    with sqlite3.connect(tmp_path / "state" / "state.db") as conn:
+        return {(s, m): n for s, m, n in conn.execute(
+            "SELECT subscriber, metric, sum(count) FROM usage GROUP BY subscriber, metric")}
+
+
+def test_every_metered_request_gives_exactly_one_event_and_no_key_anywhere(kafka, upstream, tmp_path):
+    kafka.create_topic("apimon.events", partitions=3)
+    plan, env, keys = _setup(tmp_path, kafka, upstream)
+    gw = GatewayProcess(plan, env=env)
+    statuses = Counter()
+    try:
+        s = requests.Session()
+        calls = ([("/petstore/pets/1?token=query-secret-123", keys["acme"])] * 30
+                 + [("/orders/pets/2", keys["acme"])] * 5
+                 + [("/petstore/status/404", keys["acme"])] * 4
+                 + [("/petstore/status/503", keys["acme"])] * 3
+                 + [("/petstore/pets/1", keys["bob"])] * 8  # burst 5: 3 rate-limited
+                 + [("/petstore/pets/1?slow", keys["bob"])] * 10  # under the rate, quota 10: 3 over quota
+                 + [("/orders/pets/1", keys["bob"])] * 2  # API outside the product: 403
+                 + [("/petstore/pets/1", keys["off"])] * 2  # disabled: 403
+                 + [("/petstore/pets/1", "not-a-key")] * 3 + [("/petstore/pets/1", None)] * 2)  # not metered
+        for path, key in calls:
+            r = s.get(gw.url + path, headers={"x-api-key": key} if key else {})
+            statuses[(key, r.status_code)] += 1
+            if path.endswith("?slow"):
+                time.sleep(0.55)
+    finally:
+        gw.stop()
+    assert "events:" not in gw.stderr  # no stall, no drop, nothing left waiting
+    with sqlite3.connect(tmp_path / "state" / "events-gateway.db") as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)  # all delivered before exit
+    metered = _state_usage(tmp_path)
+    total = sum(n for (_s, m), n in metered.items() if m == "total")
+    assert total == len(calls) - 5
+    # + bob's two quota alerts + apply's 5 created events
+    msgs = read_topic(kafka.bootstrap, "apimon.events", expect=total + 2 + 5)
+    requests_ = [m for m in msgs if m.event["type"] == T.REQUEST]
+    assert len(requests_) == total
+    assert Counter(m.event["type"] for m in msgs if m.event["type"] != T.REQUEST) == {
+        T.QUOTA_THRESHOLD: 2, T.PRODUCT_CREATED: 2, T.SUBSCRIBER_CREATED: 3}
+    assert len({m.event["id"] for m in requests_}) == total
+    # the counts the events carry are the gateway's own meter
+    by = Counter((m.event["subject"], m.event["data"]["outcome"]) for m in requests_)
+    by.update((m.event["subject"], "total") for m in requests_)
+    assert dict(by) == {k: v for k, v in metered.items() if v}
+    secrets = [k.encode() for k in keys.values()] + [b"not-a-key", IMPORTED.encode(), b"query-secret-123",
+                                                      b"token="]
+    for m in msgs:
+        blob = m.value + (m.key or b"") + b"".join(m.headers.values())
+        assert not any(s in blob for s in secrets), m.value
+    one = next(m for m in requests_ if m.event["data"]["status"] == 200 and m.event["subject"] == "acme")
+    d = one.event["data"]
+    assert one.key == b"acme" and one.headers["ce_type"] == T.REQUEST.encode()
+    assert one.event["source"].startswith("apimon/gateway/127.0.0.1:")
+    assert d["api"] in ("petstore", "orders") and d["method"] == "GET" and d["outcome"] == "success"
+    assert d["quota"] == {"outcome": "none"} and d["rate_limit"] == "none" and d["response_bytes"] > 0
+    assert d["latency_ms"] > 0
+    bob = [m.event["data"] for m in requests_ if m.event["subject"] == "bob"]
+    assert {(x["status"], x["rate_limit"], x["quota"]["outcome"]) for x in bob} >= {
+        (200, "allowed", "counted"), (429, "limited", "none"), (429, "allowed", "exceeded")}
+    assert {x["api"] for x in bob if x["status"] == 403} == {None}  # not an API of bob's product
+
+
+def test_quota_alerts_fire_once_per_threshold_also_across_restarts(kafka, upstream, tmp_path):
+    hook = WebhookReceiver()
+    try:
+        plan, env, keys = _setup(tmp_path, kafka, upstream,
+                                 webhook=f"  webhook: {{url: \"{hook.url}\", secret: {{from_env: WHSEC}}}}")
+        for _round in range(2):
+            gw = GatewayProcess(plan, env=env)
+            try:
+                for _ in range(14):
+                    requests.get(gw.url + "/petstore/pets/1", headers={"x-api-key": keys["bob"]})
+                    time.sleep(0.5)  # under the rate limit: only the quota says no
+            finally:
+                gw.stop()
+        msgs = read_topic(kafka.bootstrap, "apimon.events", expect=28 + 2 + 5)  # requests, alerts, apply's
+        alerts = [m.event for m in msgs if m.event["type"] == T.QUOTA_THRESHOLD]
+        assert sorted(a["data"]["percent"] for a in alerts) == [50, 100]
+        fifty = next(a for a in alerts if a["data"]["percent"] == 50)
+        assert fifty["subject"] == "bob" and fifty["data"]["used"] == 5 and fifty["data"]["limit"] == 10
+        assert fifty["data"]["period"] == "day" and fifty["data"]["product"] == "free"
+        assert fifty["data"]["period_end"] > fifty["data"]["period_start"]
+        # the webhook got the alerts (not the request firehose), signed
+        wh = Webhook(SECRET)
+        got = [wh.verify(r.body, r.headers) for r in hook.received]
+        assert Counter(e["type"] for e in got) == {T.QUOTA_THRESHOLD: 2, T.PRODUCT_CREATED: 2,
+                                                   T.SUBSCRIBER_CREATED: 3}
+        assert sorted(e["data"]["percent"] for e in got if e["type"] == T.QUOTA_THRESHOLD) == [50, 100]
+    finally:
+        hook.close()
+
+
+def test_broker_paused_while_traffic_flows_and_gateway_restarted_loses_nothing(kafka, upstream, tmp_path):
+    kafka.create_topic("apimon.events", partitions=3)
+    plan, env, keys = _setup(tmp_path, kafka, upstream)
+    answered = Counter()
+    slowest = [0.0]
+    stop_traffic = threading.Event()
+    gw_url = {"url": ""}
+
+    def traffic() -> None:
+        s = requests.Session()
+        while not stop_traffic.is_set():
+            url = gw_url["url"]
+            if not url:
+                time.sleep(0.01)
+                continue
+            started = time.monotonic()
+            try:
+                r = s.get(url + "/petstore/pets/1", headers={"x-api-key": keys["acme"]}, timeout=5)
+            except requests.RequestException:  # the gateway restarting: not answered, not metered
+                time.sleep(0.05)
+                continue
+            slowest[0] = max(slowest[0], time.monotonic() - started)
+            answered[r.status_code] += 1
+            time.sleep(0.005)
+
+    worker = threading.Thread(target=traffic, daemon=True)
+    worker.start()
+    first = GatewayProcess(plan, env=env)
+    second = None
+    try:
+        gw_url["url"] = first.url
+        time.sleep(1.5)
+        kafka.pause()
+        time.sleep(7)  # the broker answers nothing; traffic goes on
+        gw_url["url"] = ""
+        took = first.stop()
+        assert took < 8, f"SIGTERM took {took:.1f} s with the broker paused"
+        second = GatewayProcess(plan, env=env)
+        gw_url["url"] = second.url
+        time.sleep(6.5)
+        kafka.resume()
+        time.sleep(4)
+        gw_url["url"] = ""
+        time.sleep(0.2)
+        stop_traffic.set()
+        worker.join(10)
+        second.stop()
+    finally:
+        stop_traffic.set()
+        kafka.resume()
+        first.kill()
+        if second is not None:
+            second.kill()
+    assert "events: delivery to kafka stalled" in first.stderr
+    assert "events: delivery to kafka resumed" in second.stderr
+    assert slowest[0] < 1.0, f"a request took {slowest[0]:.2f} s while the broker was paused"
+    total = sum(answered.values())
+    assert total > 500 and _state_usage(tmp_path)[("acme", "total")] == total
+    msgs = read_topic(kafka.bootstrap, "apimon.events", expect=total, timeout=90)
+    ids = [m.event["id"] for m in msgs if m.event["type"] == T.REQUEST]
+    assert len(set(ids)) == total  # every event arrived; duplicates (a retry after the restart) have one id
+    # and the ledger counts each once, whatever the duplicates
+    ledger = tmp_path / "ledger.db"
+    for _ in range(2):
+        r = run_cli("events", "consume", str(plan), "--ledger", str(ledger), "--once", env=env)
+        assert r.code == 0, r.output
+        with Ledger.open(ledger) as book:
+            got = {(x.subscriber, x.metric): x.count for x in book.iter_rows()}
+        assert got == {("acme", "success"): total, ("acme", "total"): total}
