@@ -71,14 +71,20 @@ class KafkaPump:
             sent += len(taken)
             if left:  # librdkafka's queue is full: serve delivery reports first
                 scan = left[0].seq - 1
+                self.retry_due = True
                 break
             scan = rows[-1].seq
         self.cursor = scan
         return sent
 
-    def step(self, timeout: float = 0.05) -> int:
-        """Send what is waiting, serve delivery reports; returns how many rows were acknowledged."""
-        self.fill()
+    retry_due = True  # rows may wait that are not in flight (at start, after a failure, a full queue)
+
+    def step(self, timeout: float = 0.05, fill: bool = True) -> int:
+        """Send what is waiting (``fill``), serve delivery reports; returns how many rows were acknowledged."""
+        if fill or self.retry_due:
+            self.retry_due = False
+            if self.fill() and len(self.inflight) >= self.max_inflight:
+                self.retry_due = True
         st = self.sink.poll(timeout if self.inflight else 0.0)
         for msg in self.sink.take_errors():
             self.last_error = msg
@@ -92,6 +98,7 @@ class KafkaPump:
             self.inflight.difference_update(seqs)
             self.cursor = min(self.cursor, min(seqs) - 1)
             self.last_error = st.failed[-1][1]
+            self.retry_due = True
         return len(st.acked)
 
     def waiting(self) -> int:

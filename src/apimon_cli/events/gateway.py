@@ -31,7 +31,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from . import types as T
-from .cloudevent import IdSequence, _dumps, gateway_source, quota_threshold_data, rfc3339
+from .cloudevent import IdSequence, _dumps, _q, gateway_source, quota_threshold_data, request_body, rfc3339
 from .config import EventsConfig
 from .delivery import KafkaPump, WebhookPump, pending_bits
 from .outbox import GATEWAY_OUTBOX, Outbox, OutboxError, OutboxLock
@@ -104,7 +104,7 @@ class GatewayEvents:
         if not self._lock.acquire():
             raise OutboxError(f"{self.path} is in use by another `apimon gateway serve` on the same state")
         try:
-            self._outbox = Outbox(self.path)
+            self._outbox = Outbox(self.path, synchronous="NORMAL")
             self._outbox.forget_alerts(windows)
             self._fired = self._outbox.alerts(windows)
         except BaseException:
@@ -212,20 +212,15 @@ class GatewayEvents:
         metric = _METRIC_BY_STATUS
         rows = []
         if bits:
+            src = _q(source)
+            append = rows.append
             for (now, sub, prod, api, method, status, quota, rate, latency, rq, rs) in batch:
                 eid = ids()
                 when = rfc3339(now)
-                q = ({"outcome": quota[0], "limit": quota[1], "used": quota[2], "period": quota[3]}
-                     if quota is not None else {"outcome": "none"})
-                body = _dumps({
-                    "specversion": "1.0", "id": eid, "source": source, "type": T.REQUEST, "time": when,
-                    "subject": sub, "datacontenttype": "application/json",
-                    "data": {"subscriber": sub, "product": prod, "api": api, "method": method, "status": status,
-                             "outcome": _OUTCOMES[metric[status] if 0 <= status < 1000 else 3], "quota": q,
-                             "rate_limit": rate, "latency_ms": round(latency, 3), "request_bytes": rq,
-                             "response_bytes": rs},
-                }).encode()
-                rows.append((eid, T.REQUEST, source, when, sub, body, bits))
+                outcome = _OUTCOMES[metric[status] if 0 <= status < 1000 else 3]
+                body = request_body(eid, src, when, sub, prod, api, method, status, outcome, quota, rate, latency,
+                                    rq, rs)
+                append((eid, T.REQUEST, source, when, sub, body, bits))
         if alerts:
             fresh = self._outbox.claim_alerts([(a[1], a[6], a[7]) for a in alerts])
             abits = pending_bits(config, T.QUOTA_THRESHOLD)
@@ -251,13 +246,17 @@ class GatewayEvents:
     def _kafka_loop(self) -> None:
         from .sinks import KafkaSink
 
-        outbox = Outbox(self.path)
+        outbox = Outbox(self.path, synchronous="NORMAL")
         pump = KafkaPump(outbox, KafkaSink(self.config.kafka))
         stalled_at: float | None = None
         busy_since: float | None = None
         try:
             while not self._stop.is_set():
-                acked = pump.step(0.05)
+                # read the outbox when the writer added rows (or a retry is due), else only serve acks
+                refill = self._wake_kafka.is_set()
+                if refill:  # cleared before reading: rows committed after the read set it again
+                    self._wake_kafka.clear()
+                acked = pump.step(0.05, fill=refill)
                 now = time.monotonic()
                 busy = bool(pump.inflight)  # librdkafka holds what the broker has not acknowledged yet
                 if acked:
@@ -277,7 +276,6 @@ class GatewayEvents:
                 else:
                     busy_since = None
                     self._wake_kafka.wait(0.2)
-                    self._wake_kafka.clear()
                 for note in pump.sink.notes:
                     self.log(f"events: {note}")
                 pump.sink.notes.clear()
@@ -298,7 +296,7 @@ class GatewayEvents:
     def _webhook_loop(self) -> None:
         from .sinks import WebhookSink
 
-        outbox = Outbox(self.path)
+        outbox = Outbox(self.path, synchronous="NORMAL")
         pump = WebhookPump(outbox, WebhookSink(self.config.webhook), self.log)
         stalled_at: float | None = None
         try:
