@@ -5,8 +5,9 @@ In one run, against a real Kafka-protocol broker (Tansu 0.6.0 from the calfkit-m
   gateway, events off   `apimon gateway serve`, no events block: wrk -t2 -c32, small GET (as benchmarks/gateway.py)
   gateway, kafka sink   the same plan with events.kafka: one com.apimon.request per request, through the
                         queue, the outbox and the idempotent producer
-  events consume        `apimon events consume --once` (in process, the same code) of every event the gateway
-                        runs produced into a fresh SQLite ledger: events/s
+  events consume        `apimon events consume --once` (in process, the same code) of 200,000 request events
+                        (as the gateway writes them) into a fresh SQLite ledger: events/s; and of the gateway
+                        runs' events, checked against what the gateway metered
   bare producer         a confluent-kafka producer loop (the same settings: idempotence, acks=all, linger
                         20 ms) of messages of the same size: the broker's own produce rate, the ceiling
 
@@ -96,6 +97,29 @@ def bare_producer(bootstrap: str, topic: str, n: int, size: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+def fill_requests(bootstrap: str, topic: str, n: int) -> None:
+    """``n`` com.apimon.request events as the gateway writes them (100 subscribers, 3 days)."""
+    from confluent_kafka import Producer
+
+    from apimon_cli.events.cloudevent import IdSequence, _q, kafka_headers, request_body, rfc3339
+
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 20,
+                  "batch.num.messages": 10000, "queue.buffering.max.messages": 200_000})
+    ids, src, t0 = IdSequence(), "apimon/gateway/127.0.0.1:8080", 1796083200.0
+    for i in range(n):
+        sub, when, eid = f"sub-{i % 100}", rfc3339(t0 + (i % 3) * 86400 + i / 1000), ids()
+        body = request_body(eid, _q(src), when, sub, "pro", "petstore", "GET", 200 if i % 10 else 429,
+                            "success" if i % 10 else "blocked", ("counted", 10**9, i, "month"), "allowed", 1.5, 0, 40)
+        while True:
+            try:
+                p.produce(topic, key=sub.encode(), value=body, headers=kafka_headers(eid, src, "com.apimon.request",
+                                                                                    when, sub))
+                break
+            except BufferError:
+                p.poll(0.01)
+    assert p.flush(60) == 0
+
+
 def consume_rate(bootstrap: str, topic: str, work: Path, run: int) -> tuple[float, int]:
     from apimon_cli.events.config import KafkaConfig
     from apimon_cli.events.consume import consume
@@ -119,6 +143,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--producer-messages", type=int, default=200_000)
+    parser.add_argument("--consume-events", type=int, default=200_000)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("benchmark: wrk is not installed (`apt-get install -y wrk`)", file=sys.stderr)
@@ -195,9 +220,13 @@ subscribers:
                           flush=True)
             with sqlite3.connect(work / "state" / "events-gateway.db") as conn:
                 left = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-            rates, counted = [], 0
+            counted = consume_rate(bootstrap, "apimon.events", work, 99)[1]  # the gateway runs' events
+            create_topic(bootstrap, "ingest")
+            fill_requests(bootstrap, "ingest", args.consume_events)
+            rates = []
             for run in range(args.rounds):
-                rate, counted = consume_rate(bootstrap, "apimon.events", work, run)
+                rate, ingested = consume_rate(bootstrap, "ingest", work, run)
+                assert ingested == args.consume_events, ingested
                 rates.append(rate)
             size = 450
             bare = [bare_producer(bootstrap, "bare", args.producer_messages, size) for _ in range(args.rounds)]
@@ -214,7 +243,8 @@ subscribers:
           f"{spread([r['p99'] for r in off], '{:.2f}')} ms")
     print(f"  gateway, kafka sink    {spread([r['rps'] for r in on])} req/s, p99 "
           f"{spread([r['p99'] for r in on], '{:.2f}')} ms")
-    print(f"  events consume         {spread(rates)} events/s into SQLite ({counted:,} request events per run)")
+    print(f"  events consume         {spread(rates)} events/s into SQLite ({args.consume_events:,} request events, "
+          "a fresh ledger per run)")
     print(f"  bare producer          {spread(bare)} messages/s ({size}-byte messages: the broker's ceiling)")
     print(f"\nthe kafka-sink gateway runs metered {metered_on:,} calls; consume counted {counted:,} request events; "
           f"{left} event(s) left in the gateway's outbox")

@@ -15,6 +15,7 @@ cannot be trusted for the end), ingest, exit. Otherwise run until ``stop()`` say
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,16 +43,37 @@ class ConsumeError(Exception):
     """The broker cannot be read (with a message for the user)."""
 
 
+# The request events apimon's gateway writes all start the same way (cloudevent.request_body): read the five
+# fields with one regular expression; any other layout (another producer, an escape in a string) is parsed as
+# JSON. Strings matched here hold no quote or backslash, so they are exactly what a JSON parser would read.
+_FAST = re.compile(
+    r'\{"specversion":"1\.0","id":"([^"\\]+)","source":"[^"\\]*","type":"com\.apimon\.request",'
+    r'"time":"([0-9]{4}-[0-9]{2}-[0-9]{2})T[^"\\]*","subject":"[^"\\]*","datacontenttype":"application/json",'
+    r'"data":\{"subscriber":"([^"\\]+)","product":"([^"\\]+)","api":(?:null|"[^"\\]*"),"method":"[^"\\]*",'
+    r'"status":[0-9]+,"outcome":"(success|blocked|failed|other)"'
+).match
+_decode = json.JSONDecoder().decode
+
+
 def parse(value: bytes | None) -> tuple[str, str, str, str, str] | None | bool:
     """A request event as (id, day, subscriber, product, metric); False for another apimon event type;
     None for a message that is not an apimon CloudEvent."""
+    if value is None:
+        return None
     try:
-        doc = json.loads(value)  # type: ignore[arg-type]
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    m = _FAST(text)
+    if m is not None:
+        return m.groups()  # type: ignore[return-value]
+    try:
+        doc = _decode(text)
         if doc["type"] != REQUEST:
             return False if isinstance(doc["type"], str) and doc["type"].startswith("com.apimon.") else None
         data = doc["data"]
         eid, day, sub, prod, metric = doc["id"], doc["time"][:10], data["subscriber"], data["product"], data["outcome"]
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, UnicodeDecodeError):
         return None
     if metric not in _METRICS or not (type(eid) is type(sub) is type(prod) is str and eid and sub and prod):
         return None
@@ -130,38 +152,41 @@ def consume(
         eof: set[int] = set()
         items: list = []
         next_offsets: dict[int, int] = {}
-        warned_behind: set[int] = set()
+        warned_behind: set[int] = set()  # warned once about offsets below the stored ones
         flushed = time.monotonic()
         eof_code = KafkaError._PARTITION_EOF
         while True:
             msgs = consumer.consume(num_messages=min(batch, 10_000), timeout=0.1)
+            append = items.append
+            seen_parts: dict[int, int] = {}  # partition -> last offset in this poll
             for m in msgs:
                 err = m.error()
                 if err is not None:
                     if err.code() == eof_code:
-                        eof.add(m.partition())
+                        p = m.partition()
+                        if p in seen_parts:  # its messages came first in this poll: record them
+                            next_offsets[p] = seen_parts.pop(p) + 1
+                        eof.add(p)
                         continue
                     if err.fatal():
                         raise ConsumeError(f"reading {topic} failed: {err.str()}")
                     continue  # transient (broker down, rebalancing leaders): librdkafka retries
                 p, off = m.partition(), m.offset()
-                eof.discard(p)
-                report.messages += 1
-                if off < stored.get(p, 0) and p not in warned_behind:
-                    warned_behind.add(p)
-                    log(f"events consume: partition {p} of {topic} restarts at offset {off}, below the ledger's "
-                        f"{stored[p]} (was the topic recreated?); messages below {stored[p]} count as consumed")
+                seen_parts[p] = off
                 parsed = parse(m.value())
-                if parsed is None:
-                    report.ignored += 1
-                    items.append((p, off, None, "", "", "", ""))
-                elif parsed is False:
-                    report.other += 1
-                    items.append((p, off, None, "", "", "", ""))
+                if type(parsed) is tuple:
+                    append((p, off, *parsed))
                 else:
-                    eid, day, sub, prod, metric = parsed
-                    items.append((p, off, eid, day, sub, prod, metric))
-                next_offsets[p] = off + 1
+                    if parsed is None:
+                        report.ignored += 1
+                    else:
+                        report.other += 1
+                    append((p, off, None, "", "", "", ""))
+            report.messages += sum(1 for m in msgs if m.error() is None) if msgs else 0
+            for p, last in seen_parts.items():
+                eof.discard(p)
+                next_offsets[p] = last + 1
+
             now = time.monotonic()
             done = once and len(eof) == len(parts)
             if items and (len(items) >= batch or now - flushed >= interval or done or stop()):
@@ -169,6 +194,10 @@ def consume(
                 report.counted += counted
                 report.duplicates += dups
                 report.replayed += replayed
+                if replayed and not warned_behind:  # assigned at the stored offsets, the broker sent older ones
+                    warned_behind.add(0)
+                    log(f"events consume: {topic} sent messages below the offsets stored in the ledger (was the "
+                        "topic recreated, or its log reset?); they count as consumed and are skipped")
                 for p, o in next_offsets.items():
                     stored[p] = max(stored.get(p, 0), o)
                 items, next_offsets, flushed = [], {}, now

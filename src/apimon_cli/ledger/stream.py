@@ -78,10 +78,21 @@ def ingest(
         by_id: dict[tuple[str, str], StreamItem] = {}
         for it in counted_items:
             by_id.setdefault((it[3], it[2]), it)  # type: ignore[arg-type]
-        seen = _known_ids(conn, list(by_id))
-        new = [it for key, it in by_id.items() if key not in seen]
+        # the common case has no duplicate: insert every id and check that each was new; only when some
+        # were not, undo that and find which (a savepoint inside the transaction)
+        conn.execute("SAVEPOINT ids")
+        before = conn.total_changes
+        conn.executemany("INSERT OR IGNORE INTO stream_event_ids (day, id) VALUES (?, ?)", by_id)
+        if conn.total_changes - before == len(by_id):
+            conn.execute("RELEASE ids")
+            new = list(by_id.values())
+        else:
+            conn.execute("ROLLBACK TO ids")
+            conn.execute("RELEASE ids")
+            seen = _known_ids(conn, list(by_id))
+            new = [it for key, it in by_id.items() if key not in seen]
+            conn.executemany("INSERT INTO stream_event_ids (day, id) VALUES (?, ?)", ((it[3], it[2]) for it in new))
         duplicates = len(counted_items) - len(new)
-        conn.executemany("INSERT INTO stream_event_ids (day, id) VALUES (?, ?)", ((it[3], it[2]) for it in new))
         counts: dict[tuple[str, str, str, str], int] = {}
         for it in new:
             day, sub, prod, metric = it[3], it[4], it[5], it[6]
