@@ -22,6 +22,8 @@ def test_rfc3339_is_utc_with_milliseconds():
     assert rfc3339(1796083200.0) == "2026-12-01T00:00:00.000Z"
     assert rfc3339(1796083201.2345) == "2026-12-01T00:00:01.234Z"
     assert rfc3339(1796083200.999) == "2026-12-01T00:00:00.999Z"
+    assert rfc3339(1796040000.123) == "2026-11-30T12:00:00.123Z"  # not .122 (float error)
+    assert rfc3339(1796083200.9999999) == "2026-12-01T00:00:01.000Z"
 
 
 def test_the_gateways_hand_built_body_is_the_builders_json():

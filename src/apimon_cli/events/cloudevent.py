@@ -35,7 +35,10 @@ _second: list = [None, ""]  # the last whole second formatted (events come in bu
 def rfc3339(ts: float) -> str:
     """POSIX seconds -> RFC 3339 UTC with milliseconds: 2026-11-30T12:00:00.123Z."""
     whole = int(ts // 1)
-    ms = int((ts - whole) * 1000)
+    micro = round((ts - whole) * 1e6)  # as datetime rounds a float timestamp
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, 0
+    ms = micro // 1000
     if _second[0] != whole:
         _second[1] = datetime.fromtimestamp(whole, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
         _second[0] = whole

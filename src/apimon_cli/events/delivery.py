@@ -55,6 +55,8 @@ class KafkaPump:
         self.delivered = 0
         self.last_error: str | None = None
         self.last_ack = time.monotonic()
+        self._acked: list[int] = []  # acknowledged, not yet removed from the outbox
+        self._recorded_at = 0.0
 
     def fill(self) -> int:
         """Hand outbox rows to the producer; returns how many were sent."""
@@ -88,18 +90,35 @@ class KafkaPump:
         st = self.sink.poll(timeout if self.inflight else 0.0)
         for msg in self.sink.take_errors():
             self.last_error = msg
-        if st.acked:
-            self.outbox.done(KAFKA, st.acked)
-            self.inflight.difference_update(st.acked)
-            self.delivered += len(st.acked)
-            self.last_ack = time.monotonic()
         if st.failed:
             seqs = [s for s, _ in st.failed]
             self.inflight.difference_update(seqs)
             self.cursor = min(self.cursor, min(seqs) - 1)
             self.last_error = st.failed[-1][1]
             self.retry_due = True
+        if st.acked:
+            self.inflight.difference_update(st.acked)
+            self.delivered += len(st.acked)
+            self.last_ack = time.monotonic()
+            self._acked.extend(st.acked)
+        if self._acked and (not self.inflight or time.monotonic() - self._recorded_at >= self.record_every):
+            self.record()
         return len(st.acked)
+
+    record_every = 0.1  # seconds between outbox deletes of acknowledged rows
+
+    def record(self) -> None:
+        """Remove acknowledged rows from the outbox: every row up to the lowest one still in flight with two
+        range statements (rows at or below ``cursor`` are acknowledged or in flight), the few acknowledged
+        above it by id."""
+        through = min(self.cursor, min(self.inflight) - 1) if self.inflight else self.cursor
+        above = [s for s in self._acked if s > through]
+        if through > 0:
+            self.outbox.done_through(KAFKA, through)
+        if above:
+            self.outbox.done(KAFKA, above)
+        self._acked = []
+        self._recorded_at = time.monotonic()
 
     def waiting(self) -> int:
         return self.outbox.pending(KAFKA)
@@ -109,8 +128,13 @@ class KafkaPump:
         if timeout > 0 and self.inflight:
             st = self.sink.flush(timeout)
             if st.acked:
-                self.outbox.done(KAFKA, st.acked)
+                self.inflight.difference_update(st.acked)
                 self.delivered += len(st.acked)
+                self._acked.extend(st.acked)
+            if st.failed:
+                self.inflight.difference_update(s for s, _ in st.failed)
+                self.cursor = min(self.cursor, min(s for s, _ in st.failed) - 1)
+        self.record()  # what is acknowledged leaves the outbox; what is still in flight stays
         self.sink.close()
         self.inflight.clear()
 

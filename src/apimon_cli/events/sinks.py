@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 from .cloudevent import CONTENT_TYPE, kafka_headers
 from .config import KafkaConfig, WebhookConfig
@@ -53,6 +54,7 @@ class KafkaSink:
         self._status = KafkaStatus()
         self._lock = threading.Lock()
         self.inflight = 0
+        self._fixed_headers = {}  # (type, source) -> the ce_* headers every such event shares
         self.producer = self._make()
 
     def _make(self):
@@ -96,28 +98,38 @@ class KafkaSink:
         """Hand rows to librdkafka; returns those it had no room for (send them again after a poll)."""
         produce = self.producer.produce
         topic = self.config.topic
+        done = self._done
+        fixed = self._fixed_headers
         left: list[Row] = []
         for i, r in enumerate(rows):
+            seq, eid, type_, source, when, subject, body = r[:7]
+            head = fixed.get((type_, source))
+            if head is None:
+                head = fixed[(type_, source)] = [h for h in kafka_headers("", source, type_, "", None)
+                                                 if h[0] not in ("ce_id", "ce_time")]
+            headers = [*head, ("ce_id", eid.encode()), ("ce_time", when.encode())]
+            if subject is not None:
+                key = subject.encode()
+                headers.append(("ce_subject", key))
+            else:
+                key = None
             try:
-                produce(topic, value=r.body, key=r.subject.encode() if r.subject is not None else None,
-                        headers=kafka_headers(r.id, r.source, r.type, r.time, r.subject),
-                        on_delivery=self._callback(r.seq))
+                produce(topic, value=body, key=key, headers=headers, on_delivery=partial(done, seq))
             except BufferError:
                 left = rows[i:]
                 break
             self.inflight += 1
         return left
 
-    def _callback(self, seq: int):
-        def done(err, _msg) -> None:
-            self.inflight -= 1
-            if err is None:
-                self._status.acked.append(seq)
-                self.all_brokers_down = False
-            else:
-                self._status.failed.append((seq, err.str()))
+    _fixed_headers: dict = {}
 
-        return done
+    def _done(self, seq: int, err, _msg) -> None:
+        self.inflight -= 1
+        if err is None:
+            self._status.acked.append(seq)
+            self.all_brokers_down = False
+        else:
+            self._status.failed.append((seq, err.str()))
 
     def poll(self, timeout: float = 0.0) -> KafkaStatus:
         """Serve delivery reports (waiting up to ``timeout``); returns and resets what was acknowledged."""
