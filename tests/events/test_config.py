@@ -77,8 +77,9 @@ events:
     assert "plan.yaml:9:12: error: events.kafka.topic: invalid Kafka topic name 'bad topic'" in lines[1]
     assert "events.kafka.security.sasl_mechanism: protocol SASL_SSL needs a sasl_mechanism" in r.stderr
     assert "events.kafka.security.password.from_env: environment variable KPW is not set" in r.stderr
-    assert "events.webhook.url: hooks.example.com:443 is not an allowed endpoint" in r.stderr
-    assert "APIMON_ALLOW_ENDPOINTS=hooks.example.com" in r.stderr
+    assert ("events.webhook.url: https://hooks.example.com/apimon is not the vendor's public endpoint and is not in "
+            "APIMON_ALLOW_ENDPOINTS") in r.stderr
+    assert "APIMON_ALLOW_ENDPOINTS=hooks.example.com:443" in r.stderr
     assert "events.webhook.secret.from_env: environment variable WHSEC is not a Standard Webhooks secret" in r.stderr
     assert "events.quota_alerts[1]: must be a percentage of the quota, 1 to 100; got 101" in r.stderr
     assert "events.quota_alerts[2]: 80 is listed twice" in r.stderr
@@ -96,15 +97,15 @@ events:
     env = {"WHSEC": SECRET, "KPW": "pw-123456"}
     r = cli("validate", "plan.yaml", cwd=tmp_path, env=env)
     assert r.code == 1
-    assert "events.webhook.url: 127.0.0.1:8999 is a loopback address" in r.stderr
+    assert "events.webhook.url: http://127.0.0.1:8999/hook is a loopback address and is not in" in r.stderr
     assert "APIMON_ALLOW_ENDPOINTS=127.0.0.1:8999" in r.stderr
-    assert ("events.kafka.bootstrap_servers: the SASL password would travel without TLS to broker.example.com:9092"
-            in r.stderr)
+    assert "events.kafka.bootstrap_servers: broker.example.com:9092 is not the vendor's public endpoint" in r.stderr
     # listed loopback is accepted (tests); a listed host still needs TLS
     r = cli("validate", "plan.yaml", cwd=tmp_path,
             env=env | {"APIMON_ALLOW_ENDPOINTS": "127.0.0.1:8999,broker.example.com:9092"})
     assert "events.webhook.url" not in r.stderr
-    assert "without TLS to broker.example.com:9092" in r.stderr
+    assert ("broker.example.com:9092 is listed in APIMON_ALLOW_ENDPOINTS but uses SASL_PLAINTEXT; the SASL "
+            "password travels only over TLS: use protocol SASL_SSL") in r.stderr
     # no credential, no rule: a plaintext Kafka without SASL may be anywhere
     write_plan(tmp_path / "plain.yaml", HEAD + "events: {kafka: {bootstrap_servers: 'kafka.internal:9092'}}\n")
     assert cli("validate", "plain.yaml", cwd=tmp_path).code == 0

@@ -2,15 +2,16 @@
 
 Secrets (the webhook secret, the Kafka password) come from the environment only; their values are added to
 the plan's masked secrets by the loader. A URL that receives a credential follows the endpoint rule (issue
-18): it comes from the plan only if it uses TLS on a host listed in ``APIMON_ALLOW_ENDPOINTS``
-(``host[:port],...``); a loopback host is accepted, also without TLS, only when listed (tests).
+18, ``security.endpoints``): it comes from the plan only if it uses TLS on a host listed in
+``APIMON_ALLOW_ENDPOINTS`` (``host[:port],...``); a loopback host is accepted, also without TLS, only when
+listed (tests). The webhook (signed with the secret) and Kafka with SASL follow it; Kafka without SASL carries
+no credential.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,6 @@ from urllib.parse import urlsplit
 
 from .types import DEFAULT_QUOTA_ALERTS, WEBHOOK_DEFAULT_TYPES
 
-ALLOW_ENV = "APIMON_ALLOW_ENDPOINTS"
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _HOSTPORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})$")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -112,11 +112,10 @@ def secrets_of(config: EventsConfig | None) -> set[str]:
 def check(spec, env: Mapping[str, str]) -> list[tuple[tuple, str]]:
     """Problems of a structurally valid ``events`` block: (path below ``events``, message)."""
     problems: list[tuple[tuple, str]] = []
-    allowed = allowed_endpoints(env)
     if spec.kafka is not None:
-        problems += _check_kafka(spec.kafka, env, allowed)
+        problems += _check_kafka(spec.kafka, env)
     if spec.webhook is not None:
-        problems += _check_webhook(spec.webhook, env, allowed)
+        problems += _check_webhook(spec.webhook, env)
     for i, pct in enumerate(spec.quota_alerts):
         if pct > 100:
             problems.append((("quota_alerts", i), f"must be a percentage of the quota, 1 to 100; got {pct}"))
@@ -139,7 +138,7 @@ def _secret_problem(ref, env: Mapping[str, str], what: str) -> str | None:
     return None
 
 
-def _check_kafka(k, env: Mapping[str, str], allowed: set[str]) -> list[tuple[tuple, str]]:
+def _check_kafka(k, env: Mapping[str, str]) -> list[tuple[tuple, str]]:
     out: list[tuple[tuple, str]] = []
     servers = [s.strip() for s in k.bootstrap_servers.split(",")]
     bad = [s for s in servers if not _HOSTPORT_RE.match(s) or not 0 < int(_HOSTPORT_RE.match(s).group(2)) < 65536]
@@ -166,11 +165,9 @@ def _check_kafka(k, env: Mapping[str, str], allowed: set[str]) -> list[tuple[tup
                         f"protocol {sec.protocol} needs a password: password: {{from_env: VAR}}"))
         elif (msg := _secret_problem(sec.password, env, "SASL password")) is not None:
             out.append((("kafka", "security", "password", "from_env"), msg))
-        tls = sec.protocol == "SASL_SSL"
+        scheme = "https" if sec.protocol == "SASL_SSL" else "http"
         for server in servers:
-            host, port = _split_hostport(server)
-            problem = endpoint_problem(host, port, tls=tls, allowed=allowed, what="the SASL password",
-                                       use_tls="use protocol SASL_SSL")
+            problem = endpoint_problem(f"{scheme}://{server}", env, kafka=True)
             if problem:
                 out.append((("kafka", "bootstrap_servers"), problem))
                 break
@@ -183,23 +180,13 @@ def _check_kafka(k, env: Mapping[str, str], allowed: set[str]) -> list[tuple[tup
     return out
 
 
-def _check_webhook(w, env: Mapping[str, str], allowed: set[str]) -> list[tuple[tuple, str]]:
+def _check_webhook(w, env: Mapping[str, str]) -> list[tuple[tuple, str]]:
     out: list[tuple[tuple, str]] = []
     parts = urlsplit(w.url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         out.append((("webhook", "url"), f"must be an https URL like https://hooks.example.com/apimon; got {w.url!r}"))
-    elif parts.username or parts.password:
-        out.append((("webhook", "url"), "must not hold credentials (user:password@); the signature authenticates"))
-    else:
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            out.append((("webhook", "url"), f"has an invalid port; got {w.url!r}"))
-        else:
-            problem = endpoint_problem(parts.hostname, port, tls=parts.scheme == "https", allowed=allowed,
-                                       what="the signed webhook", explicit_port=parts.port is not None)
-            if problem:
-                out.append((("webhook", "url"), problem))
+    elif (problem := endpoint_problem(w.url.strip(), env)) is not None:
+        out.append((("webhook", "url"), problem))
     msg = _secret_problem(w.secret, env, "webhook secret (whsec_ followed by base64, e.g. `openssl rand -base64 32`)")
     if msg is None:
         try:
@@ -219,44 +206,17 @@ def _check_webhook(w, env: Mapping[str, str], allowed: set[str]) -> list[tuple[t
 
 
 # ---------------------------------------------------------------- the endpoint rule (issue 18)
-# The shared check (security/endpoints.py) was not on main when this was written; this is the same rule in
-# one function, to be replaced by the shared one.
 
 
-def allowed_endpoints(env: Mapping[str, str]) -> set[str]:
-    raw = env.get(ALLOW_ENV, "")
-    return {item.strip().lower() for item in raw.split(",") if item.strip()}
+def endpoint_problem(url: str, env: Mapping[str, str], *, kafka: bool = False) -> str | None:
+    """The shared rule (``security.endpoints.check_endpoint``, no vendor default here): None if ``url`` may
+    receive a credential. For Kafka, ``https://host:port`` stands for SASL_SSL and ``http://`` for
+    SASL_PLAINTEXT, and the message speaks of the protocol instead of https."""
+    from ..security.endpoints import check_endpoint
 
-
-def _split_hostport(server: str) -> tuple[str, int]:
-    host, _, port = server.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def endpoint_problem(host: str, port: int, *, tls: bool, allowed: set[str], what: str,
-                     explicit_port: bool = True, use_tls: str = "use https") -> str | None:
-    """None if ``host:port`` may receive a credential; else the message of a located error."""
-    h = host.lower()
-    shown = f"[{h}]" if ":" in h else h
-    listed = f"{shown}:{port}" in allowed or shown in allowed or h in allowed
-    hint = f"{ALLOW_ENV}={shown}:{port}" if explicit_port else f"{ALLOW_ENV}={shown}"
-    if _is_loopback(h):
-        if listed:
-            return None
-        return (f"{shown}:{port} is a loopback address; {what} is sent there only when it is listed outside the "
-                f"plan: set {hint} (tests only)")
-    if not tls:
-        return f"{what} would travel without TLS to {shown}:{port}; {use_tls} on a host listed in {ALLOW_ENV}"
-    if not listed:
-        return (f"{shown}:{port} is not an allowed endpoint: a plan file must not choose where {what} is sent; "
-                f"allow it outside the plan with {hint}")
-    return None
+    problem = check_endpoint(url, None, env)
+    if problem and kafka:
+        problem = (problem.replace("https://", "").replace("http://", "")
+                   .replace("is not https; credentials travel only over https",
+                            "uses SASL_PLAINTEXT; the SASL password travels only over TLS: use protocol SASL_SSL"))
+    return problem

@@ -340,10 +340,6 @@ class BillingSpec(_Strict):
     push: PushSpec | None = Field(None, description="Billing platforms `apimon billing push` sends usage to.")
 
 
-class SecretRef(_Strict):
-    from_env: Text = Field(description="Name of the environment variable holding the secret (never in the plan).")
-
-
 class KafkaSecuritySpec(_Strict):
     protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="librdkafka security.protocol; SASL_SSL for MSK (SCRAM) and Confluent Cloud."
