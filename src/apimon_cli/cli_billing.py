@@ -172,6 +172,8 @@ def usage_show(
     loaded = load_plan(out, plans)
     window = _period_window(out, period, loaded.desired.billing.period)
     provider, target = _provider_and_target(out, loaded.desired)
+    from .events.publish import unused_pull_note
+
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
         rows = book.summary(window.start, window.end, by=by, provider=provider, target=target)
         spark = None
@@ -180,6 +182,9 @@ def usage_show(
 
             spark = daily_series(book.iter_rows(window.start, window.end, provider, target), window.start, window.end,
                                  by)
+        note = unused_pull_note(book, provider, target, window.start, window.end)
+    if note:
+        out.warning(note)
     from .model import METRICS
     from .render.sparkline import sparkline
 
@@ -302,8 +307,12 @@ def invoice(
     desired = loaded.desired
     window = _period_window(out, period, desired.billing.period)
     provider, target = _provider_and_target(out, desired)
+    from .events.publish import unused_pull_note
+
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
         invoices = invoices_for(desired, window, book, provider, target)
+        if note := unused_pull_note(book, provider, target, window.start, window.end):
+            out.warning(note)
         if compare:
             other = load_plan(out, [compare]).desired
             if other.billing.currency != desired.billing.currency:

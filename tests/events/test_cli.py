@@ -116,6 +116,13 @@ def test_usage_pull_publishes_usage_daily_for_new_and_revised_rows(kafka, tmp_pa
     assert data == [("success", 5, None), ("success", 7, 5), ("total", 5, None)]
     assert all(m.event["source"] == "apimon/usage-pull" and m.key == b"acme" for m in msgs)
     assert msgs[0].event["data"]["provider"] == "local" and msgs[0].event["data"]["day"] == "2026-11-02"
+    # the plan meters through events.kafka: usage show and invoice read the stream rows, and say so when only
+    # pulled rows exist (nothing consumed yet) instead of showing an empty table silently
+    for cmd in (("usage", "show"), ("invoice",)):
+        r = run_cli(*cmd, str(plan), "--period", "2026-11", env=_env(kafka.bootstrap))
+        assert r.code == 0, r.output
+        assert "note: this plan meters through events.kafka" in r.stderr
+        assert "the pulled rows of target" in r.stderr and "are not used" in r.stderr
 
 
 def _request(ids, sub: str, outcome: str, day: str = "2026-11-30", status: int = 200) -> CloudEvent:
@@ -176,6 +183,7 @@ def test_consume_twice_gives_the_same_ledger_and_drops_duplicates(kafka, tmp_pat
     r = run_cli("usage", "show", str(plan), "--ledger", str(ledger), "--period", "2026-11", "--by", "subscriber",
                 env=_env(kafka.bootstrap))
     assert r.code == 0, r.output
+    assert "note:" not in r.stderr
     acme = next(line for line in r.stdout.splitlines() if "acme" in line)
     assert [c for c in acme.replace("│", " ").split()] == ["acme", "300", "0", "7", "0", "307"]
 

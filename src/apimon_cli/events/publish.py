@@ -145,3 +145,26 @@ def usage_source(desired, provider: str, target: str) -> tuple[str, str]:
 
         return provider, stream_target(ev.kafka.topic)
     return provider, target
+
+
+def unused_pull_note(book, provider: str, target: str, start, end) -> str | None:
+    """A note when a plan reads stream rows (``usage_source``) but the ledger has none for the window while it
+    has pulled rows: the pulled counts are not used, which a silent empty table or invoice would hide."""
+    if not target.startswith("stream:"):
+        return None
+    rows = book.iter_rows(start, end, provider, target)
+    try:
+        if next(rows, None) is not None:
+            return None
+    finally:
+        rows.close()
+    rows = book.iter_rows(start, end, provider)
+    try:
+        pulled = next((r for r in rows if not r.target.startswith("stream:")), None)
+    finally:
+        rows.close()
+    if pulled is None:
+        return None
+    return (f"note: this plan meters through events.kafka, so usage show and invoice read what `apimon events "
+            f"consume` wrote (target {target}), and it holds nothing for {start} .. {end}; the pulled rows of target "
+            f"{pulled.target} are not used (run `apimon events consume`, or see `apimon usage export`)")
