@@ -195,3 +195,42 @@ def test_consume_of_a_missing_topic_and_a_plan_without_kafka(kafka, tmp_path):
     bare = write_plan(tmp_path / "bare.yaml", "apimon: 1\ntarget: {provider: local}\n")
     r = run_cli("events", "consume", str(bare), "--once")
     assert r.code == 1 and "error: the plan has no events.kafka block" in r.stderr
+
+
+def test_consume_runs_until_sigterm_and_counts_within_seconds(kafka, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    kafka.create_topic("apimon.events", partitions=3)
+    plan = write_plan(tmp_path / "plan.yaml", PLAN)
+    ledger = tmp_path / "ledger.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APIMON_")} | _env(kafka.bootstrap)
+    proc = subprocess.Popen([sys.executable, "-m", "apimon_cli.cli", "events", "consume", str(plan), "--ledger",
+                             str(ledger)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        ids = IdSequence()
+        for batch in range(3):
+            _produce(kafka.bootstrap, "apimon.events", [_request(ids, "acme", "success") for _ in range(40)])
+            sent = time.monotonic()
+            deadline = sent + 20
+            got = 0
+            while time.monotonic() < deadline:
+                if ledger.exists():
+                    with Ledger.open(ledger) as book:
+                        got = sum(x.count for x in book.iter_rows() if x.metric == "total")
+                if got == 40 * (batch + 1):
+                    break
+                time.sleep(0.1)
+            assert got == 40 * (batch + 1)
+            assert time.monotonic() - sent < 10  # within seconds of being produced
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        err = proc.stderr.read()
+        assert "Consuming apimon.events into" in err and "120 request events counted" in err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

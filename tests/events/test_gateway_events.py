@@ -229,3 +229,37 @@ def test_broker_paused_while_traffic_flows_and_gateway_restarted_loses_nothing(k
         with Ledger.open(ledger) as book:
             got = {(x.subscriber, x.metric): x.count for x in book.iter_rows()}
         assert got == {("acme", "success"): total, ("acme", "total"): total}
+
+
+def test_events_flush_delivers_what_a_stopped_gateway_left_and_leaves_a_running_ones_alone(kafka, upstream, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+
+    class Down:
+        bootstrap = dead
+
+    plan, env, keys = _setup(tmp_path, Down, upstream)  # the broker is "down" while the gateway serves
+    gw = GatewayProcess(plan, env=env)
+    try:
+        for _ in range(25):
+            assert requests.get(gw.url + "/petstore/pets/1", headers={"x-api-key": keys["acme"]}).status_code == 200
+        time.sleep(0.3)
+        # the running gateway holds its outbox: flush leaves it alone
+        r = run_cli("events", "flush", str(plan), env=env)
+        assert "in use by a running gateway" in r.stderr
+    finally:
+        gw.stop()
+    assert "events: 25 event(s) wait in" in gw.stderr
+    # the plan now names the live broker: flush delivers what the gateway left
+    live = PLAN.format(up=upstream.url, bootstrap=kafka.bootstrap, webhook="")
+    write_plan(plan, live)
+    r = run_cli("events", "flush", str(plan), env=env)
+    assert r.code == 0, r.output
+    assert "events-gateway.db: Published events: 25 to kafka." in r.stderr
+    assert "events-outbox.db: Published events: 5 to kafka." in r.stderr  # apply's, also left waiting
+    msgs = read_topic(kafka.bootstrap, "apimon.events", expect=30)
+    reqs = [m for m in msgs if m.event["type"] == T.REQUEST]
+    assert len(msgs) == 30 and len({m.event["id"] for m in reqs}) == 25
