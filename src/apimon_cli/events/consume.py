@@ -152,6 +152,7 @@ def consume(
         eof: set[int] = set()
         items: list = []
         next_offsets: dict[int, int] = {}
+        first_offsets: dict[int, int] = {}  # partition -> its first offset in the pending batch
         warned_behind: set[int] = set()  # warned once about offsets below the stored ones
         flushed = time.monotonic()
         eof_code = KafkaError._PARTITION_EOF
@@ -159,6 +160,7 @@ def consume(
             msgs = consumer.consume(num_messages=min(batch, 10_000), timeout=0.1)
             append = items.append
             seen_parts: dict[int, int] = {}  # partition -> last offset in this poll
+            got = 0
             for m in msgs:
                 err = m.error()
                 if err is not None:
@@ -172,7 +174,10 @@ def consume(
                         raise ConsumeError(f"reading {topic} failed: {err.str()}")
                     continue  # transient (broker down, rebalancing leaders): librdkafka retries
                 p, off = m.partition(), m.offset()
+                if p not in first_offsets:
+                    first_offsets[p] = off
                 seen_parts[p] = off
+                got += 1
                 parsed = parse(m.value())
                 if type(parsed) is tuple:
                     append((p, off, *parsed))
@@ -182,7 +187,7 @@ def consume(
                     else:
                         report.other += 1
                     append((p, off, None, "", "", "", ""))
-            report.messages += sum(1 for m in msgs if m.error() is None) if msgs else 0
+            report.messages += got
             for p, last in seen_parts.items():
                 eof.discard(p)
                 next_offsets[p] = last + 1
@@ -190,7 +195,7 @@ def consume(
             now = time.monotonic()
             done = once and len(eof) == len(parts)
             if items and (len(items) >= batch or now - flushed >= interval or done or stop()):
-                counted, dups, replayed = ledger.ingest_stream(topic, items, next_offsets)
+                counted, dups, replayed = ledger.ingest_stream(topic, items, next_offsets, first_offsets)
                 report.counted += counted
                 report.duplicates += dups
                 report.replayed += replayed
@@ -200,7 +205,7 @@ def consume(
                         "topic recreated, or its log reset?); they count as consumed and are skipped")
                 for p, o in next_offsets.items():
                     stored[p] = max(stored.get(p, 0), o)
-                items, next_offsets, flushed = [], {}, now
+                items, next_offsets, first_offsets, flushed = [], {}, {}, now
             if done or stop():
                 return report
             if not once and now - pruned_at > PRUNE_EVERY:

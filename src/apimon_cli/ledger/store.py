@@ -487,11 +487,15 @@ class Ledger:
         )
 
     def ingest_stream(
-        self, topic: str, items: list[stream.StreamItem], next_offsets: dict[int, int]
+        self,
+        topic: str,
+        items: list[stream.StreamItem],
+        next_offsets: dict[int, int],
+        first_offsets: dict[int, int] | None = None,
     ) -> tuple[int, int, int]:
         """Consumed messages -> counts, event ids and offsets in one transaction (see ``ledger.stream``)."""
         try:
-            return stream.ingest(self._conn, topic, items, next_offsets)
+            return stream.ingest(self._conn, topic, items, next_offsets, first_offsets)
         except sqlite3.OperationalError as exc:
             raise _operational_error(exc, self.path) from None
 

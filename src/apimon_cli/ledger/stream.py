@@ -19,8 +19,10 @@ overwrites them, and a pull of the same gateway never adds to them.
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from operator import itemgetter
 
 DEDUP_DAYS = 7
 STREAM_PROVIDER = "local"
@@ -59,25 +61,39 @@ def offsets(conn: sqlite3.Connection, topic: str) -> dict[int, int]:
 StreamItem = tuple[int, int, str | None, str, str, str, str]
 
 
+_DAY_ID = itemgetter(3, 2)
+_ROW_METRIC = itemgetter(3, 4, 5, 6)
+_ROW = itemgetter(3, 4, 5)
+
+
 def ingest(
-    conn: sqlite3.Connection, topic: str, items: Sequence[StreamItem], next_offsets: dict[int, int]
+    conn: sqlite3.Connection,
+    topic: str,
+    items: Sequence[StreamItem],
+    next_offsets: dict[int, int],
+    first_offsets: dict[int, int] | None = None,
 ) -> tuple[int, int, int]:
     """Add a batch of consumed messages in one transaction: counts, event ids and offsets together.
 
     ``items`` are request events (id set) or other messages of the topic (id None: only their offset
-    moves). ``next_offsets`` is partition -> the offset after the last message of the batch. Returns
-    (counted, duplicates by id, already consumed by offset)."""
+    moves). ``next_offsets`` is partition -> the offset after the last message of the batch;
+    ``first_offsets`` (optional) partition -> its first offset in the batch, which spares checking each item
+    against the stored offsets when none is below. Returns (counted, duplicates by id, already consumed by
+    offset)."""
     now = datetime.now(UTC).isoformat(timespec="seconds")
     target = stream_target(topic)
     conn.execute("BEGIN IMMEDIATE")
     try:
         stored = offsets(conn, topic)
-        fresh = [it for it in items if it[1] >= stored.get(it[0], 0)]
+        if first_offsets is not None and all(o >= stored.get(p, 0) for p, o in first_offsets.items()):
+            fresh = items  # the usual case: nothing below the stored offsets, no per-item check
+        else:
+            fresh = [it for it in items if it[1] >= stored.get(it[0], 0)]
         replayed = len(items) - len(fresh)
         counted_items = [it for it in fresh if it[2] is not None]
-        by_id: dict[tuple[str, str], StreamItem] = {}
-        for it in counted_items:
-            by_id.setdefault((it[3], it[2]), it)  # type: ignore[arg-type]
+        # keyed by (day, id); a duplicate inside the batch is the same event, so which copy is kept is moot
+        by_id: dict[tuple[str, str], StreamItem] = dict(zip(map(_DAY_ID, counted_items), counted_items,
+                                                            strict=True))
         # the common case has no duplicate: insert every id and check that each was new; only when some
         # were not, undo that and find which (a savepoint inside the transaction)
         conn.execute("SAVEPOINT ids")
@@ -93,13 +109,9 @@ def ingest(
             new = [it for key, it in by_id.items() if key not in seen]
             conn.executemany("INSERT INTO stream_event_ids (day, id) VALUES (?, ?)", ((it[3], it[2]) for it in new))
         duplicates = len(counted_items) - len(new)
-        counts: dict[tuple[str, str, str, str], int] = {}
-        for it in new:
-            day, sub, prod, metric = it[3], it[4], it[5], it[6]
-            k = (day, sub, prod, metric)
-            counts[k] = counts.get(k, 0) + 1
-            k = (day, sub, prod, "total")
-            counts[k] = counts.get(k, 0) + 1
+        counts = Counter(map(_ROW_METRIC, new))  # C-level counting
+        for (d, sub, prod), n in Counter(map(_ROW, new)).items():
+            counts[(d, sub, prod, "total")] = n
         conn.executemany(
             "INSERT INTO usage (day, provider, target, subscriber, product, metric, count, pulled_at)"
             f" VALUES (?, '{STREAM_PROVIDER}', ?, ?, ?, ?, ?, ?)"
