@@ -247,9 +247,9 @@ subscribers:
     ratio = rps_on / rps_off if rps_off else 0.0
     print("\nmin / median / max:")
     print(f"  gateway, events off    {spread([r['rps'] for r in off])} req/s, p99 "
-          f"{spread([r['p99'] for r in off], '{:.2f}')} ms")
+          f"{spread([r['p99'] for r in off], '{:.2f}')} ms, {spread([r['cpu_us'] for r in off], '{:.0f}')} CPU us/req")
     print(f"  gateway, kafka sink    {spread([r['rps'] for r in on])} req/s, p99 "
-          f"{spread([r['p99'] for r in on], '{:.2f}')} ms")
+          f"{spread([r['p99'] for r in on], '{:.2f}')} ms, {spread([r['cpu_us'] for r in on], '{:.0f}')} CPU us/req")
     print(f"  events consume         {spread(rates)} events/s into SQLite ({args.consume_events:,} request events, "
           f"a fresh ledger per run); per CPU second: {spread(CPU_RATES)}")
     print(f"  bare producer          {spread(bare)} messages/s ({size}-byte messages: the broker's ceiling)")

@@ -45,98 +45,100 @@ def backoff(attempts: int) -> float:
 
 
 class KafkaPump:
+    """Rounds: rows after ``acked_through`` are handed to the producer (up to ``max_inflight`` at a time);
+    once the producer holds nothing and reported no failure, every row up to ``cursor`` (the last one handed
+    over) is acknowledged and leaves the outbox in two range statements. After a failure (a message timeout
+    while the broker was unreachable) everything after ``acked_through`` is sent again once the producer is
+    empty. A round that runs longer than ``hold_after`` stops taking new rows until it is acknowledged, so a
+    busy gateway still clears its outbox every second or so."""
+
+    hold_after = 1.0
+
     def __init__(self, outbox: Outbox, sink, *, max_inflight: int = 50_000, batch: int = 5_000):
         self.outbox = outbox
         self.sink = sink
         self.max_inflight = max_inflight
         self.batch = batch
-        self.cursor = 0  # every row with seq <= cursor is acknowledged or in flight
-        self.inflight: set[int] = set()
+        self.cursor = 0  # the last row handed to the producer
+        self.acked_through = 0  # every row up to here is acknowledged (and gone from the outbox)
         self.delivered = 0
         self.last_error: str | None = None
         self.last_ack = time.monotonic()
-        self._acked: list[int] = []  # acknowledged, not yet removed from the outbox
-        self._recorded_at = 0.0
+        self.retry_due = True  # rows may wait (at start, after a failure, a full producer queue)
+        self._failed = False
+        self._round_started = time.monotonic()
+
+    @property
+    def inflight(self) -> int:
+        return self.sink.pending()
 
     def fill(self) -> int:
-        """Hand outbox rows to the producer; returns how many were sent."""
+        """Hand outbox rows after ``cursor`` to the producer; returns how many."""
         sent = 0
-        scan = self.cursor
-        while len(self.inflight) < self.max_inflight:
-            rows = self.outbox.for_kafka(scan, min(self.batch, self.max_inflight - len(self.inflight)))
+        while (room := self.max_inflight - self.sink.pending()) > 0:
+            rows = self.outbox.for_kafka(self.cursor, min(self.batch, room))
             if not rows:
                 break
-            fresh = [r for r in rows if r.seq not in self.inflight]
-            left = self.sink.send(fresh) if fresh else []
-            taken = fresh[: len(fresh) - len(left)]
-            self.inflight.update(r.seq for r in taken)
-            sent += len(taken)
-            if left:  # librdkafka's queue is full: serve delivery reports first
-                scan = left[0].seq - 1
+            left = self.sink.send(rows)
+            taken = len(rows) - len(left)
+            if taken:
+                self.cursor = rows[taken - 1].seq
+                sent += taken
+            if left:  # librdkafka's queue is full: serve its reports first
                 self.retry_due = True
                 break
-            scan = rows[-1].seq
-        self.cursor = scan
         return sent
 
-    retry_due = True  # rows may wait that are not in flight (at start, after a failure, a full queue)
-
     def step(self, timeout: float = 0.05, fill: bool = True) -> int:
-        """Send what is waiting (``fill``), serve delivery reports; returns how many rows were acknowledged."""
-        if fill or self.retry_due:
+        """Send what waits (``fill``), serve librdkafka; returns how many rows were acknowledged."""
+        now = time.monotonic()
+        busy = self.sink.pending() > 0
+        if busy and now - self._round_started >= self.hold_after:
+            pass  # hold: let this round be acknowledged before taking more
+        elif fill or self.retry_due:
             self.retry_due = False
-            if self.fill() and len(self.inflight) >= self.max_inflight:
-                self.retry_due = True
-        st = self.sink.poll(timeout if self.inflight else 0.0)
+            if not busy:
+                self._round_started = now
+            self.fill()
+        self.sink.poll(timeout if self.sink.pending() else 0.0)
         for msg in self.sink.take_errors():
             self.last_error = msg
-        if st.failed:
-            seqs = [s for s, _ in st.failed]
-            self.inflight.difference_update(seqs)
-            self.cursor = min(self.cursor, min(seqs) - 1)
-            self.last_error = st.failed[-1][1]
+        if self.sink.failures:
+            self.sink.failures = 0
+            self._failed = True
+            self.last_error = self.sink.last_failure or self.last_error
+        if self.sink.pending():
+            return 0
+        if self._failed:  # some of the round did not get through: send it all again (duplicates dropped by id)
+            self._failed = False
+            self.cursor = self.acked_through
             self.retry_due = True
-        if st.acked:
-            self.inflight.difference_update(st.acked)
-            self.delivered += len(st.acked)
-            self.last_ack = time.monotonic()
-            self._acked.extend(st.acked)
-        if self._acked and (not self.inflight or time.monotonic() - self._recorded_at >= self.record_every):
-            self.record()
-        return len(st.acked)
+            return 0
+        return self.record()
 
-    record_every = 0.1  # seconds between outbox deletes of acknowledged rows
-
-    def record(self) -> None:
-        """Remove acknowledged rows from the outbox: every row up to the lowest one still in flight with two
-        range statements (rows at or below ``cursor`` are acknowledged or in flight), the few acknowledged
-        above it by id."""
-        through = min(self.cursor, min(self.inflight) - 1) if self.inflight else self.cursor
-        above = [s for s in self._acked if s > through]
-        if through > 0:
-            self.outbox.done_through(KAFKA, through)
-        if above:
-            self.outbox.done(KAFKA, above)
-        self._acked = []
-        self._recorded_at = time.monotonic()
+    def record(self) -> int:
+        """The producer is empty and reported no failure: rows up to ``cursor`` are acknowledged."""
+        if self.cursor <= self.acked_through:
+            return 0
+        n = self.outbox.done_through(KAFKA, self.cursor)
+        self.acked_through = self.cursor
+        self.delivered += n
+        self.last_ack = time.monotonic()
+        self.sink.all_brokers_down = False
+        self.retry_due = True  # rows may have arrived during the round
+        return n
 
     def waiting(self) -> int:
         return self.outbox.pending(KAFKA)
 
     def close(self, timeout: float = 0.0) -> None:
-        """Wait up to ``timeout`` for what is in flight, then drop the rest from memory (not from the outbox)."""
-        if timeout > 0 and self.inflight:
-            st = self.sink.flush(timeout)
-            if st.acked:
-                self.inflight.difference_update(st.acked)
-                self.delivered += len(st.acked)
-                self._acked.extend(st.acked)
-            if st.failed:
-                self.inflight.difference_update(s for s, _ in st.failed)
-                self.cursor = min(self.cursor, min(s for s, _ in st.failed) - 1)
-        self.record()  # what is acknowledged leaves the outbox; what is still in flight stays
+        """Wait up to ``timeout`` for what is in flight, record it if it all got through, then drop what the
+        producer still holds (it stays in the outbox)."""
+        if timeout > 0 and self.sink.pending():
+            self.sink.flush(timeout)
+        if not self.sink.pending() and not self.sink.failures and not self._failed:
+            self.record()
         self.sink.close()
-        self.inflight.clear()
 
 
 @dataclass

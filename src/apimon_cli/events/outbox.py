@@ -174,18 +174,20 @@ class Outbox:
             conn.execute("ROLLBACK")
             raise
 
-    def done_through(self, bit: int, last: int) -> None:
+    def done_through(self, bit: int, last: int) -> int:
         """The sink ``bit`` delivered every row with ``seq <= last`` still pending for it (two range
-        statements on the primary key: far cheaper than row by row)."""
+        statements on the primary key: far cheaper than row by row). Returns how many rows that was."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(f"DELETE FROM events WHERE seq <= ? AND pending = {bit}", (last,))
-            conn.execute(f"UPDATE events SET pending = pending & ~{bit} WHERE seq <= ? AND pending & {bit}", (last,))
+            n = conn.execute(f"DELETE FROM events WHERE seq <= ? AND pending = {bit}", (last,)).rowcount
+            n += conn.execute(f"UPDATE events SET pending = pending & ~{bit} WHERE seq <= ? AND pending & {bit}",
+                              (last,)).rowcount
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return n
 
     def retry_later(self, seq: int, attempts: int, next_try: float) -> None:
         self.conn.execute("UPDATE events SET attempts = ?, next_try = ? WHERE seq = ?", (attempts, next_try, seq))

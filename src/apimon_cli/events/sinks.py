@@ -20,10 +20,8 @@ import base64
 import hashlib
 import hmac
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 
 from .cloudevent import CONTENT_TYPE, kafka_headers
 from .config import KafkaConfig, WebhookConfig
@@ -34,14 +32,13 @@ _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
 
 
-@dataclass
-class KafkaStatus:
-    acked: list[int] = field(default_factory=list)  # outbox seqs the broker acknowledged
-    failed: list[tuple[int, str]] = field(default_factory=list)  # (seq, error) librdkafka gave up on
-
-
 class KafkaSink:
-    """Not thread-safe: one thread produces and polls."""
+    """Not thread-safe: one thread produces and polls.
+
+    No callback per message (it costs Python work per event and, on the gateway, GIL time the event loop
+    wants): librdkafka reports only failures (``delivery.report.only.error``), and what was handed over is
+    acknowledged as a whole when nothing is left in the producer (``pending() == 0``) and no failure was
+    reported meanwhile (``KafkaPump`` works in such rounds)."""
 
     def __init__(self, config: KafkaConfig, *, linger_ms: int = 20, message_timeout_ms: int = 120_000):
         self.config = config
@@ -51,10 +48,10 @@ class KafkaSink:
         self.errors: list[str] = []  # error_cb messages since the last take_errors()
         self.notes: list[str] = []  # one-off remarks (the idempotence fallback)
         self.all_brokers_down = False
-        self._status = KafkaStatus()
-        self._lock = threading.Lock()
-        self.inflight = 0
-        self._fixed_headers = {}  # (type, source) -> the ce_* headers every such event shares
+        self.failures = 0  # messages librdkafka gave up on since the pump last looked
+        self.last_failure: str | None = None
+        self._fixed_headers: dict = {}  # (type, source) -> the ce_* headers every such event shares
+        self._rebuild = False
         self.producer = self._make()
 
     def _make(self):
@@ -68,6 +65,8 @@ class KafkaSink:
             "queue.buffering.max.messages": 200_000,
             "message.timeout.ms": self.message_timeout_ms,
             "socket.keepalive.enable": True,
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_failed,
             "error_cb": self._on_error,
             "logger": _QUIET,
             "client.id": "apimon",
@@ -80,8 +79,7 @@ class KafkaSink:
     def _on_error(self, err) -> None:
         from confluent_kafka import KafkaError
 
-        code = err.code()
-        if code == KafkaError._ALL_BROKERS_DOWN:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self.all_brokers_down = True
         if err.fatal() and self.idempotent:
             self.notes.append(
@@ -92,17 +90,18 @@ class KafkaSink:
             self._rebuild = True
         self.errors.append(err.str())
 
-    _rebuild = False
+    def _on_failed(self, err, _msg) -> None:
+        if err is not None:
+            self.failures += 1
+            self.last_failure = err.str()
 
     def send(self, rows: list[Row]) -> list[Row]:
         """Hand rows to librdkafka; returns those it had no room for (send them again after a poll)."""
         produce = self.producer.produce
         topic = self.config.topic
-        done = self._done
         fixed = self._fixed_headers
-        left: list[Row] = []
         for i, r in enumerate(rows):
-            seq, eid, type_, source, when, subject, body = r[:7]
+            _seq, eid, type_, source, when, subject, body = r[:7]
             head = fixed.get((type_, source))
             if head is None:
                 head = fixed[(type_, source)] = [h for h in kafka_headers("", source, type_, "", None)
@@ -114,49 +113,33 @@ class KafkaSink:
             else:
                 key = None
             try:
-                produce(topic, value=body, key=key, headers=headers, on_delivery=partial(done, seq))
+                produce(topic, value=body, key=key, headers=headers)
             except BufferError:
-                left = rows[i:]
-                break
-            self.inflight += 1
-        return left
+                return rows[i:]
+        return []
 
-    _fixed_headers: dict = {}
+    def pending(self) -> int:
+        """Messages librdkafka still holds (queued, in flight, or a report not served yet)."""
+        return len(self.producer)
 
-    def _done(self, seq: int, err, _msg) -> None:
-        self.inflight -= 1
-        if err is None:
-            self._status.acked.append(seq)
-            self.all_brokers_down = False
-        else:
-            self._status.failed.append((seq, err.str()))
-
-    def poll(self, timeout: float = 0.0) -> KafkaStatus:
-        """Serve delivery reports (waiting up to ``timeout``); returns and resets what was acknowledged."""
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve librdkafka's callbacks, waiting up to ``timeout``."""
         self.producer.poll(timeout)
         if self._rebuild:
             self._rebuild = False
             self._discard()
+            self.failures += 1  # what the old producer held is sent again
             self.producer = self._make()
-        status, self._status = self._status, KafkaStatus()
-        return status
 
     def take_errors(self) -> list[str]:
         errors, self.errors = self.errors, []
         return errors
 
-    def flush(self, timeout: float) -> KafkaStatus:
+    def flush(self, timeout: float) -> None:
         """Wait up to ``timeout`` for what is in flight."""
         deadline = time.monotonic() + timeout
-        acked = KafkaStatus()
-        while self.inflight > 0:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            st = self.poll(min(left, 0.1))
-            acked.acked += st.acked
-            acked.failed += st.failed
-        return acked
+        while self.pending() > 0 and (left := deadline - time.monotonic()) > 0:
+            self.poll(min(left, 0.1))
 
     def _discard(self) -> None:
         """Drop what librdkafka still holds (it stays in the outbox) without waiting for a broker."""
@@ -165,11 +148,9 @@ class KafkaSink:
             self.producer.poll(0)
         except Exception:
             pass
-        self.inflight = 0
 
     def close(self) -> None:
         self._discard()
-        self._status = KafkaStatus()
         self.producer = None  # librdkafka's destroy does not wait for unacknowledged messages once purged
 
 
