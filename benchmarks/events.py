@@ -245,6 +245,7 @@ subscribers:
     rps_off, rps_on = statistics.median(r["rps"] for r in off), statistics.median(r["rps"] for r in on)
     p99_off, p99_on = statistics.median(r["p99"] for r in off), statistics.median(r["p99"] for r in on)
     ratio = rps_on / rps_off if rps_off else 0.0
+    cpu_off, cpu_on = statistics.median(r["cpu_us"] for r in off), statistics.median(r["cpu_us"] for r in on)
     print("\nmin / median / max:")
     print(f"  gateway, events off    {spread([r['rps'] for r in off])} req/s, p99 "
           f"{spread([r['p99'] for r in off], '{:.2f}')} ms, {spread([r['cpu_us'] for r in off], '{:.0f}')} CPU us/req")
@@ -253,6 +254,8 @@ subscribers:
     print(f"  events consume         {spread(rates)} events/s into SQLite ({args.consume_events:,} request events, "
           f"a fresh ledger per run); per CPU second: {spread(CPU_RATES)}")
     print(f"  bare producer          {spread(bare)} messages/s ({size}-byte messages: the broker's ceiling)")
+    print(f"  CPU per request, kafka sink vs off: {cpu_on:.0f} vs {cpu_off:.0f} us (x{cpu_off / cpu_on:.2f} of the "
+          "throughput a CPU-bound gateway keeps: a figure other load on a shared machine disturbs less)")
     print(f"\nthe kafka-sink gateway runs metered {metered_on:,} calls; consume counted {counted:,} request events; "
           f"{left} event(s) left in the gateway's outbox")
     checks = [
