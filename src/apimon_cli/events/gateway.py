@@ -321,48 +321,39 @@ class GatewayEvents:
             outbox.close()
 
 
-def metered_observer(events: GatewayEvents, gateway) -> Callable:
-    """The gateway's per-request hook -> ``events.request``: everything an event holds, read from what the
-    gateway already has (its key state, the response, the meter's quota counter); never the key, the path
-    or the query. ``api`` is set only when it is an API of the caller's product."""
+def metered_observer(events: GatewayEvents) -> Callable:
+    """The gateway's observer hook (``Gateway.add_observer``) -> ``events.request``. Everything comes from
+    ``metering.MeteredRequest``, which never holds the key or a body; ``api`` is kept only when the request
+    passed the product's API check (it reached the limits check), so a path's first segment a caller made
+    up never reaches an event."""
     record = events.request
-    loop_time = gateway._loop_time
 
-    def metered(request, ks, resp, status: int, admitted: bool, win, now: float, started: float) -> None:
-        headers = resp.headers if resp is not None else {}
-        api = None
-        path = request.raw_path
-        end = len(path)
-        for sep in ("/", "?"):
-            i = path.find(sep, 1)
-            if i != -1 and i < end:
-                end = i
-        name = path[1:end]
-        if name in ks.apis:
-            api = name
-        rate_limited = status == 429 and "RateLimit-Limit" in headers
+    def observe(ev) -> None:
+        lim = ev.limits
+        q = ev.quota
         quota = None
-        if ks.quota_limit is not None:
-            window = win.window[ks.quota_period]
-            if admitted:
-                quota = ("counted", ks.quota_limit, gateway.meter.quota_used.get((ks.subscriber, window), 0),
-                         ks.quota_period, window)
-            elif status == 429 and not rate_limited:
-                quota = ("exceeded", ks.quota_limit, gateway.meter.quota_used.get((ks.subscriber, window), 0),
-                         ks.quota_period, window)
-        if not ks.rate:
-            rate = "none"
-        elif rate_limited:
-            rate = "limited"
-        elif admitted or quota is not None:
-            rate = "allowed"
-        else:
-            rate = "none"  # refused before the bucket (disabled key, API outside the product, bad path)
-        if resp is None:
-            size = 0
-        else:
-            size = resp.content_length if resp.prepared is False else resp.body_length
-        record(now, ks.subscriber, ks.product, api, request.method, status, quota, rate,
-               (loop_time() - started) * 1000.0, request.content_length or 0, size or 0)
+        if q is not None:
+            if lim == "admitted":
+                quota = ("counted", q[0], q[1] or 0, q[2], q[3])
+            elif lim == "quota_exceeded":
+                quota = ("exceeded", q[0], q[1] or 0, q[2], q[3])
+        rate = "limited" if lim == "rate_limited" else ("allowed" if lim else "none")
+        record(ev.time, ev.subscriber, ev.product, ev.api if lim else None, ev.method, ev.status, quota, rate,
+               ev.latency * 1000.0, ev.bytes_in, ev.bytes_out)
 
-    return metered
+    return observe
+
+
+async def attach(gateway) -> GatewayEvents | None:
+    """Start the events pipeline of a started gateway whose plan has an events block (None otherwise);
+    ``await events.stop()`` after ``gateway.stop()`` writes and delivers what the last requests produced."""
+    config = gateway.config.events
+    if config is None:
+        return None
+    from ..gateway.clock import windows_at
+
+    events = GatewayEvents(config, gateway.config.state_dir, log=lambda m: sys.stderr.write(f"apimon gateway: {m}\n"))
+    events.open(list(windows_at(gateway.clock()).window.values()))
+    events.start(gateway.config.host, gateway.port)
+    gateway.add_observer(metered_observer(events))
+    return events

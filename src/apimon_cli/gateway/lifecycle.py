@@ -385,6 +385,16 @@ def run(
             loop.add_signal_handler(sig, stop.set)
         try:
             await gateway.start()
+            events = None
+            if config.events is not None:  # the plan's events block: an observer and its delivery threads
+                from ..events.gateway import attach
+                from ..events.outbox import OutboxError
+
+                try:
+                    events = await attach(gateway)
+                except OutboxError as exc:
+                    await gateway.stop()
+                    raise GatewayError(str(exc)) from None
             # Everything loaded so far (the CLI, the plan loader, aiohttp) lives as long as the process: keep
             # it out of the cyclic GC's full collections, which otherwise stall the loop for tens of ms.
             gc.collect()
@@ -392,7 +402,10 @@ def run(
             if on_ready is not None:
                 on_ready(gateway)
             await stop.wait()
-            return await gateway.stop()
+            summary = await gateway.stop()
+            if events is not None:  # after the drain: the last requests' events are written and delivered
+                await events.stop()
+            return summary
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

@@ -269,6 +269,10 @@ class LimitsBackend(ABC):
         """Quota deltas not yet persisted (the in-memory back end writes them with the usage counts)."""
         return {}
 
+    def quota_count(self, key: QuotaKey) -> int | None:
+        """The calls counted in a (subscriber, window), if this back end can say cheaply (observers)."""
+        return None
+
     def restore_pending(self, pending: dict[QuotaKey, int]) -> None:
         """Give back deltas whose write failed; the next flush writes them."""
         return None
@@ -304,6 +308,9 @@ class InMemoryLimits(LimitsBackend):
             self.quota_used[key] = used + 1
             self.quota_pending[key] = self.quota_pending.get(key, 0) + 1
         return None
+
+    def quota_count(self, key: QuotaKey) -> int | None:
+        return self.quota_used.get(key, 0)
 
     def roll(self, win: Windows) -> None:
         current = set(win.window.values())

@@ -82,6 +82,9 @@ class MeteredRequest:
     latency: float  # seconds from the request's arrival to its response's last byte handed over
     bytes_in: int  # request body bytes read from the client
     bytes_out: int  # response body bytes sent to the client
+    time: float = 0.0  # wall-clock arrival (POSIX seconds, the gateway's clock)
+    limits: str = ""  # admitted | rate_limited | quota_exceeded; "" when refused before the limits check
+    quota: tuple | None = None  # (limit, used, period, window) when the product has a quota and it was checked
 
 
 #: called once per answered metered request, on the event loop: must not block (queue the event and

@@ -111,7 +111,7 @@ class Pipeline:
             resp, status = await self._serve(request, ks, win, now, started, route, ex)
         except asyncio.CancelledError:
             if task not in self.expired:  # shutdown past the drain timeout: still a counted call
-                self._done(ks, win, api, request, 500, started, ex)
+                self._done(ks, win, api, request, 500, started, ex, now)
                 raise
             self.expired.discard(task)
             task.uncancel()
@@ -126,20 +126,25 @@ class Pipeline:
                 )
                 resp.force_close()
         except BaseException:  # a bug: still a counted call
-            self._done(ks, win, api, request, 500, started, ex)
+            self._done(ks, win, api, request, 500, started, ex, now)
             raise
         finally:
             self.inflight.pop(task, None)
-        self._done(ks, win, api, request, status, started, ex)
+        self._done(ks, win, api, request, status, started, ex, now)
         return resp
 
     def _done(self, ks: KeyState, win: Windows, api: str, request: web.BaseRequest, status: int,
-              started: float, ex: Exchange) -> None:
+              started: float, ex: Exchange, now: float) -> None:
         self.meter.count((ks.subscriber, ks.product, win.day), status)
         if self.observers:
             metric = METRIC_BY_STATUS[status] if 0 <= status < 1000 else OTHER
+            quota = None
+            lim = ks.slot.limits
+            if ex.limits and lim.quota_limit is not None:
+                window = win.window[lim.quota_period]
+                quota = (lim.quota_limit, self.limits.quota_count((ks.subscriber, window)), lim.quota_period, window)
             event = MeteredRequest(ks.subscriber, ks.product, api, request.method, status, METRIC_NAMES[metric],
-                                   self.mono() - started, ex.bytes_in, ex.bytes_out)
+                                   self.mono() - started, ex.bytes_in, ex.bytes_out, now, ex.limits, quota)
             for observer in self.observers:
                 try:
                     observer(event)
@@ -195,8 +200,12 @@ class Pipeline:
         up.inflight += 1
         try:
             refused = await self.limits.admit(ks, mono, win, now)
-            if refused is not None:
+            if refused is None:
+                ex.limits = "admitted"
+            else:
                 status, body, headers = refused
+                # a bucket's refusal carries the RateLimit-* fields, a quota's does not
+                ex.limits = "rate_limited" if "RateLimit-Limit" in headers else "quota_exceeded"
                 return web.Response(status=status, body=body, headers=headers,
                                     content_type="application/json"), status
             return await forward(request, up, up.base + rest, ks, ex, self.cfg.max_body_size, self.cfg.body_timeout)

@@ -97,9 +97,10 @@ class Exchange:
     """What one proxied request did, for metering and the observer hook: bytes both ways, whether the
     response has started (then an error can only cut it), and why the client's body failed."""
 
-    __slots__ = ("bytes_in", "bytes_out", "started", "response", "body_error")
+    __slots__ = ("bytes_in", "bytes_out", "started", "response", "body_error", "limits")
 
     def __init__(self) -> None:
+        self.limits = ""  # what the limits check said (see metering.MeteredRequest.limits)
         self.bytes_in = 0
         self.bytes_out = 0
         self.started = False  # a streamed response has been prepared (``response``)
