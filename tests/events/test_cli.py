@@ -185,7 +185,7 @@ def test_consume_twice_gives_the_same_ledger_and_drops_duplicates(kafka, tmp_pat
     assert r.code == 0, r.output
     assert "note:" not in r.stderr
     acme = next(line for line in r.stdout.splitlines() if "acme" in line)
-    assert [c for c in acme.replace("│", " ").split()] == ["acme", "300", "0", "7", "0", "307"]
+    assert acme.replace("│", " ").split()[:6] == ["acme", "300", "0", "7", "0", "307"]
 
 
 def test_consume_of_a_missing_topic_and_a_plan_without_kafka(kafka, tmp_path):
