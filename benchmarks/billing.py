@@ -149,7 +149,7 @@ INVOICE_PRODUCTS = {  # a mix of every model family
 
 def _invoice_plan(n: int):
     from apimon_cli.model import Billing, DesiredState, Subscriber, Target
-    from apimon_cli.plan.writer import product_from_plan
+    from apimon_cli.planfile.writer import product_from_plan
 
     products = {pid: product_from_plan(pid, {"display_name": pid, "pricing": pricing})
                 for pid, pricing in INVOICE_PRODUCTS.items()}

@@ -55,7 +55,7 @@ def _count(n: int, noun: str) -> str:
 @app.command()
 def validate(plans: PlanArgs, strict: Strict = False) -> None:
     """Check plan files offline: every problem, one line each, FILE:LINE:COL. Exit 0 valid, 1 not."""
-    from .plan.loader import load_plans
+    from .planfile.loader import load_plans
 
     loaded = load_plans(plans, strict=strict)
     out = _output(loaded.secrets)
@@ -126,7 +126,7 @@ def _write_private(path: str, text: str) -> None:
 
 
 def _run_plan(out, make):
-    from .plan.diagnostics import PlanError
+    from .planfile.diagnostics import PlanError
     from .providers import ProviderError
     from .providers.base import PlanCheckError
 
@@ -327,7 +327,7 @@ def schema() -> None:
     """Print the plan file's JSON Schema (plans/apimon-plan.schema.json)."""
     import json
 
-    from .plan.schema import json_schema
+    from .planfile.schema import json_schema
 
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
@@ -338,8 +338,8 @@ def keys_show(
     plans: Annotated[list[str], typer.Option("--plan", "-p", help="Plan file(s) naming the target.")],
 ) -> None:
     """Reveal one subscriber's API key, read from the gateway that holds it."""
-    from .plan.diagnostics import PlanError
-    from .plan.loader import load_or_raise
+    from .planfile.diagnostics import PlanError
+    from .planfile.loader import load_or_raise
     from .providers import ProviderError, get_provider
 
     out = _output()
@@ -386,7 +386,7 @@ def import_(
     Resources apimon does not manage yet are included: `apimon plan` on the file shows no changes, and
     `apimon adopt` on it lets apimon manage them."""
     from .model import Billing, DesiredState, Target
-    from .plan.writer import plan_document
+    from .planfile.writer import plan_document
     from .providers import ProviderError, get_provider
 
     out = _output()
@@ -446,7 +446,7 @@ def _importable(products: list, subscribers: list) -> tuple[list, list, list[str
     """What a plan file can hold: ids a plan accepts, subscribers of imported products."""
     import re
 
-    from .plan.schema import ID_PATTERN
+    from .planfile.schema import ID_PATTERN
 
     ok = re.compile(ID_PATTERN).match
     skipped = [f"product {p.id!r}: not a valid plan id ([a-z0-9][a-z0-9-]{{0,62}})" for p in products if not ok(p.id)]
@@ -502,8 +502,8 @@ def gateway_serve(
     usage metering from the local target's state; applies take effect within a second. Stop with Ctrl-C or
     SIGTERM: pending usage counts are written first."""
     from .gateway import GatewayError, config_from_plan, serve
-    from .plan.diagnostics import PlanError
-    from .plan.loader import load_or_raise
+    from .planfile.diagnostics import PlanError
+    from .planfile.loader import load_or_raise
 
     out = _output()
     try:

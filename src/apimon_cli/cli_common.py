@@ -30,8 +30,8 @@ def print_diagnostics(out, diagnostics) -> None:
 
 def load_plan(out, plans: list[str], *, strict: bool = False):
     """Load and validate, or print every problem and exit 1."""
-    from .plan.diagnostics import PlanError
-    from .plan.loader import load_or_raise
+    from .planfile.diagnostics import PlanError
+    from .planfile.loader import load_or_raise
 
     try:
         loaded = load_or_raise(plans, strict=strict)

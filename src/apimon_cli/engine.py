@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .diff import ChangeSet, changeset_to_json, compute_changes, live_fingerprint
 from .model import LiveState
-from .plan.diagnostics import PlanError
-from .plan.loader import LoadedPlan, load_or_raise
+from .planfile.diagnostics import PlanError
+from .planfile.loader import LoadedPlan, load_or_raise
 from .providers import Provider, ProviderError, get_provider
 from .providers.base import PlanCheckError
 

@@ -145,7 +145,7 @@ def test_sigterm_writes_every_count_and_usage_pull_reads_them(tmp_path):
                 rows = conn.execute("SELECT subscriber, product, day, metric, count FROM usage").fetchall()
             assert {tuple(r[:4]): r[4] for r in rows} == expected
 
-            from apimon_cli.plan.loader import load_or_raise
+            from apimon_cli.planfile.loader import load_or_raise
             from apimon_cli.providers.local import LocalProvider
 
             provider = LocalProvider(load_or_raise([str(plan)]).desired)

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apimon_cli.model import Package, Pricing, Product, Quota, RateLimit, Subscriber, Tier
-from apimon_cli.plan.diagnostics import PlanError
-from apimon_cli.plan.loader import load_or_raise, load_plans
-from apimon_cli.plan.writer import plan_document, product_from_plan, product_to_plan
+from apimon_cli.planfile.diagnostics import PlanError
+from apimon_cli.planfile.loader import load_or_raise, load_plans
+from apimon_cli.planfile.writer import plan_document, product_from_plan, product_to_plan
 
 
 def write(path: Path, text: str) -> str:

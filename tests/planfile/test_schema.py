@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli
 
-from apimon_cli.plan.schema import json_schema
+from apimon_cli.planfile.schema import json_schema
 
 SCHEMA_FILE = ROOT / "plans" / "apimon-plan.schema.json"
 PLANS = sorted((ROOT / "plans").glob("*.yaml"))

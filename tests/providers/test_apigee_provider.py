@@ -21,7 +21,7 @@ from test_apigee_support import (
 
 from apimon_cli.diff import compute_changes
 from apimon_cli.model import Pricing, Product, Tier
-from apimon_cli.plan.loader import load_or_raise
+from apimon_cli.planfile.loader import load_or_raise
 from apimon_cli.providers import get_provider
 from apimon_cli.providers.apigee import (
     ApigeeError,

@@ -321,7 +321,7 @@ def test_plan_notes_quota_bound_duration(base, tmp_path, monkeypatch):
 
 def test_export_plan_round_trips(base, tmp_path):
     from apimon_cli.model import Billing, DesiredState, Target
-    from apimon_cli.plan.writer import plan_document
+    from apimon_cli.planfile.writer import plan_document
     from apimon_cli.providers import get_provider
 
     _, path = base

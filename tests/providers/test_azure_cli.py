@@ -206,7 +206,7 @@ def test_faults_during_plan_and_apply_are_retried(plan: Path, fake: Fake):
 
 
 def test_shipped_example_plan_is_valid(monkeypatch):
-    from apimon_cli.plan.loader import load_plans
+    from apimon_cli.planfile.loader import load_plans
 
     monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
     loaded = load_plans([str(ROOT / "plans" / "azure.yaml")], strict=True)

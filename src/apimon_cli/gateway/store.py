@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..plan.writer import product_from_plan
+from ..planfile.writer import product_from_plan
 from ..providers.local import connect_state
 from .config import GatewayError
 from .limits import ProductLimits

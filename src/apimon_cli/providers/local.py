@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..diff import Change, key_fingerprint
 from ..model import DesiredState, LiveState, Subscriber, Unmanaged, UsageRow
-from ..plan.writer import product_from_plan, product_to_plan
+from ..planfile.writer import product_from_plan, product_to_plan
 from .base import ApplyReport, Progress, Provider, ProviderError
 
 OWNER = "apimon"
