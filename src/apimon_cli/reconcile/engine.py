@@ -1,0 +1,168 @@
+"""The engine: plan (load -> read -> diff -> provider checks and notes) and apply (solver -> provider actions
+-> report), without printing. The CLI calls these and renders what they return; tests call them directly.
+
+Apply calls the provider's action for each change: ``<action>_<kind>(change, live) -> str`` (e.g.
+``create_product``, ``update_subscriber``), returning a short outcome message or raising ``ProviderError``.
+A ``replace`` without its own ``replace_<kind>`` runs ``create_<kind>`` then ``delete_<kind>`` (or the
+reverse when ``create_before_delete`` is false). Observers see every attempted change on the calling
+thread, in the order outcomes arrive: ``progress(outcome)`` (the CLI's printer) and
+``on_applied(change, outcome)`` (events).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from dataclasses import replace as _with
+
+from ..model import DesiredState, LiveState
+from ..planfile.loader import LoadedPlan, load_or_raise
+from ..providers import Provider, ProviderError, get_provider
+from ..providers.base import PlanCheckError
+from . import solver
+from .changes import Change, ChangeSet
+from .diff import compute_changes, live_fingerprint, merge_changes
+
+
+@dataclass
+class ChangeOutcome:
+    change: Change
+    ok: bool
+    message: str = ""
+
+
+@dataclass
+class ApplyReport:
+    outcomes: list[ChangeOutcome] = field(default_factory=list)  # applied and failed, in the order they ended
+    not_applied: list[Change] = field(default_factory=list)  # not attempted (after a failure, or refused)
+
+    @property
+    def applied(self) -> list[ChangeOutcome]:
+        return [o for o in self.outcomes if o.ok]
+
+    @property
+    def failed(self) -> list[ChangeOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+Progress = Callable[[ChangeOutcome], None]
+OnApplied = Callable[[Change, ChangeOutcome], None]
+
+
+@dataclass
+class PlanRun:
+    loaded: LoadedPlan
+    provider: Provider
+    live: LiveState
+    changes: ChangeSet
+    fingerprint: str
+
+
+# ---------------------------------------------------------------- plan
+
+def make_plan(paths: list[str], *, strict: bool = False, adopt: bool = False) -> PlanRun:
+    """Validate the plan, read the gateway, compute the changes. Raises PlanError / ProviderError; the
+    provider is closed when it raises, and left open (for apply) when it returns."""
+    loaded = load_or_raise(paths, strict=strict)
+    desired = loaded.desired
+    assert desired is not None
+    provider = get_provider(desired)
+    try:
+        live = provider.read_live_state()
+        changes = plan_changes(provider, desired, live, adopt=adopt, warnings=[str(d) for d in loaded.warnings])
+    except BaseException:
+        provider.close()
+        raise
+    return PlanRun(loaded, provider, live, changes, live_fingerprint(live))
+
+
+def plan_changes(provider: Provider, desired: DesiredState, live: LiveState, *, adopt: bool = False,
+                 warnings: list[str] | tuple[str, ...] = ()) -> ChangeSet:
+    """The one place a change set is made: the diff under the provider's rules, the provider's own field
+    changes merged in, its plan-time checks (``PlanCheckError``), then the validation warnings and the
+    provider's warnings, notes and conflicts (one form: ``warning: <provider>: ...``)."""
+    legacy_check = getattr(provider, "check", None)  # TEMPORARY: providers not moved to the hooks yet
+    if legacy_check is not None and (problems := legacy_check(desired, live)):
+        raise PlanCheckError(problems)
+    changes = compute_changes(desired, live, rules=provider, adopt=adopt)
+    merge_changes(changes, provider.extra_changes(desired, live))
+    problems = provider.preflight(desired, live, changes)
+    if problems:
+        raise PlanCheckError(problems)
+    changes.warnings.extend(warnings)
+    remarks = provider.notes(desired, live, changes)
+    changes.warnings.extend(f"warning: {provider.name}: {w}" for w in remarks.warnings)
+    changes.notes.extend(remarks.notes)
+    changes.conflicts.extend(remarks.conflicts)
+    if hasattr(provider, "annotate"):  # TEMPORARY: providers not moved to the hooks yet
+        provider.annotate(changes)
+    return changes
+
+
+# ---------------------------------------------------------------- apply
+
+def apply_plan(run: PlanRun, *, progress: Progress | None = None,
+               on_applied: OnApplied | None = None) -> ApplyReport:
+    return apply_changes(run.provider, run.changes.changes, run.live, progress=progress, on_applied=on_applied)
+
+
+def apply_changes(provider: Provider, changes: list[Change], live: LiveState, *, progress: Progress | None = None,
+                  on_applied: OnApplied | None = None) -> ApplyReport:
+    """Apply changes in dependency order; stop at the first failure (changes in flight finish). The report
+    has what was applied, what failed and what was not attempted."""
+    report = ApplyReport()
+
+    def observe(outcome: ChangeOutcome) -> None:
+        report.outcomes.append(outcome)
+        if on_applied is not None:
+            on_applied(outcome.change, outcome)
+        if progress is not None:
+            progress(outcome)
+
+    if hasattr(provider, "apply"):  # TEMPORARY: providers not moved to the solver yet
+        def legacy(outcome: ChangeOutcome) -> None:
+            if on_applied is not None:
+                on_applied(outcome.change, outcome)
+            if progress is not None:
+                progress(outcome)
+
+        return provider.apply(changes, live, legacy)
+    refused = provider.refusals(changes, live)
+    if refused:  # the provider vetoes the apply as a whole: nothing is changed
+        first = refused[0][0]
+        observe(ChangeOutcome(first, False, " | ".join(m for _, m in refused) + "; nothing was applied"))
+        report.not_applied = [c for c in changes if c is not first]
+        return report
+    with provider.applying():
+        attempted = solver.run(changes, lambda c: _attempt(provider, c, live), lambda o: not o.ok,
+                               provider.apply_policy(), observe)
+    report.not_applied = [c for i, c in enumerate(changes) if i not in attempted]
+    return report
+
+
+def _attempt(provider: Provider, change: Change, live: LiveState) -> ChangeOutcome:
+    try:
+        return ChangeOutcome(change, True, perform(provider, change, live))
+    except solver.Cancelled:
+        raise
+    except ProviderError as exc:
+        return ChangeOutcome(change, False, str(exc))
+    except Exception as exc:  # an SDK error the provider explains, or a bug: reported on this change
+        explained = provider.explain(exc, change.label)
+        if explained is not None:
+            return ChangeOutcome(change, False, str(explained))
+        return ChangeOutcome(change, False, f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+def perform(provider: Provider, change: Change, live: LiveState) -> str:
+    """Run the provider's action for one change."""
+    action = getattr(provider, f"{change.action}_{change.kind}", None)
+    if action is None and hasattr(provider, "apply_change"):  # TEMPORARY: providers not moved yet
+        action = provider.apply_change
+    if action is not None:
+        return action(change, live)
+    if change.action == "replace":
+        create, delete = _with(change, action="create"), _with(change, action="delete")
+        steps = (create, delete) if change.create_before_delete else (delete, create)
+        return "replaced (" + "; then ".join(perform(provider, s, live) for s in steps) + ")"
+    raise ProviderError(f"{change.label}: provider {provider.name} cannot {change.action} a {change.kind}")
