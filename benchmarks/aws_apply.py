@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fakes.aws_gateway import AwsFake  # noqa: E402
 
-from apimon_cli.providers.aws_scheduler import lower_bound_seconds  # noqa: E402
+from apimon_cli.providers.aws.scheduler import lower_bound_seconds  # noqa: E402
 
 
 class _RequestSpan:

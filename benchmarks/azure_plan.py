@@ -95,7 +95,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="plans per concurrency; the fastest is reported")
     args = ap.parse_args()
 
-    from apimon_cli.engine import make_plan
+    from apimon_cli.reconcile.engine import apply_changes, make_plan
 
     fake = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fakes" / "azure_apim.py"), "--port", "0",
                              "--seed-apis", "petstore,orders"], stdout=subprocess.PIPE, text=True)
@@ -108,7 +108,7 @@ def main() -> int:
             seed_unowned(url, 20, 200)
             started = time.perf_counter()
             run = make_plan([str(plan)])
-            report = run.provider.apply(run.changes.changes, run.live)
+            report = apply_changes(run.provider, run.changes.changes, run.live)
             run.provider.close()
             if report.failed:
                 print("seeding failed:", report.failed[0].message)

@@ -183,7 +183,7 @@ def child_invoice_seed(n: int, db: str) -> dict:
 def child_invoice(n: int, db: str) -> dict:
     """What `apimon invoice --period 2026-11` does after loading the plan: ledger totals + invoices."""
     from apimon_cli.billing.periods import parse_period
-    from apimon_cli.cli_billing import invoices_for
+    from apimon_cli.cli.billing import invoices_for
     from apimon_cli.ledger import Ledger
 
     desired = _invoice_plan(n)

@@ -37,7 +37,7 @@ def main() -> None:
     from apimon_cli.billing.push.vendors import make_client
     from apimon_cli.ledger import Ledger
     from apimon_cli.model import UsageRow
-    from apimon_cli.plan.loader import load_plans
+    from apimon_cli.planfile.loader import load_plans
 
     fake = subprocess.Popen([sys.executable, str(ROOT / "tests/fakes/lago_fake.py"), "--port", "0", "--api-key", KEY],
                             stdout=subprocess.PIPE, text=True)

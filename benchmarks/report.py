@@ -63,7 +63,7 @@ def main() -> None:
     n = ap.parse_args().subscribers
     from apimon_cli.billing.periods import parse_period
     from apimon_cli.ledger import Ledger
-    from apimon_cli.plan.loader import load_or_raise
+    from apimon_cli.planfile.loader import load_or_raise
     from apimon_cli.portal import build
     from apimon_cli.report.html import render_report
     from apimon_cli.report.source import gather

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from apimon_cli.ledger import Ledger
 from apimon_cli.model import UsageRow
-from apimon_cli.plan.loader import load_plans
+from apimon_cli.planfile.loader import load_plans
 
 STRIPE_KEY = "sk_test_pushsecret0001"
 LAGO_KEY = "lago_pushsecret_0002"

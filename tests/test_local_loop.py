@@ -93,7 +93,8 @@ def test_plan_json_and_exit_codes(plan, tmp_path):
     r = run_cli("plan", str(plan), "--json", "--detailed-exitcode", env=ENV)
     assert r.code == 2
     doc = json.loads(r.stdout)
-    assert doc["summary"] == {"creating": 5, "updating": 0, "deleting": 0, "total": 5}
+    assert doc["summary"] == {"creating": 5, "updating": 0, "deleting": 0, "replacing": 0, "total": 5}
+    assert set(doc["changes"]) == {"creating", "updating", "deleting", "replacing"}
     assert [c["id"] for c in doc["changes"]["creating"]] == ["free", "pro", "acme", "bob", "imported"]
     assert doc["changes"]["creating"][4]["fields"]["key"] == {"before": None, "after": "(sensitive)"}
     assert IMPORTED not in r.output

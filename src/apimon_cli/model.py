@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 PricingModel = Literal["free", "flat", "per_unit", "package", "graduated", "volume", "stairstep"]
 Period = Literal["day", "week", "month"]
 BillingPeriod = Literal["month", "week"]
-Metric = Literal["success", "blocked", "failed", "other", "total"]
-ProviderName = Literal["aws", "azure", "apigee", "local"]
 
 #: metrics a usage row may carry (Azure API Management's call-count definitions)
 METRICS: tuple[str, ...] = ("success", "blocked", "failed", "other", "total")
@@ -125,8 +123,8 @@ class Billing:
 
 @dataclass(frozen=True)
 class Target:
-    provider: ProviderName
-    settings: dict  # the provider's block (aws/azure/apigee/local), env-substituted
+    provider: str  # a provider of the registry (providers/registry.py)
+    settings: dict  # the provider's block (target.<provider>), env-substituted
     base_dir: str = "."  # directory of the first plan file (relative paths resolve here)
 
 
@@ -144,7 +142,7 @@ class DesiredState:
 class Unmanaged:
     """A gateway resource apimon did not create: reported, never touched."""
 
-    kind: Literal["product", "subscriber"]
+    kind: str  # a resource kind (reconcile.kinds): product, subscriber
     name: str
     detail: str = ""
     # the resource in the neutral model, when the provider can read it (used by adopt)
@@ -153,19 +151,22 @@ class Unmanaged:
 
 @dataclass
 class LiveState:
-    """What the gateway holds, in the neutral model.
+    """What the gateway holds, in the neutral model: a pure read, never filled in from the plan.
 
-    ``products``/``subscribers`` hold only resources apimon owns. Fields a provider cannot store are
-    left at the desired value by the provider's ``project`` step so they never show as a diff.
-    ``handles`` keeps provider ids (AWS plan id, ETag, ...) needed to apply changes; never compared.
+    ``products``/``subscribers`` hold only resources apimon owns, with what the gateway stores (fields it
+    cannot store are left at their defaults and are never compared: see the provider's capabilities).
+    ``handles`` keeps the provider's typed handle of each resource (AWS plan id, ETag, raw body...), needed to
+    apply changes and never compared; ``facts`` is what the provider read beyond resources (an object of its
+    own type, e.g. Apigee's organization settings) for its pure plan hooks.
     """
 
     products: dict[str, Product] = field(default_factory=dict)
     subscribers: dict[str, Subscriber] = field(default_factory=dict)
     unmanaged: list[Unmanaged] = field(default_factory=list)
-    handles: dict[tuple[str, str], dict] = field(default_factory=dict)  # (kind, id) -> provider data
+    handles: dict[tuple[str, str], Any] = field(default_factory=dict)  # (kind, id) -> provider handle
     # subscriber id -> fingerprint of its live key value (sha256 hex prefix), where readable
     key_fingerprints: dict[str, str] = field(default_factory=dict)
+    facts: Any = None
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ def test_subscriber_moved_to_another_product_and_removed_subscriber_are_pushed(t
 
 def test_vendor_totals_equal_invoice_quantities_for_every_subscriber(setup, fakes):
     from apimon_cli.billing.periods import window_of
-    from apimon_cli.cli_billing import invoices_for
+    from apimon_cli.cli.billing import invoices_for
 
     book, desired, start, end = setup
     window = window_of(end, "month")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from apimon_cli.diff import SENSITIVE, Change, FieldChange
 from apimon_cli.events import types as T
 from apimon_cli.events.cloudevent import (
     CloudEvent,
@@ -15,6 +14,7 @@ from apimon_cli.events.cloudevent import (
     rfc3339,
 )
 from apimon_cli.events.gateway import window_bounds
+from apimon_cli.reconcile import SENSITIVE, Change, FieldChange
 from apimon_cli.render.output import Masker
 
 

@@ -8,7 +8,7 @@ from conftest import write_plan
 
 from apimon_cli.events.config import EventsConfig
 from apimon_cli.events.types import REQUEST, WEBHOOK_DEFAULT_TYPES
-from apimon_cli.plan.loader import load_plans
+from apimon_cli.planfile.loader import load_plans
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 HEAD = """

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from conftest import run_cli
 
-from apimon_cli.plan.loader import load_or_raise
-from apimon_cli.plan.writer import product_from_plan, product_to_plan
+from apimon_cli.planfile.loader import load_or_raise
+from apimon_cli.planfile.writer import product_from_plan, product_to_plan
 
 LOCAL = """
     apimon: 1

@@ -18,7 +18,7 @@ subscribers:
 
 
 def test_public_loads_and_defaults_to_true(tmp_path):
-    from apimon_cli.plan.loader import load_or_raise
+    from apimon_cli.planfile.loader import load_or_raise
 
     hidden = write_plan(tmp_path / "a.yaml", PLAN % "false")
     assert load_or_raise([str(hidden)]).desired.products["pro"].public is False

@@ -126,7 +126,7 @@ def test_validate_plan_apply_import_round_trip(endpoint, tmp_path):
     plan.write_text(plan.read_text().replace('fee: "199.00"', 'fee: "249.00"'))
     r = run_cli("plan", str(plan), "--json", env=ENV)
     body = json.loads(r.stdout)
-    assert body["summary"] == {"creating": 0, "updating": 1, "deleting": 0, "total": 1}
+    assert body["summary"] == {"creating": 0, "updating": 1, "deleting": 0, "replacing": 0, "total": 1}
     assert body["changes"]["updating"][0]["fields"] == {"pricing.fee": {"before": "199", "after": "249.00"}}
     r = run_cli("apply", str(plan), "--auto-approve", env=ENV)
     assert r.code == 0 and "previous plan ended at the same instant" in r.output, r.output

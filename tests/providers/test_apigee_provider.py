@@ -19,11 +19,10 @@ from test_apigee_support import (
     token_env,  # noqa: F401 - fixture
 )
 
-from apimon_cli.diff import compute_changes
 from apimon_cli.model import Pricing, Product, Tier
 from apimon_cli.planfile.loader import load_or_raise
 from apimon_cli.providers import get_provider
-from apimon_cli.providers.apigee import (
+from apimon_cli.providers.apigee.provider import (
     ApigeeError,
     money_from_api,
     money_to_api,
@@ -31,6 +30,7 @@ from apimon_cli.providers.apigee import (
     rate_plan_body,
 )
 from apimon_cli.providers.base import PlanCheckError
+from apimon_cli.reconcile.engine import apply_changes, plan_changes
 
 pytestmark = pytest.mark.usefixtures("token_env")
 
@@ -79,9 +79,7 @@ def provider_for(path: Path):
 
 def plan_with(provider, desired):
     live = provider.read_live_state()
-    cs = compute_changes(desired, live, stores=provider.stores)
-    provider.annotate(cs)
-    return live, cs
+    return live, plan_changes(provider, desired, live)
 
 
 def rate_plans(fake, product: str) -> list[dict]:
@@ -326,7 +324,7 @@ def test_interrupted_switch_is_finished_without_a_gap(fake, tmp_path):
         return real_put(p, body)
 
     provider.api.put = failing_put
-    report = provider.apply(cs.changes, live)
+    report = apply_changes(provider, cs.changes, live)
     provider.close()
     assert report.failed and "publish failed" in report.failed[0].message
     plans = rate_plans(fake, "pro")
@@ -466,7 +464,7 @@ def test_duplicate_imported_key_is_a_clear_409(fake, tmp_path, monkeypatch):
   acme: {product: pro, email: billing@acme.example, key: {from_env: ACME_KEY}}
 """)
     run = make_run(path)
-    report = run.provider.apply(run.changes.changes, run.live)
+    report = apply_changes(run.provider, run.changes.changes, run.live)
     run.provider.close()
     (failed,) = report.failed
     assert "already used by another app" in failed.message and "taken-key" not in failed.message
@@ -525,7 +523,7 @@ def test_subscriber_on_an_unmanaged_developer_is_refused(fake, tmp_path):
     fake.add_developer("bob@example.com")
     path = write(tmp_path, fake)
     run = make_run(path)
-    report = run.provider.apply(run.changes.changes, run.live)
+    report = apply_changes(run.provider, run.changes.changes, run.live)
     run.provider.close()
     (failed,) = report.failed
     assert "developer bob@example.com exists on Apigee and apimon does not manage it" in failed.message
@@ -553,7 +551,7 @@ def test_429_is_retried_honouring_retry_after(fake, tmp_path):
     live, cs = plan_with(provider, desired)
     assert waits == [7.0, 7.0] and len(cs.of("create")) == 4
     fake.inject(method="POST", path_regex=r"/developers$", status=503, times=1)
-    report = provider.apply(cs.changes, live)
+    report = apply_changes(provider, cs.changes, live)
     provider.close()
     assert not report.failed and waits[2] == provider.api.backoff
 
@@ -575,7 +573,7 @@ def test_409_on_create_is_surfaced(fake, tmp_path):
     provider, desired = provider_for(path)
     live, cs = plan_with(provider, desired)
     fake.add_product("pro", environments=["prod"])  # someone created it after the plan was read
-    report = provider.apply(cs.changes, live)
+    report = apply_changes(provider, cs.changes, live)
     provider.close()
     (failed,) = report.failed
     assert failed.change.id == "pro" and "already exists on Apigee" in failed.message

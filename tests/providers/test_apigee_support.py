@@ -92,7 +92,7 @@ def plan_text(endpoint: str, products: str, subscribers: str = "{}", billing: st
 
 def make_run(path: Path, **kw):
     """engine.make_plan on one plan file (in-process)."""
-    from apimon_cli.engine import make_plan
+    from apimon_cli.reconcile.engine import make_plan
 
     return make_plan([str(path)], **kw)
 
@@ -104,7 +104,9 @@ def apply_plan(path: Path, *, adopt: bool = False, now_ms: int | None = None):
         if now_ms is not None:
             run.provider.now_ms = lambda: now_ms
         assert not run.changes.conflicts, run.changes.conflicts
-        report = run.provider.apply(run.changes.changes, run.live)
+        from apimon_cli.reconcile.engine import apply_changes
+
+        report = apply_changes(run.provider, run.changes.changes, run.live)
     finally:
         run.provider.close()
     assert not report.failed, [o.message for o in report.failed]

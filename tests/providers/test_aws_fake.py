@@ -14,9 +14,9 @@ import pytest
 from conftest import run_cli, write_plan
 from fakes.aws_gateway import AwsFake
 
-from apimon_cli.engine import make_plan
 from apimon_cli.model import Billing, DesiredState, Target
-from apimon_cli.providers.aws import AwsProvider
+from apimon_cli.providers.aws.provider import AwsProvider
+from apimon_cli.reconcile.engine import apply_changes, make_plan
 
 SCALE = "200"
 IMPORTED = "imported-key-value-0123456789abcdef"
@@ -75,7 +75,7 @@ class Engine:
 
     def apply(self, path, check: bool = True):
         run = make_plan([str(path)])
-        report = run.provider.apply(run.changes.changes, run.live)
+        report = apply_changes(run.provider, run.changes.changes, run.live)
         if check:
             assert not report.failed, [o.message for o in report.failed]
             assert not report.not_applied

@@ -15,9 +15,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from apimon_cli.diff import key_fingerprint
-from apimon_cli.engine import make_plan
 from apimon_cli.providers.base import PlanCheckError
+from apimon_cli.reconcile import key_fingerprint
+from apimon_cli.reconcile.engine import apply_changes, make_plan
 
 REGION = "us-east-1"
 IMPORTED = "imported-key-value-0123456789abcdef"
@@ -95,7 +95,7 @@ def plan(path: str, **kw):
 
 def apply(path: str, **kw) -> tuple[object, Counter]:
     run, calls = plan(path, **kw)
-    report = run.provider.apply(run.changes.changes, run.live)
+    report = apply_changes(run.provider, run.changes.changes, run.live)
     assert not report.failed, [o.message for o in report.failed]
     assert not report.not_applied
     return run, calls
@@ -276,7 +276,7 @@ def test_never_deletes_a_plan_holding_foreign_keys(base, tmp_path):
           acme: {product: pro, email: billing@acme.example, metadata: {customer_id: cus_123}}
         """)
     run, _ = plan(path)
-    report = run.provider.apply(run.changes.changes, run.live)
+    report = apply_changes(run.provider, run.changes.changes, run.live)
     assert [o.change.id for o in report.failed] == ["free"]
     assert "loose" not in report.failed[0].message and loose in report.failed[0].message
     assert "refusing to delete" in report.failed[0].message
@@ -345,7 +345,7 @@ def test_export_plan_round_trips(base, tmp_path):
 
 def test_target_id_and_bad_quota_scale(aws, monkeypatch):
     from apimon_cli.model import Billing, DesiredState, Target
-    from apimon_cli.providers.aws import AwsProvider
+    from apimon_cli.providers.aws.provider import AwsProvider
     from apimon_cli.providers.base import ProviderError
 
     desired = DesiredState(Target("aws", {"region": REGION}), Billing(), {}, {})

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from apimon_cli.providers.aws_scheduler import (
+from apimon_cli.providers.aws.scheduler import (
     Cancelled,
     Quotas,
     QuotaScaleError,

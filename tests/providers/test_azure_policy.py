@@ -5,7 +5,7 @@ from __future__ import annotations
 from fakes.azure_apim import format_policy_xml
 
 from apimon_cli.model import Quota, RateLimit
-from apimon_cli.providers.azure_policy import generate_policy, policies_equal, read_policy
+from apimon_cli.providers.azure.policy import generate_policy, policies_equal, read_policy
 
 
 def test_generated_policy_reads_back_exactly_after_service_reformatting():

@@ -22,12 +22,12 @@ from azure.mgmt.apimanagement.models import (
 from conftest import write_plan
 from fakes.azure_apim import AzureApimFake
 
-from apimon_cli.diff import compute_changes
-from apimon_cli.engine import make_plan
 from apimon_cli.model import Billing, DesiredState, Target
-from apimon_cli.providers import azure as azure_mod
-from apimon_cli.providers.azure import AzureProvider, _PagedList, _Scheduler
+from apimon_cli.providers.azure import provider as azure_mod
+from apimon_cli.providers.azure.provider import AzureProvider, _PagedList, _Scheduler
 from apimon_cli.providers.base import ProviderError
+from apimon_cli.reconcile import compute_changes
+from apimon_cli.reconcile.engine import apply_changes, make_plan
 
 RG, SVC = "rg", "apim"
 IMPORTED_KEY = "imported-key-0123456789abcdef"
@@ -108,7 +108,7 @@ def planned(path):
 def apply(path, **kw):
     run = make_plan([str(path)], **kw)
     try:
-        return run, run.provider.apply(run.changes.changes, run.live)
+        return run, apply_changes(run.provider, run.changes.changes, run.live)
     finally:
         run.provider.close()
 
@@ -282,7 +282,7 @@ def test_change_between_plan_and_apply_stops_with_clear_message(plan, fake):
     c = fake.client()
     c.product.update(RG, SVC, "pro", if_match="*", parameters=ProductUpdateParameters(description="edited by ops"))
     c.close()
-    report = run.provider.apply(run.changes.changes, run.live)
+    report = apply_changes(run.provider, run.changes.changes, run.live)
     run.provider.close()
     [outcome] = report.outcomes
     assert not outcome.ok
@@ -308,7 +308,7 @@ def test_etags_are_read_lazily_when_apply_runs_without_a_plan(plan, fake):
     c = fake.client()
     c.product.update(RG, SVC, "pro", if_match="*", parameters=ProductUpdateParameters(description="ops"))
     c.close()
-    report = provider.apply(run.changes.changes, live)  # the lazy GET sees the change against the list
+    report = apply_changes(provider, run.changes.changes, live)  # the lazy GET sees the change against the list
     provider.close()
     assert not report.outcomes[0].ok and "changed on the gateway since the plan read it" in report.outcomes[0].message
 
@@ -338,7 +338,7 @@ def test_change_between_list_and_etag_read_is_caught(plan, fake):
                           parameters=SubscriptionUpdateParameters(state="active"))
     c.close()
     provider._fetch_etag("subscriber", "bob", run.live)
-    report = provider.apply(run.changes.changes, run.live)
+    report = apply_changes(provider, run.changes.changes, run.live)
     provider.close()
     assert not report.outcomes[0].ok and "changed on the gateway since the plan read it" in report.outcomes[0].message
 
@@ -351,7 +351,7 @@ def test_deletes_send_if_match_and_gone_is_fine(plan, fake):
     c = fake.client()
     c.subscription.delete(RG, SVC, "apimon-bob", if_match="*")
     c.close()
-    report = run.provider.apply(run.changes.changes, run.live)
+    report = apply_changes(run.provider, run.changes.changes, run.live)
     run.provider.close()
     assert not report.failed
     assert {o.change.id: o.message for o in report.outcomes} == {
@@ -432,7 +432,7 @@ def test_adopt_product_but_not_a_foreign_subscription(plan, fake):
     run = make_plan([str(plan)], adopt=True)
     adopted = [c for c in run.changes.changes if c.adopt]
     assert [c.id for c in adopted] == ["shop", "carol"]
-    report = run.provider.apply(adopted, run.live)
+    report = apply_changes(run.provider, adopted, run.live)
     run.provider.close()
     assert report.outcomes[0].ok
     assert report.outcomes[0].message == ("adopted (properties, tagged apimon-managed, "

@@ -114,7 +114,7 @@ def seed_ledger(path: Path) -> Path:
 @pytest.fixture
 def seeded(tmp_path):
     """(desired, ledger path, plan path) of the seeded plan and ledger (Oct and Nov 2026)."""
-    from apimon_cli.plan.loader import load_or_raise
+    from apimon_cli.planfile.loader import load_or_raise
 
     plan = write_plan(tmp_path)
     ledger = seed_ledger(tmp_path / "ledger.db")

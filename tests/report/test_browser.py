@@ -165,7 +165,7 @@ def test_report_in_the_browser(browser, built):
 
 
 def test_portal_in_the_browser(browser, built):
-    from apimon_cli.plan.loader import load_or_raise
+    from apimon_cli.planfile.loader import load_or_raise
     from apimon_cli.portal.site import examples, public_products
 
     site = built["site"]

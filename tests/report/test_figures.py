@@ -141,7 +141,7 @@ subscribers:
 
 
 def test_compare_revenue_impact_and_proposed_quotas(make_report, tmp_path):
-    from apimon_cli.plan.loader import load_or_raise
+    from apimon_cli.planfile.loader import load_or_raise
 
     path = tmp_path / "new.yaml"
     path.write_text(textwrap.dedent(COMPARED).lstrip())

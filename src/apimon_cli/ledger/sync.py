@@ -159,7 +159,7 @@ def billable_rows(ledger: Ledger, start: date, end: date, metric: str, provider:
     subscriber is still in the plan (issue 11: removed subscribers' usage is billed too).
 
     ``metric`` is the plan's ``billing.metric``: ``success`` is billed as is; ``total`` is billed as total
-    minus blocked (blocked calls are never billed), as ``cli_billing.invoices_for`` does.
+    minus blocked (blocked calls are never billed), as ``cli.billing.invoices_for`` does.
     """
     params = (start.isoformat(), end.isoformat(), provider, target)
     where = "day BETWEEN ? AND ? AND provider = ? AND target = ?"

@@ -24,13 +24,6 @@ _ALLOWED_BY_MODEL = {
 }
 _MODEL_FIELDS = {"unit_price", "package", "tiers"}
 _BELONGS_TO = {"unit_price": "per_unit", "package": "package", "tiers": "graduated, volume or stairstep"}
-_REQUIRED_SETTINGS = {
-    "aws": "region",
-    "azure": "subscription_id, resource_group, service",
-    "apigee": "organization, environments",
-}
-_PROVIDERS = ("aws", "azure", "apigee", "local")
-
 
 
 @dataclass
@@ -207,17 +200,21 @@ def _check_tiers(p: Pricing, path: tuple, r: _Reporter) -> None:
 
 
 def _check_target(parts: PlanParts, r: _Reporter) -> None:
+    from ..providers.registry import spec as provider_spec
+    from ..providers.registry import specs
+
     spec = parts.target_spec
     if spec is None:
         return
     provider = spec.provider
-    if provider != "local" and getattr(spec, provider) is None:
+    required = provider_spec(provider).required_settings()
+    if required and getattr(spec, provider) is None:
         r.error(
             ("target", "provider"),
             f"provider {provider} needs its settings; add a `target.{provider}` "
-            f"block with {_REQUIRED_SETTINGS[provider]}",
+            f"block with {', '.join(required)}",
         )
-    for other in _PROVIDERS:
+    for other in specs():
         if other != provider and getattr(spec, other) is not None:
             r.error(
                 ("target", other), f"not used by provider {provider}; remove it (or set provider: {other})", key=True
@@ -280,80 +277,24 @@ _DEFAULT_KEYS = {"stripe": "stripe_customer_id", "lago": "lago_subscription_id",
 
 
 def _check_capabilities(parts: PlanParts, r: _Reporter) -> None:
+    """The target provider's rules (its registry entry): a warning where the plan sets a field the gateway
+    does not store, then the provider's own checks."""
     if parts.target is None:
         return
-    provider = parts.target.provider
-    for pid, product in parts.products.items():
-        base = ("products", pid)
-        if product.max_concurrent is not None and provider != "local":
-            r.warn(
-                base + ("max_concurrent",),
-                f"{provider}: the gateway has no bound on a subscriber's requests in flight; max_concurrent "
-                "is enforced only by `apimon gateway serve` (local target)",
-            )
-        if provider == "aws":
-            for i, api in enumerate(product.apis):
-                if api.count("/") != 1 or api.startswith("/") or api.endswith("/"):
-                    r.error(
-                        base + ("apis", i),
-                        f'AWS APIs are written "rest-api-name-or-id/stage", e.g. "petstore/prod"; got {api!r}',
-                    )
-        if provider == "azure":
-            if product.rate_limit and product.rate_limit.burst != product.rate_limit.rate:
-                r.warn(
-                    base + ("rate_limit", "burst"),
-                    "azure: API Management's rate-limit policy has no burst; "
-                    "only rate is enforced (set burst equal to rate to silence this)",
-                )
-            if product.quota and product.quota.period == "month":
-                r.warn(
-                    base + ("quota", "period"),
-                    "azure: API Management quotas renew after a fixed number of "
-                    "seconds, not on calendar months; month is written as 2592000 s (30 days)",
-                )
-        if provider == "apigee":
-            if product.quota and product.quota.period == "week":
-                r.warn(
-                    base + ("quota", "period"),
-                    "apigee: API product quotas have no week unit; written as an interval of 7 days "
-                    "(rolling, not ISO calendar weeks)",
-                )
-            if product.pricing.model == "graduated" and any(t.flat_fee is not None for t in product.pricing.tiers):
-                r.warn(
-                    base + ("pricing", "tiers"),
-                    "apigee: BANDED rate plans have no per-tier flat fee; apimon's invoices apply it, Apigee's "
-                    "do not",
-                )
-            if product.rate_limit:
-                r.warn(
-                    base + ("rate_limit",),
-                    "apigee: API products have no product-level rate limit (spike "
-                    "arrest lives in proxies); recorded as product attributes, not enforced",
-                )
-            p = product.pricing
-            if p.model in ("volume", "package"):
-                r.warn(
-                    base + ("pricing", "model"),
-                    f"apigee: rate plans cannot express model {p.model}; no rate "
-                    "plan is written (apimon's invoices still use it)",
-                )
-            for name in ("minimum", "maximum"):
-                if getattr(p, name) is not None:
-                    r.warn(
-                        base + ("pricing", name),
-                        f"apigee: rate plans have no {name}; apimon's invoices apply it, Apigee's do not",
-                    )
-            if p.included:
-                r.warn(
-                    base + ("pricing", "included"),
-                    "apigee: rate plans have no included units; apimon's invoices apply them, Apigee's do not",
-                )
-    for sid, sub in parts.subscribers.items():
-        base = ("subscribers", sid)
-        if provider == "apigee" and not sub.email:
-            r.error(base + ("email",), "apigee: developers need an email address; add email: to the subscriber")
-        if provider == "aws" and sub.key_value is not None and not 20 <= len(sub.key_value) <= 128:
-            r.error(
-                base + ("key", "from_env"),
-                f"aws: API key values must be 20 to 128 characters; the value has {len(sub.key_value)}",
-            )
+    from ..providers.registry import spec as provider_spec
+    from ..reconcile.kinds import kind
+
+    spec = provider_spec(parts.target.provider)
+    for gap in spec.capabilities.not_stored:
+        if gap.warning is None:
+            continue
+        section = kind(gap.kind).section
+        hits = [rid for rid, resource in getattr(parts, section).items() if gap.is_set_on(resource)]
+        if gap.once and hits:
+            others = f" ({len(hits) - 1} other {section} set it too)" if len(hits) > 1 else ""
+            r.warn((section, hits[0], *gap.path), f"{spec.name}: {gap.warning}{others}")
+            continue
+        for rid in hits:
+            r.warn((section, rid, *gap.path), f"{spec.name}: {gap.warning}")
+    if spec.plan_checks is not None:
+        spec.plan_checks(parts, r)

@@ -11,7 +11,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
 from pydantic_core import PydanticCustomError
 
 from ..events.types import DEFAULT_QUOTA_ALERTS, EVENT_TYPES
@@ -199,6 +199,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Strict = _Strict  # the base of every plan-file block, providers' settings blocks included
+
+
 class RateLimitSpec(_Strict):
     rate: PositiveInt = Field(description="Steady requests per second.")
     burst: PositiveInt = Field(description="Bucket size: requests allowed at once; >= rate.")
@@ -264,39 +267,17 @@ class SubscriberSpec(_Strict):
     metadata: dict[str, MetaValue] = Field(default_factory=dict)
 
 
-class AwsTarget(_Strict):
-    region: Text
-    profile: Text | None = None
-    endpoint_url: Text | None = None
+def _target_spec() -> type[BaseModel]:
+    """``target``: ``provider`` plus one optional settings block per provider of the registry, each the
+    provider's own model (``providers/<name>/settings.py``)."""
+    from ..providers.registry import specs
+
+    providers = specs()
+    blocks: dict[str, Any] = {name: (s.settings_model() | None, None) for name, s in providers.items()}
+    return create_model("TargetSpec", __base__=_Strict, provider=(Literal[tuple(providers)], ...), **blocks)
 
 
-class AzureTarget(_Strict):
-    subscription_id: Text
-    resource_group: Text
-    service: Text
-    cloud: Literal["public", "china", "usgovernment"] = "public"
-    endpoint: Text | None = None
-
-
-class ApigeeTarget(_Strict):
-    organization: Text
-    environments: list[Text] = Field(min_length=1)
-    endpoint: Text = "https://apigee.googleapis.com"
-
-
-class LocalTarget(_Strict):
-    state_dir: Text = ".apimon"
-    upstreams: dict[str, Text] = Field(
-        default_factory=dict, description="API name -> upstream base URL, for `apimon gateway serve`."
-    )
-
-
-class TargetSpec(_Strict):
-    provider: Literal["aws", "azure", "apigee", "local"]
-    aws: AwsTarget | None = None
-    azure: AzureTarget | None = None
-    apigee: ApigeeTarget | None = None
-    local: LocalTarget | None = None
+TargetSpec = _target_spec()
 
 
 class SecretRef(_Strict):

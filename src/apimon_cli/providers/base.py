@@ -1,18 +1,33 @@
-"""What every gateway adapter answers: what exists, make it so, what was used, what can't I express.
+"""What every gateway adapter answers: what exists, what it can hold, make it so, what was used.
 
-A provider module imports its SDK inside itself only, so `apimon --help` and `apimon validate` never pay
-for boto3, azure or google. The CLI talks to providers only through this interface.
+A provider reads (``read_live_state``, a pure read into typed handles), states what its gateway can hold
+(``stores``/``replacement`` from its registry entry's capabilities, ``canonical`` for values it holds in its
+own form), checks the plan against the gateway (``preflight``), adds what only it knows to a plan
+(``extra_changes``, ``notes``: pure) and supplies one action per kind and action
+(``create_product(change, live) -> str`` ... ``delete_subscriber``; ``replace_<kind>`` is optional). It
+never orders or loops over changes: the engine and its solver do (``reconcile.engine``), under the
+provider's ``apply_policy``.
+
+A provider package imports its SDK only in the modules that talk to the gateway, which are imported when
+the provider is instantiated: `apimon --help` and `apimon validate` never pay for boto3, azure or google.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date
+from typing import TYPE_CHECKING, Any
 
-from ..diff import Change, ChangeSet
-from ..model import DesiredState, LiveState, Product, Subscriber, UsageRow
+from ..model import DesiredState, LiveState, UsageRow
+from ..reconcile.changes import Change, ChangeSet
+from ..reconcile.diff import Replacement
+from ..reconcile.solver import ApplyPolicy
+
+if TYPE_CHECKING:
+    from .registry import ProviderSpec
 
 
 class ProviderError(Exception):
@@ -28,23 +43,13 @@ class PlanCheckError(ProviderError):
 
 
 @dataclass
-class ChangeOutcome:
-    change: Change
-    ok: bool
-    message: str = ""
+class PlanNotes:
+    """What a provider adds to a plan: warnings (printed `warning: <provider>: ...`), notes, conflicts
+    (a conflict refuses the apply)."""
 
-
-@dataclass
-class ApplyReport:
-    outcomes: list[ChangeOutcome] = field(default_factory=list)
-    not_applied: list[Change] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[ChangeOutcome]:
-        return [o for o in self.outcomes if not o.ok]
-
-
-Progress = Callable[[ChangeOutcome], None]
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
 
 
 class Provider(ABC):
@@ -56,49 +61,66 @@ class Provider(ABC):
         self.desired = desired
         self.settings = desired.target.settings
 
-    # ---- what the gateway can keep: fields it cannot store never show as a diff
+    @property
+    def spec(self) -> ProviderSpec:
+        from .registry import spec
+
+        return spec(self.name)
+
+    # ---- what the gateway can hold (reconcile.diff.Rules)
     def stores(self, kind: str, field: str) -> bool:
-        return True
+        """Whether the gateway keeps this field; fields it does not are never compared."""
+        return self.spec.capabilities.stores(kind, field)
+
+    def replacement(self, kind: str, fields: Iterable[str]) -> Replacement | None:
+        """The replacement a change to these fields needs (the gateway cannot make it in place), if any."""
+        return self.spec.capabilities.replacement(kind, fields)
+
+    def canonical(self, kind: str, resource: Any) -> Any:
+        """The resource in the form the gateway holds it, for comparison only (pure)."""
+        return resource
 
     @property
     def target_id(self) -> str:
-        """Identifies the account/org/service in the ledger (provider + target)."""
-        return self.name
+        """Identifies the account/org/service in the ledger (provider + target); known offline."""
+        return self.spec.target_id(self.settings, self.desired.target.base_dir)
 
     # ---- what exists
     @abstractmethod
-    def read_live_state(self) -> LiveState: ...
+    def read_live_state(self) -> LiveState:
+        """What the gateway holds: owned resources in the neutral model, the rest as unmanaged, typed
+        handles for apply. May use the plan to decide what to read (which key values, which unmanaged
+        resources could be adopted), never to fill in values."""
 
-    def check(self, desired: DesiredState, live: LiveState) -> list[str]:
-        """Plan-time problems the gateway reveals (unknown APIs, stages...). Empty when fine."""
+    def preflight(self, desired: DesiredState, live: LiveState, changes: ChangeSet) -> list[str]:
+        """Plan-time problems the gateway reveals (unknown APIs, stages...), one line each; empty when fine.
+        The last step that may read the gateway while planning (e.g. the ETags of what the plan changes)."""
         return []
 
-    def annotate(self, changes: ChangeSet) -> None:
-        """Add provider notes to a change set (e.g. quota-bound durations)."""
+    def extra_changes(self, desired: DesiredState, live: LiveState) -> list[Change]:
+        """Field changes only this provider can see (pure); the engine merges them into the plan."""
+        return []
+
+    def notes(self, desired: DesiredState, live: LiveState, changes: ChangeSet) -> PlanNotes:
+        """Warnings, notes and conflicts about this plan on this gateway (pure)."""
+        return PlanNotes()
+
+    # ---- make it so: actions are methods named <action>_<kind>(change, live) -> str
+    def apply_policy(self) -> ApplyPolicy:
+        """How the solver runs this provider's changes (workers, per-kind limits, phases, pacing)."""
+        return ApplyPolicy()
+
+    def applying(self) -> AbstractContextManager:
+        """Held around a whole apply (the local target's lock)."""
+        return nullcontext()
+
+    def refusals(self, changes: list[Change], live: LiveState) -> list[tuple[Change, str]]:
+        """Changes this provider refuses to apply at all; any refusal stops the apply before it starts."""
+        return []
+
+    def explain(self, exc: Exception, what: str) -> ProviderError | None:
+        """A user-facing error for an SDK exception raised by an action (None: not the SDK's)."""
         return None
-
-    # ---- make it so
-    @abstractmethod
-    def apply_change(self, change: Change, live: LiveState) -> str:
-        """Apply one change; return a short outcome message. Raise ProviderError on failure."""
-
-    def apply(self, changes: list[Change], live: LiveState, progress: Progress | None = None) -> ApplyReport:
-        """Apply changes in order, stopping at the first failure. Providers may override to batch or
-        parallelise, keeping the same contract: outcomes for what was tried, not_applied for the rest."""
-        report = ApplyReport()
-        for i, change in enumerate(changes):
-            try:
-                msg = self.apply_change(change, live)
-                outcome = ChangeOutcome(change, True, msg)
-            except ProviderError as exc:
-                outcome = ChangeOutcome(change, False, str(exc))
-            report.outcomes.append(outcome)
-            if progress:
-                progress(outcome)
-            if not outcome.ok:
-                report.not_applied = list(changes[i + 1:])
-                break
-        return report
 
     # ---- keys and usage
     def reveal_key(self, subscriber_id: str) -> str | None:
@@ -121,13 +143,3 @@ class Provider(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def product_of(change: Change) -> Product:
-    assert isinstance(change.desired, Product)
-    return change.desired
-
-
-def subscriber_of(change: Change) -> Subscriber:
-    assert isinstance(change.desired, Subscriber)
-    return change.desired

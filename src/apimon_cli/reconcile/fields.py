@@ -76,6 +76,8 @@ def product_fields(p: Product) -> dict[str, object]:
     if p.quota:
         out["quota.limit"] = p.quota.limit
         out["quota.period"] = p.quota.period
+    if p.max_concurrent is not None:
+        out["max_concurrent"] = p.max_concurrent
     out.update(pricing_fields(p.pricing))
     return out
 

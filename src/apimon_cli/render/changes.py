@@ -1,12 +1,18 @@
-"""A change set in the style of `terraform plan`: + create, ~ update, - destroy, field before -> after."""
+"""A change set in the style of `terraform plan`: + create, ~ update, - destroy, -/+ replace, field
+before -> after; apply progress and the apply report."""
 
 from __future__ import annotations
 
-from ..diff import Change, ChangeSet
-from ..providers.base import ApplyReport, ChangeOutcome
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from ..reconcile.changes import Change, ChangeSet, change_to_json, changeset_to_json
+from ..reconcile.engine import ApplyReport, ChangeOutcome
 from .output import Output
 
-_SYMBOL = {"create": ("+", "green"), "update": ("~", "yellow"), "delete": ("-", "red")}
+_SYMBOL = {"create": ("+", "green"), "update": ("~", "yellow"), "delete": ("-", "red"), "replace": ("-/+", "red")}
+_VERB = {"create": "will be created", "update": "will be updated in place", "delete": "will be destroyed",
+         "replace": "will be replaced"}
 
 
 def _value(v: object) -> str:
@@ -21,11 +27,12 @@ def _value(v: object) -> str:
 
 def render_change(out: Output, c: Change) -> None:
     sym, style = _SYMBOL[c.action]
-    verb = {"create": "will be created", "update": "will be updated in place",
-            "delete": "will be destroyed"}[c.action]
-    if c.adopt:
-        verb = "will be adopted (apimon takes ownership)"
+    verb = "will be adopted (apimon takes ownership)" if c.adopt else _VERB[c.action]
     out.print(f"  {sym} {c.kind} {c.id} {verb}", style=f"bold {style}")
+    if c.action == "replace":
+        order = "the new one is made before the old one is removed" if c.create_before_delete else \
+            "the old one is removed before the new one is made"
+        out.print(f"      # {c.reason}; {order}", style=style)
     for f in c.fields:
         if c.action == "create":
             out.print(f"      + {f.field} = {_value(f.after)}", style=style)
@@ -33,6 +40,13 @@ def render_change(out: Output, c: Change) -> None:
             out.print(f"      - {f.field} = {_value(f.before)}", style=style)
         else:
             out.print(f"      ~ {f.field}: {_value(f.before)} -> {_value(f.after)}", style=style)
+
+
+def summary_line(cs: ChangeSet) -> str:
+    """Terraform's summary: a replacement counts once as an add and once as a destroy."""
+    s = cs.summary
+    return (f"Plan: {s['creating'] + s['replacing']} to add, {s['updating']} to change, "
+            f"{s['deleting'] + s['replacing']} to destroy.")
 
 
 def render_changeset(out: Output, cs: ChangeSet) -> None:
@@ -43,13 +57,58 @@ def render_changeset(out: Output, cs: ChangeSet) -> None:
         render_change(out, c)
     for note in cs.notes:
         out.print(f"  note: {note}", style="cyan")
-    s = cs.summary
     if cs.empty:
         out.print("No changes. The gateway matches the plan.", style="bold green")
     else:
         out.print("")
-        out.print(f"Plan: {s['creating']} to add, {s['updating']} to change, {s['deleting']} to destroy.",
-                  style="bold red" if s["deleting"] else "bold")
+        out.print(summary_line(cs), style="bold red" if cs.summary["deleting"] or cs.summary["replacing"]
+                  else "bold")
+
+
+def render_plan(out: Output, cs: ChangeSet, *, json_out: bool) -> None:
+    """What `plan` and `apply` show before acting: warnings and the diff (or the JSON), then conflicts."""
+    if json_out:
+        out.json(changeset_to_json(cs))
+    else:
+        for w in cs.warnings:
+            out.warning(w)
+        render_changeset(out, cs)
+    render_conflicts(out, cs)
+
+
+def render_conflicts(out: Output, cs: ChangeSet) -> None:
+    for c in cs.conflicts:
+        out.error(f"error: {c}")
+
+
+def render_apply_json(out: Output, cs: ChangeSet, report: ApplyReport | None) -> None:
+    """`apply --json`: the plan and what became of each change."""
+    report = report or ApplyReport()
+    out.json({
+        "plan": changeset_to_json(cs),
+        "applied": [change_to_json(o.change) | {"outcome": o.message} for o in report.applied],
+        "failed": [change_to_json(o.change) | {"error": o.message} for o in report.failed],
+        "not_applied": [change_to_json(c) for c in report.not_applied],
+    })
+
+
+@contextmanager
+def apply_progress(out: Output, total: int) -> Iterator[Callable[[ChangeOutcome], None]]:
+    """A progress callback for the engine: each outcome as a line, and a bar on a terminal."""
+    if not (out.err.is_terminal and total > 1):
+        yield lambda o: render_outcome(out, o)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("Applying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out.out,
+                  transient=False) as bar:
+        task = bar.add_task("apply", total=total)
+
+        def progress(outcome: ChangeOutcome) -> None:
+            render_outcome(out, outcome)
+            bar.advance(task)
+
+        yield progress
 
 
 def render_outcome(out: Output, o: ChangeOutcome) -> None:
@@ -61,7 +120,7 @@ def render_outcome(out: Output, o: ChangeOutcome) -> None:
 
 
 def render_apply_report(out: Output, report: ApplyReport) -> None:
-    done = [o for o in report.outcomes if o.ok]
+    done = report.applied
     if not report.failed:
         out.print(f"Apply complete: {len(done)} change(s) applied.", style="bold green")
         return

@@ -19,7 +19,7 @@ def period_invoices(desired, window: BillingWindow, book, provider: str, target:
         from apimon_cli.billing.billable import billable_usage
         from apimon_cli.billing.invoice import invoice_accounts
     except ImportError:
-        from apimon_cli.cli_billing import invoices_for
+        from apimon_cli.cli.billing import invoices_for
 
         run = invoices_for(desired, window, book, provider, target)
     else:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_common import fail, ledger_path, load_plan, make_output, open_ledger, parse_day
+from .common import fail, ledger_path, load_plan, make_output, open_ledger, parse_day
 
 LedgerOpt = Annotated[
     Optional[str],
@@ -30,7 +30,7 @@ portal_app = typer.Typer(
 
 
 def _window(out, period: str | None, kind: str):
-    from .billing.periods import parse_period, window_of
+    from ..billing.periods import parse_period, window_of
 
     if period is None:
         return window_of(datetime.now(UTC).date(), kind)
@@ -49,7 +49,7 @@ def _as_of(out, text: str | None, window) -> date:
 
 def _target(out, desired) -> tuple[str, str]:
     """(provider, target) naming the plan's rows in the ledger, as `usage show` and `invoice` name them."""
-    from .cli_billing import _provider_and_target
+    from .billing import _provider_and_target
 
     return _provider_and_target(out, desired)
 
@@ -90,8 +90,8 @@ def report(
     ledger: LedgerOpt = None,
 ) -> None:
     """A self-contained HTML report of a period: usage, revenue, headroom, candidates, leakage."""
-    from .report.figures import report_data
-    from .report.source import gather
+    from ..report.figures import report_data
+    from ..report.source import gather
 
     out = make_output(json_mode=json_out)
     loaded = load_plan(out, plans)
@@ -117,7 +117,7 @@ def report(
     if json_out:
         out.json(report_data(figures))
     if out_file or not json_out:
-        from .report.html import render_report
+        from ..report.html import render_report
 
         path = out_file or f"report-{window.label}.html"
         _write_atomic(out, path, render_report(figures, mask=out.mask))
@@ -146,9 +146,9 @@ def portal_build(
     ledger: LedgerOpt = None,
 ) -> None:
     """Write the static site: index.html (public pricing) and s/TOKEN/ statements with usage.json."""
-    from .portal import build
-    from .portal.tokens import TokenError, tokens_path
-    from .portal.writer import SiteError, write_site
+    from ..portal import build
+    from ..portal.tokens import TokenError, tokens_path
+    from ..portal.writer import SiteError, write_site
 
     out = make_output()
     loaded = load_plan(out, plans)

@@ -1,16 +1,21 @@
-"""Pieces every CLI module shares: output, failing with one clear line, loading a plan."""
+"""Pieces every CLI module shares: output, failing with one clear line, loading a plan, planning."""
 
 from __future__ import annotations
 
 import os
 from datetime import date
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+PlanArgs = Annotated[list[str], typer.Argument(help="Plan file(s); several files merge.", show_default=False,
+                                               metavar="PLAN")]
+Strict = Annotated[bool, typer.Option("--strict", help="Treat provider capability warnings as errors.")]
+
 
 def make_output(secrets=(), json_mode: bool = False):
-    from .render.output import Masker, Output
+    from ..render.output import Masker, Output
 
     return Output(Masker(secrets), json_mode=json_mode)
 
@@ -30,8 +35,8 @@ def print_diagnostics(out, diagnostics) -> None:
 
 def load_plan(out, plans: list[str], *, strict: bool = False):
     """Load and validate, or print every problem and exit 1."""
-    from .planfile.diagnostics import PlanError
-    from .planfile.loader import load_or_raise
+    from ..planfile.diagnostics import PlanError
+    from ..planfile.loader import load_or_raise
 
     try:
         loaded = load_or_raise(plans, strict=strict)
@@ -62,7 +67,7 @@ def ledger_path(explicit: str | None, plan_files: list[str] | tuple[str, ...] | 
 def open_ledger(out, path: Path, *, must_exist: bool = False):
     """Open the ledger; with ``must_exist`` (commands that only read it) a missing one is an error, not a
     new empty file."""
-    from .ledger.store import Ledger, LedgerError
+    from ..ledger.store import Ledger, LedgerError
 
     if must_exist and not path.exists():
         fail(out, f"error: no ledger at {path}; run `apimon usage pull` first (or give --ledger)")
@@ -72,3 +77,29 @@ def open_ledger(out, path: Path, *, must_exist: bool = False):
         fail(out, f"error: {exc}")
     except OSError as exc:
         fail(out, f"error: cannot open ledger {path}: {exc.strerror or exc}")
+
+
+def write_private(path: str, text: str) -> None:
+    """Write a file only its owner can read (saved plans)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def run_plan(out, make):
+    """Run ``make`` (an engine call that plans), or print why it could not and exit 1."""
+    from ..planfile.diagnostics import PlanError
+    from ..providers import ProviderError
+    from ..providers.base import PlanCheckError
+
+    try:
+        return make()
+    except PlanError as exc:
+        print_diagnostics(out, exc.diagnostics)
+        fail(out, "the plan is not valid; nothing was read or changed", errors=[str(d) for d in exc.diagnostics])
+    except PlanCheckError as exc:
+        for p in exc.problems:
+            out.error(f"error: {p}")
+        fail(out, "the plan refers to things the gateway does not have; nothing was changed", errors=exc.problems)
+    except ProviderError as exc:
+        fail(out, f"error: {exc}")

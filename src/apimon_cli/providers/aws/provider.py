@@ -63,9 +63,12 @@ from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
-from ..diff import Change, ChangeSet, key_fingerprint
-from ..model import DesiredState, LiveState, Pricing, Product, Quota, RateLimit, Subscriber, Unmanaged, UsageRow
-from .aws_scheduler import (
+from ...model import DesiredState, LiveState, Pricing, Product, Quota, RateLimit, Subscriber, Unmanaged, UsageRow
+from ...reconcile.changes import Change, ChangeSet
+from ...reconcile.engine import ApplyReport, ChangeOutcome, Progress
+from ...reconcile.fields import key_fingerprint
+from ..base import Provider, ProviderError
+from .scheduler import (
     QUOTA_SCALE_ENV,
     Cancelled,
     Quotas,
@@ -74,7 +77,6 @@ from .aws_scheduler import (
     lower_bound_seconds,
     quota_scale,
 )
-from .base import ApplyReport, ChangeOutcome, Progress, Provider, ProviderError
 
 MANAGED_TAG = "apimon:managed"
 MANAGED_TAGS = {MANAGED_TAG: "true"}

@@ -14,70 +14,18 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from pathlib import Path
 
-from ..diff import Change, key_fingerprint
-from ..model import DesiredState, LiveState, Subscriber, Unmanaged, UsageRow
-from ..planfile.writer import product_from_plan, product_to_plan
-from .base import ApplyReport, Progress, Provider, ProviderError
+from ...model import DesiredState, LiveState, Subscriber, Unmanaged, UsageRow
+from ...planfile.writer import product_from_plan, product_to_plan
+from ...reconcile.changes import Change
+from ...reconcile.fields import key_fingerprint
+from ..base import Provider, ProviderError
+from .state import OWNER, connect_state, state_dir_of
 
-OWNER = "apimon"
-SCHEMA_VERSION = 1
 LOCK_WAIT_SECONDS = 10.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS products (
-    id TEXT PRIMARY KEY, owner TEXT, spec TEXT NOT NULL, updated_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS subscribers (
-    id TEXT PRIMARY KEY, owner TEXT, product TEXT NOT NULL, email TEXT, enabled INTEGER NOT NULL,
-    api_key TEXT NOT NULL UNIQUE, metadata TEXT NOT NULL DEFAULT '{}', updated_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS usage (
-    subscriber TEXT NOT NULL, product TEXT NOT NULL, day TEXT NOT NULL, metric TEXT NOT NULL,
-    count INTEGER NOT NULL, PRIMARY KEY (subscriber, product, day, metric));
-CREATE TABLE IF NOT EXISTS quota_counters (
-    subscriber TEXT NOT NULL, window TEXT NOT NULL, count INTEGER NOT NULL,
-    PRIMARY KEY (subscriber, window));
-"""
-
-
-def state_dir_of(desired: DesiredState) -> Path:
-    raw = desired.target.settings.get("state_dir") or ".apimon"
-    path = Path(os.path.expanduser(raw))
-    return path if path.is_absolute() else Path(desired.target.base_dir) / path
-
-
-def connect_state(state_dir: Path, *, create: bool = True) -> sqlite3.Connection:
-    """Open (and create) the local gateway state; readable by its owner only."""
-    db = state_dir / "state.db"
-    if not create and not db.exists():
-        raise ProviderError(f"no local gateway state at {db}; run `apimon apply` first")
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not db.exists():
-            old = os.umask(0o077)
-            try:
-                db.touch(mode=0o600)
-            finally:
-                os.umask(old)
-        conn = sqlite3.connect(db, timeout=30, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(_SCHEMA)
-        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('revision', '0')")
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise ProviderError(f"{db} was written by a newer apimon (schema {row[0]}); upgrade apimon")
-        return conn
-    except sqlite3.DatabaseError as exc:
-        raise ProviderError(f"cannot open local gateway state {db}: {exc}") from None
-    except OSError as exc:
-        raise ProviderError(f"cannot create local gateway state in {state_dir}: {exc.strerror}") from None
 
 
 def _now() -> str:
@@ -97,10 +45,6 @@ class LocalProvider(Provider):
         if self._conn is None:
             self._conn = connect_state(self.state_dir)
         return self._conn
-
-    @property
-    def target_id(self) -> str:
-        return str(self.state_dir.resolve())
 
     def close(self) -> None:
         if self._conn is not None:
@@ -138,9 +82,10 @@ class LocalProvider(Provider):
                 live.unmanaged.append(Unmanaged("subscriber", sid, f"owner {owner or 'unknown'}", sub))
         return live
 
-    # ---------------------------------------------------------------- apply
+    # ---------------------------------------------------------------- apply: one transaction per change
     @contextmanager
-    def _apply_lock(self) -> Iterator[None]:
+    def applying(self) -> Iterator[None]:
+        """An exclusive lock over the whole apply: a second apply waits for it, then fails clearly."""
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.state_dir / "apply.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -159,16 +104,14 @@ class LocalProvider(Provider):
         finally:
             os.close(fd)
 
-    def apply(self, changes: list[Change], live: LiveState, progress: Progress | None = None) -> ApplyReport:
-        with self._apply_lock():
-            return super().apply(changes, live, progress)
-
-    def apply_change(self, change: Change, live: LiveState) -> str:
+    def _transaction(self, write: Callable[[sqlite3.Connection], str]) -> str:
+        """One change, one transaction (a killed apply leaves whole changes); each bumps the revision the
+        gateway polls to reload."""
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                msg = self._apply(conn, change)
+                msg = write(conn)
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
                 conn.execute("COMMIT")
             except BaseException:
@@ -178,50 +121,58 @@ class LocalProvider(Provider):
             raise ProviderError(f"local state: {exc}") from None
         return msg
 
-    def _owner_of(self, conn: sqlite3.Connection, table: str, rid: str) -> str | None | bool:
+    @staticmethod
+    def _owner_of(conn: sqlite3.Connection, table: str, rid: str) -> str | None | bool:
         row = conn.execute(f"SELECT owner FROM {table} WHERE id = ?", (rid,)).fetchone()
         return False if row is None else row[0]
 
-    def _apply(self, conn: sqlite3.Connection, change: Change) -> str:
-        now = _now()
-        if change.kind == "product":
-            owner = self._owner_of(conn, "products", change.id)
-            if change.action == "delete":
-                if owner is False:
-                    return "already gone"
-                if owner != OWNER:
-                    raise ProviderError(f"product {change.id} is not managed by apimon; left alone")
-                others = [r[0] for r in conn.execute(
-                    "SELECT id FROM subscribers WHERE product = ? ORDER BY id", (change.id,))]
-                if others:
-                    raise ProviderError(f"product {change.id} still has subscribers: {', '.join(others)}; "
-                                        "refusing to delete it")
-                conn.execute("DELETE FROM products WHERE id = ?", (change.id,))
-                return "deleted"
-            assert change.desired is not None
-            if owner not in (False, OWNER) and not change.adopt:
-                raise ProviderError(f"product {change.id} exists and is not managed by apimon; left alone")
-            spec = json.dumps(product_to_plan(change.desired), sort_keys=True)
-            conn.execute("INSERT INTO products (id, owner, spec, updated_at) VALUES (?, ?, ?, ?) "
-                         "ON CONFLICT(id) DO UPDATE SET owner = excluded.owner, spec = excluded.spec, "
-                         "updated_at = excluded.updated_at", (change.id, OWNER, spec, now))
-            return "adopted" if change.adopt else ("created" if owner is False else "updated")
+    def create_product(self, change: Change, live: LiveState) -> str:
+        return self._transaction(lambda conn: self._put_product(conn, change))
 
-        owner = self._owner_of(conn, "subscribers", change.id)
-        if change.action == "delete":
+    update_product = create_product
+
+    def _put_product(self, conn: sqlite3.Connection, change: Change) -> str:
+        owner = self._owner_of(conn, "products", change.id)
+        if owner not in (False, OWNER) and not change.adopt:
+            raise ProviderError(f"product {change.id} exists and is not managed by apimon; left alone")
+        spec = json.dumps(product_to_plan(change.desired), sort_keys=True)
+        conn.execute("INSERT INTO products (id, owner, spec, updated_at) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT(id) DO UPDATE SET owner = excluded.owner, spec = excluded.spec, "
+                     "updated_at = excluded.updated_at", (change.id, OWNER, spec, _now()))
+        return "adopted" if change.adopt else ("created" if owner is False else "updated")
+
+    def delete_product(self, change: Change, live: LiveState) -> str:
+        def delete(conn: sqlite3.Connection) -> str:
+            owner = self._owner_of(conn, "products", change.id)
             if owner is False:
                 return "already gone"
             if owner != OWNER:
-                raise ProviderError(f"subscriber {change.id} is not managed by apimon; left alone")
-            conn.execute("DELETE FROM subscribers WHERE id = ?", (change.id,))
-            return "deleted (key revoked)"
+                raise ProviderError(f"product {change.id} is not managed by apimon; left alone")
+            others = [r[0] for r in conn.execute(
+                "SELECT id FROM subscribers WHERE product = ? ORDER BY id", (change.id,))]
+            if others:
+                raise ProviderError(f"product {change.id} still has subscribers: {', '.join(others)}; "
+                                    "refusing to delete it")
+            conn.execute("DELETE FROM products WHERE id = ?", (change.id,))
+            return "deleted"
+
+        return self._transaction(delete)
+
+    def create_subscriber(self, change: Change, live: LiveState) -> str:
+        return self._transaction(lambda conn: self._put_subscriber(conn, change))
+
+    update_subscriber = create_subscriber
+
+    def _put_subscriber(self, conn: sqlite3.Connection, change: Change) -> str:
         sub = change.desired
         assert isinstance(sub, Subscriber)
+        owner = self._owner_of(conn, "subscribers", change.id)
         if owner not in (False, OWNER) and not change.adopt:
             raise ProviderError(f"subscriber {change.id} exists and is not managed by apimon; left alone")
         if self._owner_of(conn, "products", sub.product) is False:
             raise ProviderError(f"product {sub.product} does not exist on the local gateway")
         metadata = json.dumps(dict(sub.metadata), sort_keys=True)
+        now = _now()
         if owner is False:
             key = sub.key_value or secrets.token_urlsafe(30)
             try:
@@ -238,6 +189,18 @@ class LocalProvider(Provider):
         if sub.key_value is not None and change.changed("key"):
             conn.execute("UPDATE subscribers SET api_key = ? WHERE id = ?", (sub.key_value, sub.id))
         return "adopted" if change.adopt else "updated"
+
+    def delete_subscriber(self, change: Change, live: LiveState) -> str:
+        def delete(conn: sqlite3.Connection) -> str:
+            owner = self._owner_of(conn, "subscribers", change.id)
+            if owner is False:
+                return "already gone"
+            if owner != OWNER:
+                raise ProviderError(f"subscriber {change.id} is not managed by apimon; left alone")
+            conn.execute("DELETE FROM subscribers WHERE id = ?", (change.id,))
+            return "deleted (key revoked)"
+
+        return self._transaction(delete)
 
     # ---------------------------------------------------------------- keys, usage, import
     def reveal_key(self, subscriber_id: str) -> str | None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_common import fail, ledger_path, load_plan, make_output, open_ledger, parse_day
+from .common import fail, ledger_path, load_plan, make_output, open_ledger, parse_day
 
 billing_app = typer.Typer(
     help="Billing platforms: push metered usage to Stripe, Lago or OpenMeter; show what is pushed.",
@@ -61,7 +61,7 @@ def _args(out, desired, to: list[str] | None, from_: str | None, period: str | N
         if end < start:
             fail(out, f"error: --to ({end}) is before --from ({start})")
     else:
-        from .billing.periods import parse_period, window_of
+        from ..billing.periods import parse_period, window_of
 
         try:
             window = parse_period(period, desired.billing.period) if period else window_of(
@@ -74,7 +74,7 @@ def _args(out, desired, to: list[str] | None, from_: str | None, period: str | N
 
 
 def _target(out, desired) -> tuple[str, str]:
-    from .providers import ProviderError, get_provider
+    from ..providers import ProviderError, get_provider
 
     try:
         with get_provider(desired) as provider:
@@ -98,7 +98,7 @@ def push(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: Perio
          dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be sent; send nothing.")] = False,
          json_out: JsonOpt = False, ledger: LedgerOpt = None) -> None:
     """Send the ledger's billable usage that a billing platform does not have yet; revised days as corrections."""
-    from .billing.push import PushAborted, plan_push, run_push
+    from ..billing.push import PushAborted, plan_push, run_push
 
     out = make_output(json_mode=json_out)
     loaded = load_plan(out, plans)
@@ -116,7 +116,7 @@ def push(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: Perio
             if not sink.secret:
                 fail(out, f"{sink.where}: error: billing.push.{sink.vendor}: environment variable {sink.secret_env} "
                           f"is not set; set it to the {sink.vendor} credential")
-            from .billing.push.vendors import make_client
+            from ..billing.push.vendors import make_client
 
             try:
                 client = make_client(sink, concurrency=int(os.environ.get("APIMON_PUSH_CONCURRENCY", "4")))
@@ -202,7 +202,7 @@ def _render_report(out, sink, r, start, end) -> None:
 def status(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: PeriodOpt = None,
            json_out: JsonOpt = False, ledger: LedgerOpt = None) -> None:
     """Per vendor: what is pushed and what is pending (reads the ledger only; no network)."""
-    from .billing.push import plan_push
+    from ..billing.push import plan_push
 
     out = make_output(json_mode=json_out)
     loaded = load_plan(out, plans)

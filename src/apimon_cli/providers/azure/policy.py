@@ -24,7 +24,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from ..model import Quota, RateLimit
+from ...model import Quota, RateLimit
 
 SECTIONS = ("inbound", "backend", "outbound", "on-error")
 QUOTA_SECONDS = {"day": 86_400, "week": 604_800, "month": 2_592_000}

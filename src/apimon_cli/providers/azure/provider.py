@@ -42,10 +42,12 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline.policies import HTTPPolicy, SansIOHTTPPolicy
 
-from ..diff import Change, key_fingerprint
-from ..model import DesiredState, LiveState, Product, Subscriber, Unmanaged, UsageRow
-from .azure_policy import generate_policy, policies_equal, read_policy
-from .base import ApplyReport, ChangeOutcome, Progress, Provider, ProviderError
+from ...model import DesiredState, LiveState, Product, Subscriber, Unmanaged, UsageRow
+from ...reconcile.changes import Change
+from ...reconcile.engine import ApplyReport, ChangeOutcome, Progress
+from ...reconcile.fields import key_fingerprint
+from ..base import Provider, ProviderError
+from .policy import generate_policy, policies_equal, read_policy
 
 OWNER_TAG = "apimon-managed"
 SUB_PREFIX = "apimon-"

@@ -54,9 +54,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
 
-from ..diff import Change, ChangeSet, FieldChange, comparable, flatten_pricing, key_fingerprint
-from ..model import DesiredState, LiveState, Pricing, Product, Quota, RateLimit, Subscriber, Tier, Unmanaged, UsageRow
-from .base import Provider, ProviderError, subscriber_of
+from ...model import DesiredState, LiveState, Pricing, Product, Quota, RateLimit, Subscriber, Tier, Unmanaged, UsageRow
+from ...reconcile.changes import Change, ChangeSet, FieldChange
+from ...reconcile.fields import key_fingerprint, pricing_fields
+from ..base import Provider, ProviderError
 
 log = logging.getLogger("apimon.apigee")
 
@@ -690,7 +691,7 @@ class ApigeeProvider(Provider):
 
     def _visible_pricing(self, pricing: Pricing) -> dict:
         """The pricing fields the diff compares."""
-        return comparable({k: v for k, v in flatten_pricing(pricing).items() if self.stores("product", k)})
+        return {k: v for k, v in pricing_fields(pricing).items() if self.stores("product", k)}
 
     def _product_model(self, raw: dict, pricing: Pricing) -> Product:
         attrs = _attrs(raw)
@@ -993,7 +994,7 @@ class ApigeeProvider(Provider):
                                 "to let apimon add apps to it)")
 
     def _create_subscriber(self, change: Change) -> str:
-        sub = subscriber_of(change)
+        sub = change.desired
         email = (sub.email or "").lower()
         if not email:
             raise ProviderError(f"subscriber {sub.id}: Apigee developers need an email")
@@ -1049,7 +1050,7 @@ class ApigeeProvider(Provider):
         return h
 
     def _update_subscriber(self, change: Change, live: LiveState) -> str:
-        sub = subscriber_of(change)
+        sub = change.desired
         h = self._handle(live, change)
         email = h["email"]
         app = self._fresh_app(sub.id, email)

@@ -2,7 +2,6 @@
 
 from decimal import Decimal
 
-from apimon_cli.diff import SENSITIVE, compute_changes, key_fingerprint, live_fingerprint
 from apimon_cli.model import (
     Billing,
     DesiredState,
@@ -16,6 +15,7 @@ from apimon_cli.model import (
     Tier,
     Unmanaged,
 )
+from apimon_cli.reconcile import SENSITIVE, compute_changes, key_fingerprint, live_fingerprint
 
 
 def product(pid="pro", **kw):
@@ -36,7 +36,7 @@ def test_create_everything_products_before_subscribers():
     assert [(c.action, c.kind, c.id) for c in cs.changes] == [
         ("create", "product", "free"), ("create", "product", "pro"),
         ("create", "subscriber", "acme"), ("create", "subscriber", "bob")]
-    assert cs.summary == {"creating": 4, "updating": 0, "deleting": 0, "total": 4}
+    assert cs.summary == {"creating": 4, "updating": 0, "deleting": 0, "replacing": 0, "total": 4}
 
 
 def test_no_op_when_equal_and_money_written_differently():

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_common import fail, ledger_path, load_plan, make_output, open_ledger, parse_day
+from .common import fail, ledger_path, load_plan, make_output, open_ledger, parse_day
 
 usage_app = typer.Typer(
     help="Usage: pull from the gateway into the ledger, show, export.",
@@ -59,9 +59,9 @@ def usage_pull(
     ledger: LedgerOpt = None,
 ) -> None:
     """Pull usage for [--from, --to] into the ledger; pulling again replaces, never adds."""
-    from .events.publish import EVERY_ROW, publish_pulled
-    from .ledger.store import LedgerError
-    from .providers import ProviderError, get_provider
+    from ..events.publish import EVERY_ROW, publish_pulled
+    from ..ledger.store import LedgerError
+    from ..providers import ProviderError, get_provider
 
     out = make_output()
     start, end = parse_day(out, from_, "--from"), parse_day(out, to, "--to")
@@ -132,7 +132,7 @@ def _render_pull(out, report, path) -> None:
 
 
 def _period_window(out, period: str | None, kind: str):
-    from .billing.periods import parse_period, window_of
+    from ..billing.periods import parse_period, window_of
 
     if period is None:
         return window_of(date.today(), kind)
@@ -143,8 +143,8 @@ def _period_window(out, period: str | None, kind: str):
 
 
 def _provider_and_target(out, desired) -> tuple[str, str]:
-    from .events.publish import usage_source
-    from .providers import ProviderError, get_provider
+    from ..events.publish import usage_source
+    from ..providers import ProviderError, get_provider
 
     try:
         with get_provider(desired) as provider:
@@ -172,21 +172,21 @@ def usage_show(
     loaded = load_plan(out, plans)
     window = _period_window(out, period, loaded.desired.billing.period)
     provider, target = _provider_and_target(out, loaded.desired)
-    from .events.publish import unused_pull_note
+    from ..events.publish import unused_pull_note
 
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
         rows = book.summary(window.start, window.end, by=by, provider=provider, target=target)
         spark = None
         if by != "day":  # calls per day of the period, one character a day
-            from .report.usage import daily_series
+            from ..report.usage import daily_series
 
             spark = daily_series(book.iter_rows(window.start, window.end, provider, target), window.start, window.end,
                                  by)
         note = unused_pull_note(book, provider, target, window.start, window.end)
     if note:
         out.warning(note)
-    from .model import METRICS
-    from .render.sparkline import sparkline
+    from ..model import METRICS
+    from ..render.sparkline import sparkline
 
     table = Table(title=f"Usage {window.label} ({window.start} .. {window.end}), by {by}")
     table.add_column(by)
@@ -218,7 +218,7 @@ def usage_export(
     ledger: LedgerOpt = None,
 ) -> None:
     """Stream the ledger's rows as CSV or JSON Lines (constant memory)."""
-    from .export.writers import (
+    from ..export.writers import (
         USAGE_COLUMNS,
         USAGE_NUMERIC_COLUMNS,
         usage_mappings,
@@ -265,7 +265,7 @@ def invoices_for(desired, window, book, provider: str, target: str):
     """The ledger's usage for the window, priced by the plan (also what benchmarks/billing.py times)."""
     from datetime import timedelta
 
-    from .billing.invoice import build_invoices
+    from ..billing.invoice import build_invoices
 
     usage = book.totals(window.start, window.end, desired.billing.metric, provider, target)
     if desired.billing.metric == "total":
@@ -298,7 +298,7 @@ def invoice(
     ledger: LedgerOpt = None,
 ) -> None:
     """Invoices for a period: the ledger's usage priced by the plan; one invoice per subscriber."""
-    from .billing.invoice import compare_invoices
+    from ..billing.invoice import compare_invoices
 
     out = make_output()
     if fmt not in ("table", "csv", "jsonl"):
@@ -307,7 +307,7 @@ def invoice(
     desired = loaded.desired
     window = _period_window(out, period, desired.billing.period)
     provider, target = _provider_and_target(out, desired)
-    from .events.publish import unused_pull_note
+    from ..events.publish import unused_pull_note
 
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
         invoices = invoices_for(desired, window, book, provider, target)
@@ -362,7 +362,7 @@ def _invoice_rows(invoices, metadata_keys):
 
 
 def _write_invoices(invoices, fmt: str, fh, metadata_keys: list[str]) -> int:
-    from .export.writers import write_csv, write_jsonl
+    from ..export.writers import write_csv, write_jsonl
 
     # one column per metadata key, named by the key (prefixed only where it would clash with a standard column)
     columns = list(INVOICE_COLUMNS) + [f"metadata.{k}" if k in INVOICE_COLUMNS else k for k in metadata_keys]
@@ -401,7 +401,7 @@ def _render_invoice_table(out, invoices, window) -> None:
 
 
 def _render_comparison(out, rows, fmt: str, out_file: str | None, window, other: str) -> None:
-    from .export.writers import write_csv, write_jsonl
+    from ..export.writers import write_csv, write_jsonl
 
     columns = ["subscriber", "current_total", "compared_total", "difference", "currency"]
     records = [[r.subscriber, r.old_total, r.new_total, r.difference, r.currency] for r in rows]

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_common import fail, ledger_path, load_plan, make_output, open_ledger
+from .common import fail, ledger_path, load_plan, make_output, open_ledger
 
 events_app = typer.Typer(
     help="Usage events: consume the Kafka topic into the ledger; deliver what waits in the outboxes.",
@@ -40,9 +40,9 @@ def consume(
     Offsets are stored in the ledger with the counts (one transaction) and event ids drop a producer's
     duplicates, so running it again, or after a crash, never counts an event twice. Without --once it runs
     until SIGTERM or Ctrl-C."""
-    from .events.consume import ConsumeError
-    from .events.consume import consume as run_consume
-    from .ledger.stream import stream_target
+    from ..events.consume import ConsumeError
+    from ..events.consume import consume as run_consume
+    from ..ledger.stream import stream_target
 
     out = make_output()
     loaded = load_plan(out, plans)
@@ -63,7 +63,7 @@ def consume(
             except ConsumeError as exc:
                 fail(out, f"error: {exc}")
             except Exception as exc:
-                from .ledger.store import LedgerError
+                from ..ledger.store import LedgerError
 
                 if isinstance(exc, LedgerError):
                     fail(out, f"error: {exc}")
@@ -94,14 +94,14 @@ def consume(
 def flush(plans: PlanArgs) -> None:
     """Deliver the events waiting in the outboxes (apply's and usage pull's; the local gateway's when it is
     not running). Exit 1 if some could not be delivered."""
-    from .events.publish import cli_outbox_path, command_timeout, deliver_file, describe, gateway_outbox_path
+    from ..events.publish import cli_outbox_path, command_timeout, deliver_file, describe, gateway_outbox_path
 
     out = make_output()
     loaded = load_plan(out, plans)
     config = _events_of(out, loaded, need_kafka=False)
     paths = [cli_outbox_path(plans)]
     if loaded.desired.target.provider == "local":
-        from .providers.local import state_dir_of
+        from ..providers.local import state_dir_of
 
         paths.append(gateway_outbox_path(state_dir_of(loaded.desired)))
     left = 0

@@ -1,0 +1,5 @@
+"""`python -m apimon_cli.cli`: the same as the `apimon` console script."""
+
+from . import main
+
+main()

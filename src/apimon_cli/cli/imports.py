@@ -1,0 +1,133 @@
+"""`apimon import`: a plan file from a live gateway. Its per-provider options come from the registry."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .common import fail, make_output
+
+
+def _run_import(provider: str, out_file: str | None, managed_only: bool, given: dict[str, Any]) -> None:
+    """``given``: the provider options as parsed, by parameter name (``endpoint_url``)."""
+    from ..model import Billing, DesiredState, Target
+    from ..planfile.writer import plan_document
+    from ..providers import ProviderError, get_provider
+    from ..providers.registry import names, spec
+
+    out = make_output()
+    if provider not in names():
+        fail(out, f"error: --provider must be one of {', '.join(names())}; got {provider!r}")
+    options = spec(provider).import_options
+    settings = {}
+    for o in options:
+        value = given.get(_param(o.flag))
+        value = o.default if value in (None, []) else value
+        if value not in (None, []):
+            settings[o.setting] = value
+    missing = [o.flag for o in options if o.required and o.setting not in settings]
+    if missing:
+        fail(out, f"error: import from {provider} needs {', '.join(missing)}")
+    desired = DesiredState(Target(provider, settings, base_dir=os.getcwd()), Billing(), {}, {})
+    try:
+        with get_provider(desired) as p:
+            exported = p.export_plan(include_unmanaged=not managed_only)
+    except ProviderError as exc:
+        fail(out, f"error: {exc}")
+    products, subscribers, skipped = _importable(exported["products"], exported["subscribers"])
+    header = (
+        f"# Imported by `apimon import --provider {provider}`. Pricing is not stored on every gateway:\n"
+        "# review `pricing` before billing from this plan. Key values are never exported.\n"
+        "# Run `apimon adopt` on this file to let apimon manage what it does not manage yet.\n"
+        + "".join(f"# not imported: {line}\n" for line in skipped)
+    )
+    text = plan_document(exported["target"], products, subscribers, billing=exported.get("billing"), header=header)
+    for line in skipped:
+        out.warning(f"warning: not imported: {line}")
+    if out_file:
+        with open(out_file, "w") as fh:
+            fh.write(text)
+        out.info(f"Wrote {len(products)} products and {len(subscribers)} subscribers to {out_file}.")
+    else:
+        sys.stdout.write(text)
+
+
+def _importable(products: list, subscribers: list) -> tuple[list, list, list[str]]:
+    """What a plan file can hold: ids a plan accepts, subscribers of imported products."""
+    import re
+
+    from ..planfile.schema import ID_PATTERN
+
+    ok = re.compile(ID_PATTERN).match
+    skipped = [f"product {p.id!r}: not a valid plan id ([a-z0-9][a-z0-9-]{{0,62}})" for p in products if not ok(p.id)]
+    kept = [p for p in products if ok(p.id)]
+    ids = {p.id for p in kept}
+    subs = []
+    for s in subscribers:
+        if not ok(s.id):
+            skipped.append(f"subscriber {s.id!r}: not a valid plan id")
+        elif s.product not in ids:
+            skipped.append(f"subscriber {s.id!r}: its product {s.product!r} is not imported")
+        else:
+            subs.append(s)
+    return kept, subs, skipped
+
+
+def _param(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _provider_options() -> list[inspect.Parameter]:
+    """One CLI option per distinct flag of the providers' import options (``--endpoint`` serves two)."""
+    from ..providers.registry import specs
+
+    by_flag: dict[str, list] = {}
+    for s in specs().values():
+        for o in s.import_options:
+            by_flag.setdefault(o.flag, []).append((s.name, o))
+    params = []
+    for flag, users in by_flag.items():
+        option = users[0][1]
+        helps = list(dict.fromkeys(o.help for _, o in users))
+        text = "/".join(name for name, _ in users) + ": " + "; ".join(helps)
+        default = option.default if len(users) == 1 and not option.multiple else None
+        kind = Optional[list[str]] if option.multiple else Optional[str]
+        option_type = Annotated[kind, typer.Option(flag, help=text, show_default=default is not None)]
+        params.append(inspect.Parameter(_param(flag), inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=option_type))
+    return params
+
+
+def _import_command():
+    """The `import` command, its signature built from the registry (typer reads ``__signature__``)."""
+    from ..providers.registry import names
+
+    params = [
+        inspect.Parameter("provider", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+            str, typer.Option("--provider", help=" | ".join(names()))]),
+        inspect.Parameter("out_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[str], typer.Option("--out", help="Write the plan here (default: stdout).")]),
+        *_provider_options(),
+        inspect.Parameter("managed_only", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+            bool, typer.Option("--managed-only", help="Only resources apimon already manages (default: "
+                                                      "everything, to adopt)")]),
+    ]
+
+    def import_(**kwargs: Any) -> None:
+        """Write a plan file (format 1) from what a live gateway holds; key values are never written.
+
+        Resources apimon does not manage yet are included: `apimon plan` on the file shows no changes, and
+        `apimon adopt` on it lets apimon manage them."""
+        _run_import(kwargs.pop("provider"), kwargs.pop("out_file"), kwargs.pop("managed_only"), kwargs)
+
+    import_.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    import_.__annotations__ = {p.name: p.annotation for p in params}
+    return import_
+
+
+def register(app: typer.Typer) -> None:
+    app.command("import")(_import_command())

@@ -1,0 +1,66 @@
+"""AWS's registry entry: what API Gateway keeps, what a key change replaces, its plan checks and options."""
+
+from __future__ import annotations
+
+from ...reconcile.diff import Replacement
+from ..registry import Capabilities, ImportOption, NotStored, ProviderSpec
+
+CAPABILITIES = Capabilities(
+    not_stored=(
+        NotStored("product", "max_concurrent",
+                  warning="the gateway has no bound on a subscriber's requests in flight; max_concurrent is enforced "
+                          "only by `apimon gateway serve` (local target)"),
+        NotStored("product", "display_name",
+                  why="a usage plan is named by the product id and has no display name (import writes the id)"),
+        NotStored("product", "pricing.*",
+                  why="API Gateway has no prices: pricing lives in the plan, and apimon's invoices apply it"),
+        NotStored("subscriber", "metadata.*", keeps=("metadata.customer_id",),
+                  why="an API key keeps one customer id (customerId); other metadata stays in the plan for exports"),
+    ),
+    replacements=(
+        Replacement("subscriber", "key", "AWS cannot change an imported key value", create_before_delete=True),
+    ),
+)
+
+
+def plan_checks(parts, r) -> None:
+    """AWS-specific rules on the plan (offline)."""
+    for pid, product in parts.products.items():
+        for i, api in enumerate(product.apis):
+            if api.count("/") != 1 or api.startswith("/") or api.endswith("/"):
+                r.error(("products", pid, "apis", i),
+                        f'AWS APIs are written "rest-api-name-or-id/stage", e.g. "petstore/prod"; got {api!r}')
+    for sid, sub in parts.subscribers.items():
+        if sub.key_value is not None and not 20 <= len(sub.key_value) <= 128:
+            r.error(("subscribers", sid, "key", "from_env"),
+                    f"aws: API key values must be 20 to 128 characters; the value has {len(sub.key_value)}")
+
+
+def target_id(settings: dict, base_dir: str) -> str:
+    """The ledger's name for the account, known without a network call (so `apimon invoice` works
+    offline): the endpoint override (target.aws.endpoint_url, else what boto3 is configured with), else the
+    credentials profile, plus the region."""
+    from .client import configured_endpoint
+
+    region = settings.get("region")
+    profile = settings.get("profile") or None
+    endpoint = settings.get("endpoint_url") or configured_endpoint(region, profile)
+    if endpoint:
+        return f"{endpoint.rstrip('/')}/{region}"
+    return f"profile:{profile or 'default'}/{region}"
+
+
+SPEC = ProviderSpec(
+    name="aws",
+    summary="AWS API Gateway (REST APIs): usage plans and API keys",
+    provider="apimon_cli.providers.aws.provider:AwsProvider",
+    settings="apimon_cli.providers.aws.settings:AwsTarget",
+    target_id=target_id,
+    capabilities=CAPABILITIES,
+    plan_checks=plan_checks,
+    import_options=(
+        ImportOption("--region", "region", "region", required=True),
+        ImportOption("--profile", "profile", "credentials profile"),
+        ImportOption("--endpoint-url", "endpoint_url", "endpoint override"),
+    ),
+)

@@ -1,0 +1,55 @@
+"""Azure's registry entry: what API Management keeps, its plan checks and import options."""
+
+from __future__ import annotations
+
+from ..registry import Capabilities, ImportOption, NotStored, ProviderSpec
+
+CAPABILITIES = Capabilities(
+    not_stored=(
+        NotStored("product", "max_concurrent",
+                  warning="the gateway has no bound on a subscriber's requests in flight; max_concurrent is enforced "
+                          "only by `apimon gateway serve` (local target)"),
+        NotStored("product", "pricing.*",
+                  why="API Management has no prices: pricing lives in the plan, and apimon's invoices apply it"),
+        NotStored("product", "rate_limit.burst",
+                  warning="API Management's rate-limit policy has no burst; only rate is enforced (set burst equal "
+                          "to rate to silence this)",
+                  warn_when=lambda p: p.rate_limit is not None and p.rate_limit.burst != p.rate_limit.rate),
+        NotStored("subscriber", "email", once=True,
+                  warning="API Management subscriptions have no email; it is not written to Azure (apimon's "
+                          "invoices and exports still use it)"),
+        NotStored("subscriber", "metadata.*", once=True,
+                  warning="API Management subscriptions have no metadata; it is not written to Azure (apimon's "
+                          "invoices and exports still use it)"),
+    ),
+)
+
+
+def plan_checks(parts, r) -> None:
+    for pid, product in parts.products.items():
+        if product.quota and product.quota.period == "month":
+            r.warn(("products", pid, "quota", "period"),
+                   "azure: API Management quotas renew after a fixed number of seconds, not on calendar months; "
+                   "month is written as 2592000 s (30 days)")
+
+
+def target_id(settings: dict, base_dir: str) -> str:
+    return f"azure:{settings.get('subscription_id')}/{settings.get('resource_group')}/{settings.get('service')}"
+
+
+SPEC = ProviderSpec(
+    name="azure",
+    summary="Azure API Management: products, policies and subscriptions",
+    provider="apimon_cli.providers.azure.provider:AzureProvider",
+    settings="apimon_cli.providers.azure.settings:AzureTarget",
+    target_id=target_id,
+    capabilities=CAPABILITIES,
+    plan_checks=plan_checks,
+    import_options=(
+        ImportOption("--subscription-id", "subscription_id", "subscription id", required=True),
+        ImportOption("--resource-group", "resource_group", "resource group", required=True),
+        ImportOption("--service", "service", "API Management service name", required=True),
+        ImportOption("--cloud", "cloud", "public | china | usgovernment", default="public"),
+        ImportOption("--endpoint", "endpoint", "API base URL override"),
+    ),
+)

@@ -1,0 +1,21 @@
+"""The local target's registry entry: everything it stores, its state directory as its ledger target."""
+
+from __future__ import annotations
+
+from ..registry import ImportOption, ProviderSpec
+
+
+def _target_id(settings: dict, base_dir: str) -> str:
+    from .state import state_dir_from
+
+    return str(state_dir_from(settings, base_dir).resolve())
+
+
+SPEC = ProviderSpec(
+    name="local",
+    summary="a local gateway state in SQLite, served by `apimon gateway serve`",
+    provider="apimon_cli.providers.local.provider:LocalProvider",
+    settings="apimon_cli.providers.local.settings:LocalTarget",
+    target_id=_target_id,
+    import_options=(ImportOption("--state-dir", "state_dir", "state directory", default=".apimon"),),
+)

@@ -1,0 +1,70 @@
+"""The local target's state: a SQLite database under ``target.local.state_dir``, shared by the local provider
+(plan/apply, keys, usage pull) and the local gateway (``apimon gateway serve``, which reads products and keys
+and writes usage and quota counters). Readable by its owner only."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from ...model import DesiredState
+from ..base import ProviderError
+
+OWNER = "apimon"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS products (
+    id TEXT PRIMARY KEY, owner TEXT, spec TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS subscribers (
+    id TEXT PRIMARY KEY, owner TEXT, product TEXT NOT NULL, email TEXT, enabled INTEGER NOT NULL,
+    api_key TEXT NOT NULL UNIQUE, metadata TEXT NOT NULL DEFAULT '{}', updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS usage (
+    subscriber TEXT NOT NULL, product TEXT NOT NULL, day TEXT NOT NULL, metric TEXT NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (subscriber, product, day, metric));
+CREATE TABLE IF NOT EXISTS quota_counters (
+    subscriber TEXT NOT NULL, window TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (subscriber, window));
+"""
+
+
+def state_dir_from(settings: dict, base_dir: str) -> Path:
+    raw = settings.get("state_dir") or ".apimon"
+    path = Path(os.path.expanduser(raw))
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+def state_dir_of(desired: DesiredState) -> Path:
+    return state_dir_from(desired.target.settings, desired.target.base_dir)
+
+
+def connect_state(state_dir: Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open (and create) the local gateway state; readable by its owner only."""
+    db = state_dir / "state.db"
+    if not create and not db.exists():
+        raise ProviderError(f"no local gateway state at {db}; run `apimon apply` first")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not db.exists():
+            old = os.umask(0o077)
+            try:
+                db.touch(mode=0o600)
+            finally:
+                os.umask(old)
+        conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('revision', '0')")
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise ProviderError(f"{db} was written by a newer apimon (schema {row[0]}); upgrade apimon")
+        return conn
+    except sqlite3.DatabaseError as exc:
+        raise ProviderError(f"cannot open local gateway state {db}: {exc}") from None
+    except OSError as exc:
+        raise ProviderError(f"cannot create local gateway state in {state_dir}: {exc.strerror}") from None

@@ -1,0 +1,152 @@
+"""The provider registry: every gateway apimon can target, each declared by its own package.
+
+A provider is one package, ``providers/<name>/``, whose ``spec.py`` defines ``SPEC = ProviderSpec(...)``:
+its settings model (the pydantic block the plan schema embeds as ``target.<name>``), its capabilities
+(what it stores, what a change replaces), its plan checks, its ``apimon import`` options and its ledger
+target id. The plan schema, the plan checks and the CLI read these and name no provider.
+
+``spec.py`` is imported for `apimon --help` and `apimon validate`, so it imports nothing heavy: the settings
+model and the provider class are named as ``"module:attribute"`` and imported when needed, and the SDK is
+imported by the provider's own modules only when the provider is instantiated.
+
+Adding a provider: its package, then its name in ``PACKAGES`` below (the order is the order of the docs and
+messages: "aws | azure | apigee | local").
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from ..reconcile.diff import Replacement
+from ..reconcile.kinds import kind
+
+if TYPE_CHECKING:
+    from ..model import DesiredState
+    from .base import Provider
+
+PACKAGES = ("aws", "azure", "apigee", "local")
+
+
+@dataclass(frozen=True)
+class NotStored:
+    """A field the gateway does not keep: never compared, and (with ``warning``) a validation warning where a
+    plan sets it. One declaration serves both, so they cannot disagree."""
+
+    kind: str  # "product" | "subscriber"
+    field: str  # a flattened field ("email", "rate_limit.burst") or a prefix ("pricing.*", "metadata.*")
+    warning: str | None = None  # the validation warning (without "<provider>: "); None: not worth one
+    why: str = ""  # without a warning: why none is needed (for the docs)
+    keeps: tuple[str, ...] = ()  # fields under the prefix that ARE stored ("metadata.customer_id")
+    warn_when: Callable[[Any], bool] | None = None  # default: the resource sets the field
+    once: bool = False  # warn at the first resource that sets it, counting the others
+
+    def covers(self, name: str) -> bool:
+        if name in self.keeps:
+            return False
+        if self.field.endswith(".*"):
+            return name.startswith(self.field[:-1])
+        return name == self.field
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        """Where the warning points, relative to the resource."""
+        return tuple(self.field.removesuffix(".*").split("."))
+
+    def is_set_on(self, resource: Any) -> bool:
+        if self.warn_when is not None:
+            return bool(self.warn_when(resource))
+        return any(self.covers(name) and value not in (None, "", ())
+                   for name, value in kind(self.kind).fields(resource).items())
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    not_stored: tuple[NotStored, ...] = ()
+    replacements: tuple[Replacement, ...] = ()
+
+    def stores(self, kind: str, name: str) -> bool:
+        return not any(n.kind == kind and n.covers(name) for n in self.not_stored)
+
+    def replacement(self, kind: str, fields: Iterable[str]) -> Replacement | None:
+        names = set(fields)
+        return next((r for r in self.replacements if r.kind == kind and r.field in names), None)
+
+
+@dataclass(frozen=True)
+class ImportOption:
+    """An `apimon import` option of this provider; providers may share a flag (``--endpoint``)."""
+
+    flag: str  # "--region"
+    setting: str  # the settings key it fills: "region"
+    help: str
+    required: bool = False
+    multiple: bool = False  # repeatable; the setting is a list
+    default: Any = None  # the setting when the option is not given (None: left out)
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str  # "aws": target.provider, the settings block target.aws, the ledger's provider column
+    summary: str  # one line for help texts
+    provider: str  # "module:Class" of the Provider subclass, imported when a command needs the gateway
+    settings: str  # "module:Model" of the pydantic settings block, imported by the plan schema
+    target_id: Callable[[dict, str], str]  # (settings, plan directory) -> the ledger's target id, offline
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    plan_checks: Callable[[Any, Any], None] | None = None  # (planfile.checks.PlanParts, reporter): offline
+    import_options: tuple[ImportOption, ...] = ()
+
+    def provider_class(self) -> type[Provider]:
+        return _load(self.provider)
+
+    def settings_model(self) -> type:
+        return _load(self.settings)
+
+    def required_settings(self) -> list[str]:
+        return [n for n, f in self.settings_model().model_fields.items() if f.is_required()]
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@cache
+def specs() -> dict[str, ProviderSpec]:
+    """Every provider's spec, by name, in ``PACKAGES`` order."""
+    out = {}
+    for package in PACKAGES:
+        s = importlib.import_module(f"{__package__}.{package}.spec").SPEC
+        out[s.name] = s
+    return out
+
+
+def names() -> list[str]:
+    return list(specs())
+
+
+def spec(name: str) -> ProviderSpec:
+    try:
+        return specs()[name]
+    except KeyError:
+        from .base import ProviderError
+
+        raise ProviderError(f"unknown provider {name!r}; known: {', '.join(names())}") from None
+
+
+def get_provider(desired: DesiredState) -> Provider:
+    """The provider of the plan's target, instantiated (this imports its SDK)."""
+    from .base import ProviderError
+
+    name = desired.target.provider
+    try:
+        cls = spec(name).provider_class()
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("apimon_cli"):
+            raise ProviderError(f"provider {name} is not available in this version of apimon") from None
+        raise ProviderError(f"provider {name} needs the Python package {exc.name!r}; "
+                            f"reinstall apimon with its dependencies") from None
+    return cls(desired)
