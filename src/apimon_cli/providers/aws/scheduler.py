@@ -28,6 +28,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from ...reconcile.solver import Cancelled  # raised to calls still waiting for a token when the apply stops
+
 QUOTA_SCALE_ENV = "APIMON_AWS_QUOTA_SCALE"
 
 GLOBAL = "*"
@@ -46,10 +48,6 @@ GLOBAL_BURST_RESERVE = 3
 
 class QuotaScaleError(ValueError):
     pass
-
-
-class Cancelled(Exception):
-    """The run is stopping: calls still waiting for a token are not sent."""
 
 
 def quota_scale(environ: dict[str, str] | None = None) -> float:
@@ -109,7 +107,10 @@ class TokenBucket:
 
 
 class Quotas:
-    """The account-wide bucket and the per-operation buckets, shared by all threads of one apimon run."""
+    """The account-wide bucket and the per-operation buckets, shared by all threads of one apimon run.
+
+    The AWS provider's apply policy (``reconcile.solver.ApplyPolicy.pacing``): every call acquires its
+    tokens here; the solver cancels it when an apply stops."""
 
     def __init__(self, scale: float = 1.0):
         self.scale = scale
@@ -119,7 +120,6 @@ class Quotas:
         for op, (rate, size) in PER_OPERATION.items():
             capacity = max(1, math.floor(rate * scale * (1 - RATE_MARGIN)) - 1) if size > 1 else 1
             self._per_op[op] = TokenBucket(rate * scale * (1 - RATE_MARGIN), capacity, serial=size == 1)
-        self.waited = 0.0  # total seconds threads spent waiting for tokens (diagnostics)
         self.cancelled = False
 
     def _buckets(self, op: str) -> list[TokenBucket]:
@@ -128,7 +128,6 @@ class Quotas:
     def acquire(self, op: str) -> None:
         """Block until ``op`` may be sent under every quota it counts against; take the tokens."""
         buckets = self._buckets(op)
-        started = time.monotonic()
         with self._cond:
             while True:
                 if self.cancelled:
@@ -138,7 +137,6 @@ class Quotas:
                 if wait <= 0:
                     for b in buckets:
                         b.take(now)
-                    self.waited += now - started
                     return
                 self._cond.wait(timeout=None if math.isinf(wait) else wait)
 
