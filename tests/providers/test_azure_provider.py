@@ -23,8 +23,9 @@ from conftest import write_plan
 from fakes.azure_apim import AzureApimFake
 
 from apimon_cli.model import Billing, DesiredState, Target
-from apimon_cli.providers.azure import provider as azure_mod
-from apimon_cli.providers.azure.provider import AzureProvider, _PagedList, _Scheduler
+from apimon_cli.providers.azure import paging as azure_paging
+from apimon_cli.providers.azure.paging import PagedList, Scheduler
+from apimon_cli.providers.azure.provider import AzureProvider
 from apimon_cli.providers.base import ProviderError
 from apimon_cli.reconcile import compute_changes
 from apimon_cli.reconcile.engine import apply_changes, make_plan
@@ -277,7 +278,7 @@ def test_change_between_plan_and_apply_stops_with_clear_message(plan, fake):
     converged(plan)
     write_plan(plan, plan.read_text().replace("display_name: Pro", "display_name: Pro plan"))
     run = make_plan([str(plan)])
-    etag = run.live.handles[("product", "pro")]["etag"]
+    etag = run.live.handles[("product", "pro")].etag
     assert etag == fake.products["pro"]["etag"]  # read at plan time, for what the plan changes
     c = fake.client()
     c.product.update(RG, SVC, "pro", if_match="*", parameters=ProductUpdateParameters(description="edited by ops"))
@@ -304,7 +305,7 @@ def test_etags_are_read_lazily_when_apply_runs_without_a_plan(plan, fake):
     run = make_plan([str(plan)])
     provider = run.provider
     live = provider.read_live_state()  # fresh state, never annotated: no ETags yet
-    assert "etag" not in live.handles[("product", "pro")]
+    assert not live.handles[("product", "pro")].etag_read
     c = fake.client()
     c.product.update(RG, SVC, "pro", if_match="*", parameters=ProductUpdateParameters(description="ops"))
     c.close()
@@ -337,7 +338,7 @@ def test_change_between_list_and_etag_read_is_caught(plan, fake):
     c.subscription.update(RG, SVC, "apimon-bob", if_match="*",
                           parameters=SubscriptionUpdateParameters(state="active"))
     c.close()
-    provider._fetch_etag("subscriber", "bob", run.live)
+    provider.fetch_etag("subscriber", "bob", run.live)
     report = apply_changes(provider, run.changes.changes, run.live)
     provider.close()
     assert not report.outcomes[0].ok and "changed on the gateway since the plan read it" in report.outcomes[0].message
@@ -470,7 +471,7 @@ def test_wrong_token_is_a_clear_error(fake, tmp_path, monkeypatch):
 
 
 def test_paging_many_pages_at_any_concurrency(plan, fake, monkeypatch):
-    monkeypatch.setattr(azure_mod, "PAGE_SIZE", 4)
+    monkeypatch.setattr(azure_paging, "PAGE_SIZE", 4)
     for i in range(6):
         fake.add_api(f"api{i}")
     products = "".join(f"  p{i:02d}: {{display_name: P{i}, apis: [petstore, api0, api1, api2, api3, api4, api5]}}\n"
@@ -527,9 +528,9 @@ def test_paged_list_follows_next_links_when_the_service_pages_smaller():
 
     for ahead in (1, 4):
         with ThreadPoolExecutor(ahead) as pool:
-            sched = _Scheduler(pool)
+            sched = Scheduler(pool)
             got = []
-            _PagedList(sched, Pager, ahead, got.extend).start()
+            PagedList(sched, Pager, ahead, got.extend).start()
             sched.run()
         assert got == data
 
