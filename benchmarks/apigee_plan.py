@@ -31,7 +31,7 @@ from fakes.apigee import ApigeeFake  # noqa: E402
 from test_apigee_support import OrgAppsFake  # noqa: E402
 
 from apimon_cli.model import Pricing, Product  # noqa: E402
-from apimon_cli.providers.apigee.provider import rate_plan_body  # noqa: E402
+from apimon_cli.providers.apigee.rateplans import rate_plan_body  # noqa: E402
 
 ORG = "acme"
 MANAGED = [{"name": "apimon-managed", "value": "true"}]

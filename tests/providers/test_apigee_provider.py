@@ -22,13 +22,8 @@ from test_apigee_support import (
 from apimon_cli.model import Pricing, Product, Tier
 from apimon_cli.planfile.loader import load_or_raise
 from apimon_cli.providers import get_provider
-from apimon_cli.providers.apigee.provider import (
-    ApigeeError,
-    money_from_api,
-    money_to_api,
-    pricing_from_rate_plan,
-    rate_plan_body,
-)
+from apimon_cli.providers.apigee.client import ApigeeError
+from apimon_cli.providers.apigee.rateplans import money_from_api, money_to_api, pricing_from_rate_plan, rate_plan_body
 from apimon_cli.providers.base import PlanCheckError
 from apimon_cli.reconcile.engine import apply_changes, plan_changes
 
