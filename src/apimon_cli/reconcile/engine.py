@@ -81,9 +81,6 @@ def plan_changes(provider: Provider, desired: DesiredState, live: LiveState, *, 
     """The one place a change set is made: the diff under the provider's rules, the provider's own field
     changes merged in, its plan-time checks (``PlanCheckError``), then the validation warnings and the
     provider's warnings, notes and conflicts (one form: ``warning: <provider>: ...``)."""
-    legacy_check = getattr(provider, "check", None)  # TEMPORARY: providers not moved to the hooks yet
-    if legacy_check is not None and (problems := legacy_check(desired, live)):
-        raise PlanCheckError(problems)
     changes = compute_changes(desired, live, rules=provider, adopt=adopt)
     merge_changes(changes, provider.extra_changes(desired, live))
     problems = provider.preflight(desired, live, changes)
@@ -94,8 +91,6 @@ def plan_changes(provider: Provider, desired: DesiredState, live: LiveState, *, 
     changes.warnings.extend(f"warning: {provider.name}: {w}" for w in remarks.warnings)
     changes.notes.extend(remarks.notes)
     changes.conflicts.extend(remarks.conflicts)
-    if hasattr(provider, "annotate"):  # TEMPORARY: providers not moved to the hooks yet
-        provider.annotate(changes)
     return changes
 
 
@@ -119,14 +114,6 @@ def apply_changes(provider: Provider, changes: list[Change], live: LiveState, *,
         if progress is not None:
             progress(outcome)
 
-    if hasattr(provider, "apply"):  # TEMPORARY: providers not moved to the solver yet
-        def legacy(outcome: ChangeOutcome) -> None:
-            if on_applied is not None:
-                on_applied(outcome.change, outcome)
-            if progress is not None:
-                progress(outcome)
-
-        return provider.apply(changes, live, legacy)
     refused = provider.refusals(changes, live)
     if refused:  # the provider vetoes the apply as a whole: nothing is changed
         first = refused[0][0]
@@ -157,8 +144,6 @@ def _attempt(provider: Provider, change: Change, live: LiveState) -> ChangeOutco
 def perform(provider: Provider, change: Change, live: LiveState) -> str:
     """Run the provider's action for one change."""
     action = getattr(provider, f"{change.action}_{change.kind}", None)
-    if action is None and hasattr(provider, "apply_change"):  # TEMPORARY: providers not moved yet
-        action = provider.apply_change
     if action is not None:
         return action(change, live)
     if change.action == "replace":
