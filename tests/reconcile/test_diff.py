@@ -1,5 +1,6 @@
 """The diff engine: desired vs live -> ordered, field-level changes."""
 
+from dataclasses import replace
 from decimal import Decimal
 
 from apimon_cli.model import (
@@ -16,6 +17,8 @@ from apimon_cli.model import (
     Unmanaged,
 )
 from apimon_cli.reconcile import SENSITIVE, compute_changes, key_fingerprint, live_fingerprint
+from apimon_cli.reconcile.changes import Change, FieldChange, changeset_to_json
+from apimon_cli.reconcile.diff import EveryField, Replacement, merge_changes
 
 
 def product(pid="pro", **kw):
@@ -130,3 +133,94 @@ def test_unmanaged_resource_that_matches_the_plan_is_no_change_but_noted():
     adopting = compute_changes(desired([product("pro")], [Subscriber("acme", "pro")]), live, adopt=True)
     assert [(c.id, [f.field for f in c.fields]) for c in adopting.changes] == [("pro", ["managed"]),
                                                                                ("acme", ["managed"])]
+
+
+# ---------------------------------------------------------------- fields compared by meaning
+
+
+def test_text_is_compared_exactly_even_when_it_holds_numbers():
+    # a description changed from "Plan v1.10" to "Plan v1.1" is a real change (it used to be rewritten away)
+    have = product(description="Plan v1.10")
+    want = product(description="Plan v1.1")
+    (change,) = compute_changes(desired([want]), LiveState(products={"pro": have})).changes
+    assert [(f.field, f.before, f.after) for f in change.fields] == [("description", "Plan v1.10", "Plan v1.1")]
+    assert compute_changes(desired([product(display_name="Tier 2.50")]),
+                           LiveState(products={"pro": product(display_name="Tier 2.5")})).changes
+
+
+def test_money_is_compared_as_decimal_in_every_field_and_tier():
+    have = product(pricing=Pricing(model="graduated", fee=Decimal("29"), tiers=(
+        Tier(1000, Decimal("0.10"), Decimal("5")), Tier(None, Decimal("0.05")))))
+    want = product(pricing=Pricing(model="graduated", fee=Decimal("29.000"), tiers=(
+        Tier(1000, Decimal("0.1"), Decimal("5.00")), Tier(None, Decimal("0.050")))))
+    assert compute_changes(desired([want]), LiveState(products={"pro": have})).empty
+    cheaper = product(pricing=Pricing(model="graduated", fee=Decimal("29"), tiers=(
+        Tier(1000, Decimal("0.09"), Decimal("5")), Tier(None, Decimal("0.05")))))
+    (change,) = compute_changes(desired([cheaper]), LiveState(products={"pro": have})).changes
+    assert [f.field for f in change.fields] == ["pricing.tiers"]
+    assert "unit_price=0.10" in change.fields[0].before and "unit_price=0.09" in change.fields[0].after
+
+
+def test_emails_are_compared_case_folded_and_shown_as_written():
+    live = LiveState(products={"pro": product()},
+                     subscribers={"acme": Subscriber("acme", "pro", "billing@acme.example")})
+    assert compute_changes(desired([product()], [Subscriber("acme", "pro", "Billing@ACME.example")]), live).empty
+    (change,) = compute_changes(desired([product()], [Subscriber("acme", "pro", "AP@acme.example")]), live).changes
+    assert [(f.field, f.before, f.after) for f in change.fields] == [("email", "billing@acme.example",
+                                                                    "AP@acme.example")]
+
+
+# ---------------------------------------------------------------- provider rules: canonical, replacement
+
+
+class KeysCannotChange(EveryField):
+    """A gateway that cannot change a key value in place and spells API names in upper case."""
+
+    def canonical(self, kind, resource):
+        if kind == "product":
+            return replace(resource, apis=tuple(a.upper() for a in resource.apis))
+        return resource
+
+    def replacement(self, kind, fields):
+        if kind == "subscriber" and "key" in fields:
+            return Replacement("subscriber", "key", "the gateway cannot change a key value")
+        return None
+
+
+def test_a_change_the_gateway_cannot_make_in_place_is_a_replacement():
+    secret = "k" * 40
+    live = LiveState(products={"pro": product()}, subscribers={"acme": Subscriber("acme", "pro")},
+                     key_fingerprints={"acme": key_fingerprint("old-value-0000000000")})
+    d = desired([product()], [Subscriber("acme", "pro", key_value=secret)])
+    (change,) = compute_changes(d, live, rules=KeysCannotChange()).changes
+    assert change.action == "replace" and change.reason == "the gateway cannot change a key value"
+    assert change.create_before_delete
+    cs = compute_changes(d, live, rules=KeysCannotChange())
+    assert cs.summary == {"creating": 0, "updating": 0, "deleting": 0, "replacing": 1, "total": 1}
+    doc = changeset_to_json(cs)
+    assert [c["id"] for c in doc["changes"]["replacing"]] == ["acme"]
+    assert doc["changes"]["replacing"][0]["reason"] == "the gateway cannot change a key value"
+    # other changes stay updates
+    d = desired([product()], [Subscriber("acme", "pro", enabled=False)])
+    assert [c.action for c in compute_changes(d, live, rules=KeysCannotChange()).changes] == ["update"]
+
+
+def test_values_are_compared_in_the_gateways_form_and_shown_in_their_own():
+    live = LiveState(products={"pro": product(apis=("PETSTORE",))})
+    assert compute_changes(desired([product(apis=("petstore",))]), live, rules=KeysCannotChange()).empty
+    (change,) = compute_changes(desired([product(apis=("orders",))]), live, rules=KeysCannotChange()).changes
+    assert [(f.field, f.before, f.after) for f in change.fields] == [("apis", "PETSTORE", "orders")]
+
+
+def test_provider_field_changes_join_the_diffs_change_or_come_after_their_rank():
+    live = LiveState(products={"a": product("a"), "b": product("b")}, subscribers={"s": Subscriber("s", "a")})
+    d = desired([product("a", description="new"), product("b"), product("c")], [Subscriber("s", "a", enabled=False)])
+    cs = compute_changes(d, live)
+    merge_changes(cs, [Change("update", "product", "a", (FieldChange("x.env", "1", "2"),), d.products["a"]),
+                       Change("update", "product", "b", (FieldChange("x.env", "1", "2"),), d.products["b"])])
+    assert [(c.action, c.id, [f.field for f in c.fields]) for c in cs.changes] == [
+        ("create", "c", ["apis", "description", "display_name", "pricing.model", "pricing.unit_price", "quota.limit",
+                         "quota.period", "rate_limit.burst", "rate_limit.rate"]),
+        ("update", "a", ["description", "x.env"]),
+        ("update", "b", ["x.env"]),
+        ("update", "s", ["enabled"])]

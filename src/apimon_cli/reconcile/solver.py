@@ -19,7 +19,6 @@ import heapq
 import queue
 from collections import Counter
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from graphlib import TopologicalSorter
 from typing import Protocol
@@ -80,6 +79,11 @@ def dependencies(changes: list[Change]) -> dict[int, set[int]]:
 Outcome = object  # whatever ``execute`` returns for a change that was attempted
 
 
+@dataclass(frozen=True)
+class _Raised:
+    exc: BaseException
+
+
 def run(changes: list[Change], execute: Callable[[Change], Outcome], failed: Callable[[Outcome], bool],
         policy: ApplyPolicy, on_outcome: Callable[[Outcome], None]) -> set[int]:
     """Run ``execute`` on every change in dependency order under ``policy``; ``on_outcome`` sees each outcome
@@ -98,6 +102,8 @@ def run(changes: list[Change], execute: Callable[[Change], Outcome], failed: Cal
     stopped = False
     in_flight = 0
     workers = max(1, policy.workers)
+    from concurrent.futures import ThreadPoolExecutor  # only for applies (not on `apimon --help`)
+
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apimon-apply") if workers > 1 else None
 
     def attempt(i: int) -> None:
@@ -105,6 +111,8 @@ def run(changes: list[Change], execute: Callable[[Change], Outcome], failed: Cal
             results.put((i, execute(changes[i])))
         except Cancelled:
             results.put((i, None))
+        except BaseException as exc:  # raised again on the solver's thread, whichever thread ran it
+            results.put((i, _Raised(exc)))
 
     def startable(i: int) -> bool:
         limit = policy.per_kind.get(changes[i].kind)
@@ -137,6 +145,8 @@ def run(changes: list[Change], execute: Callable[[Change], Outcome], failed: Cal
             i, outcome = results.get()
             in_flight -= 1
             running[changes[i].kind] -= 1
+            if isinstance(outcome, _Raised):
+                raise outcome.exc
             if outcome is None:  # cancelled before it started
                 attempted.discard(i)
                 stopped = True
