@@ -304,6 +304,18 @@ def test_import_then_plan_shows_no_changes_and_adopt_takes_ownership(plan, tmp_p
     assert run_cli("plan", str(imported), "--detailed-exitcode").code == 0
 
 
+def test_import_out_writes_the_file_only_and_stdout_without_out(plan, tmp_path):
+    # defect 1: `--out FILE` also printed the whole plan to stdout (a for/else whose else ran after the loop)
+    run_cli("apply", str(plan), "--auto-approve", env=ENV)
+    out = tmp_path / "out.yaml"
+    r = run_cli("import", "--provider", "local", "--state-dir", str(tmp_path / "state"), "--out", str(out))
+    assert r.code == 0, r.output
+    assert r.stdout == "" and "Wrote 2 products and 3 subscribers" in r.stderr
+    assert "apimon: 1" in out.read_text()
+    r = run_cli("import", "--provider", "local", "--state-dir", str(tmp_path / "state"))
+    assert r.code == 0 and r.stdout == out.read_text()
+
+
 def test_usage_errors_exit_1_never_2(plan):
     # exit code 2 means "changes present" for plan --detailed-exitcode: a typo must not look like that
     r = run_cli("plan", "--detailed-exitcode")

@@ -247,6 +247,8 @@ def test_unknown_environment_is_a_plan_error_and_unknown_proxy_a_warning(fake, t
     path = write(tmp_path, fake, "  x: {display_name: X, apis: [nope]}\n", "{}")
     run = replan(path)
     assert any("no API proxy named nope" in w for w in run.changes.warnings)
+    # one form for every provider's plan-time warnings (defect 4): `warning: <provider>: ...`
+    assert "warning: apigee: products.x.apis: no API proxy named nope in organization" in run.changes.warnings[-1]
 
 
 def test_adopt_product(fake, tmp_path):
@@ -647,3 +649,21 @@ def test_usage_success_is_total_minus_proxy_errors(tmp_path):
         rows = {(r.metric, r.count) for r in provider.pull_usage(d, d) if r.subscriber == "acme"}
         provider.close()
     assert rows == {("total", 100), ("success", 88)} and provider.usage_warnings == []
+
+
+def test_every_call_has_connect_and_read_timeouts(fake, tmp_path):
+    from apimon_cli.providers.transport import TIMEOUTS
+
+    path = write(tmp_path, fake)
+    provider, desired = provider_for(path)
+    seen = []
+    real = provider.api.session.request
+
+    def request(*args, **kwargs):
+        seen.append(kwargs.get("timeout"))
+        return real(*args, **kwargs)
+
+    provider.api.session.request = request
+    plan_with(provider, desired)
+    provider.close()
+    assert seen and set(seen) == {(TIMEOUTS.connect, TIMEOUTS.read)}

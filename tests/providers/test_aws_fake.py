@@ -7,6 +7,7 @@ that resumes, quota enforcement, and usage pulls across pages and 90-day windows
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import date, timedelta
 
@@ -343,3 +344,29 @@ def test_plan_reads_only_pages_and_reveal_key(fake, tmp_path, engine):
              or r.path.endswith("/keys")]
     assert len(lists) == 5 and all(r.query.get("limit") == "500" for r in lists)
     assert next(r for r in fake.requests if r.path == "/apikeys").query.get("includeValues") == "true"
+
+
+def test_a_new_key_value_is_a_replacement_plan_shows_and_apply_makes_before_deleting(fake, tmp_path):
+    plan = write_plan(tmp_path / "plan.yaml", PLAN)
+    rotated = "rotated-key-value-9876543210fedcba"
+    assert run_cli("apply", str(plan), "--auto-approve", env=env_for(fake)).code == 0
+    env = env_for(fake, IMPORTED_KEY=rotated)
+    r = run_cli("plan", str(plan), "--detailed-exitcode", env=env)
+    assert r.code == 2, r.output
+    assert "-/+ subscriber imported will be replaced" in r.stdout
+    assert "# AWS cannot change an imported key value; the new one is made before the old one is removed" in r.stdout
+    assert '~ key: (sensitive) -> (sensitive)' in r.stdout
+    assert "Plan: 1 to add, 0 to change, 1 to destroy." in r.stdout  # Terraform counts a replacement twice
+    doc = json.loads(run_cli("plan", str(plan), "--json", env=env).stdout)
+    assert doc["summary"] == {"creating": 0, "updating": 0, "deleting": 0, "replacing": 1, "total": 1}
+    [replacing] = doc["changes"]["replacing"]
+    assert replacing["id"] == "imported" and replacing["reason"] == "AWS cannot change an imported key value"
+    assert replacing["create_before_delete"] is True
+    fake.reset_counts()
+    r = run_cli("apply", str(plan), "--auto-approve", env=env)
+    assert r.code == 0 and "subscriber imported: key replaced (new value imported)" in r.stdout, r.output
+    creates = [i for i, req in enumerate(fake.requests) if req.method == "POST" and req.path == "/apikeys"]
+    deletes = [i for i, req in enumerate(fake.requests) if req.method == "DELETE" and req.path.startswith("/apikeys/")]
+    assert len(creates) == len(deletes) == 1 and creates[0] < deletes[0]
+    assert rotated in key_values(fake) and IMPORTED not in key_values(fake) and rotated not in r.output
+    assert "No changes." in run_cli("plan", str(plan), env=env).stdout

@@ -676,3 +676,27 @@ def test_service_without_products_by_tags_is_read_from_the_product_list(plan, fa
     assert {u.name for u in run.changes.unmanaged if u.kind == "product"} == {"legacy"}
     paths = [p for _, p, _ in fake.requests]
     assert any(p.endswith("/products") for p in paths) and any(p.endswith("/tags") for p in paths)
+
+
+def test_make_plan_closes_the_provider_when_reading_fails(plan, fake):
+    # defect 3: a read that raised left the provider open (its reader threads and HTTP session)
+    fake.inject(method="GET", path_regex=r"/subscriptions$", status=403, code="AuthorizationFailed", times=None)
+    with pytest.raises(ProviderError, match="HTTP 403"):
+        make_plan([str(plan)])
+    fake.clear_faults()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("apimon-azure")]
+
+
+def test_plan_warnings_name_the_provider_in_one_form(plan, fake):
+    # defect 4: Apigee prefixed "warning: ", Azure did not; every provider warning is `warning: <provider>: ...`
+    converged(plan)
+    c = fake.client()
+    pro_policy = fake.policies["pro"]["value"].replace(
+        "<base />\r\n\t\t<rate-limit", "<base />\r\n\t\t<ip-filter action=\"forbid\" />\r\n\t\t<rate-limit")
+    c.product_policy.create_or_update(RG, SVC, "pro", "policy", PolicyContract(value=pro_policy))
+    c.close()
+    write_plan(plan, plan.read_text().replace("rate: 50, burst: 50", "rate: 70, burst: 70"))
+    run = planned(plan)
+    run.provider.close()
+    provider_warnings = [w for w in run.changes.warnings if ": warning: " not in w]  # not the plan file's
+    assert provider_warnings and all(w.startswith("warning: azure: product pro: ") for w in provider_warnings)
