@@ -1,4 +1,4 @@
-"""Hand-computed charges for every pricing model of shared/design/pricing.md."""
+"""Hand-computed charges for every pricing model of the README (Stripe Billing's semantics)."""
 
 from decimal import Decimal as D
 
@@ -119,7 +119,7 @@ def test_package_after_included():
 
 # --- graduated -------------------------------------------------------------------------------------------
 
-PRO = Pricing(  # the "pro" product of shared/design/plan-format.md
+PRO = Pricing(  # the "pro" product of the README's plan-file example
     model="graduated",
     fee=D("199.00"),
     tiers=(

@@ -1,6 +1,6 @@
 """Invoices for one billing window: one per subscriber in the plan, priced by ``billing.pricing``.
 
-Rules this module settles (shared/design/pricing.md leaves them open):
+Rules this module settles (where Stripe's and Lago's published semantics leave them open):
 
 - **Who is invoiced.** Every subscriber in the plan, sorted by id, even with zero usage (the recurring fee,
   the first tier's flat fee or a minimum commitment may still be due). Usage recorded for a subscriber that

@@ -1,4 +1,4 @@
-"""Charge lines for one product's pricing and one period's billable quantity (shared/design/pricing.md).
+"""Charge lines for one product's pricing and one period's billable quantity (Stripe Billing's semantics).
 
 Pure functions, ``Decimal`` end to end. Every line amount is computed exactly (a private context with
 100 digits of precision that traps any inexact result) and then rounded once, ``ROUND_HALF_UP``, to the

@@ -270,7 +270,7 @@ def invoices_for(desired, window, book, provider: str, target: str):
     usage = book.totals(window.start, window.end, desired.billing.metric, provider, target)
     if desired.billing.metric == "total":
         # `total` is every call the gateway saw, but calls it blocked (throttled, over quota, bad key) are
-        # never billed (shared/design/pricing.md): bill total - blocked
+        # never billed (README, Usage, ledger and invoices): bill total - blocked
         blocked = book.totals(window.start, window.end, "blocked", provider, target)
         usage = {k: max(0, n - blocked.get(k, 0)) for k, n in usage.items()}
     # the setup fee only needs "was the first usage in this window?": no scan of all history
