@@ -23,11 +23,19 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = "plans/local.yaml"
 APIMON = [sys.executable, "-m", "apimon_cli.cli"]
-UPSTREAM_PORT = 9000  # plans/local.yaml: target.local.upstreams.petstore
+
+
+def upstream_port() -> int:
+    """The sample upstream's port: where the plan says petstore is (target.local.upstreams.petstore)."""
+    import yaml
+
+    url = yaml.safe_load((ROOT / PLAN).read_text())["target"]["local"]["upstreams"]["petstore"]
+    return urlsplit(url).port or 80
 
 started: list[subprocess.Popen] = []
 
@@ -50,7 +58,8 @@ def key_of(subscriber: str) -> str:
     return out.stdout.strip()
 
 
-def start(args: list[str], ready: re.Pattern | None = None, name: str = "") -> tuple[subprocess.Popen, str]:
+def start(args: list[str], ready: re.Pattern | None = None, name: str = "",
+          early: str = "") -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     started.append(proc)
     line = ""
@@ -59,25 +68,12 @@ def start(args: list[str], ready: re.Pattern | None = None, name: str = "") -> t
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line and proc.poll() is not None:
-                raise SystemExit(f"quickstart: {name} exited early (code {proc.returncode})")
+                raise SystemExit(f"quickstart: {name} exited early (code {proc.returncode}){early}")
             if ready.search(line):
                 break
         else:
             raise SystemExit(f"quickstart: {name} did not start within 20 s")
     return proc, line
-
-
-def wait_for_port(url: str, seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"quickstart: nothing answers on {url}; is port {UPSTREAM_PORT} taken by another program?")
 
 
 def call(url: str, key: str) -> str:
@@ -137,9 +133,12 @@ def main() -> None:
     today = datetime.now(UTC).date()
     period = today.strftime("%Y-%m")
 
-    step("start the sample upstream (examples/upstream.py on 127.0.0.1:9000)")
-    start([sys.executable, "examples/upstream.py", "--port", str(UPSTREAM_PORT)], name="upstream")
-    wait_for_port(f"http://127.0.0.1:{UPSTREAM_PORT}/pets")
+    port = upstream_port()
+    step(f"start the sample upstream (examples/upstream.py on 127.0.0.1:{port})")
+    # wait for this upstream's own "listening" line: whatever else answers on the port is not it (another
+    # program there, or another quick start, would answer first and then vanish mid-way)
+    start([sys.executable, "examples/upstream.py", "--port", str(port)], ready=re.compile(r"listening on http://"),
+          name="upstream", early=f"; is port {port} taken by another program?")
 
     step("validate, plan and apply plans/local.yaml to the local target")
     apimon("validate", PLAN)
