@@ -22,8 +22,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from ..model import DesiredState, LiveState, UsageRow
-from ..reconcile.changes import Change, ChangeSet
-from ..reconcile.diff import Replacement
+from ..reconcile.changes import Change, ChangeSet, Replacement
 from ..reconcile.solver import ApplyPolicy
 
 if TYPE_CHECKING:

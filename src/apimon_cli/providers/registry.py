@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from ..reconcile.diff import Replacement
-from ..reconcile.kinds import kind
+from ..reconcile.changes import Replacement
 
 if TYPE_CHECKING:
     from ..model import DesiredState
@@ -57,6 +56,8 @@ class NotStored:
         return tuple(self.field.removesuffix(".*").split("."))
 
     def is_set_on(self, resource: Any) -> bool:
+        from ..reconcile.kinds import kind
+
         if self.warn_when is not None:
             return bool(self.warn_when(resource))
         return any(self.covers(name) and value not in (None, "", ())

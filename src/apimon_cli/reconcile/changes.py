@@ -50,6 +50,17 @@ class Change:
         return any(f.field == name or f.field.startswith(name + ".") for f in self.fields)
 
 
+@dataclass(frozen=True)
+class Replacement:
+    """A field the gateway cannot change in place: changing it replaces the resource (a provider's
+    capability, ``providers.registry.Capabilities.replacements``)."""
+
+    kind: str
+    field: str
+    reason: str  # shown with the replacement: "AWS cannot change an imported key value"
+    create_before_delete: bool = True
+
+
 @dataclass
 class ChangeSet:
     changes: list[Change] = field(default_factory=list)  # in apply order (see reconcile.kinds.rank)

@@ -16,23 +16,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..model import DesiredState, LiveState, Unmanaged
-from .changes import SENSITIVE, Change, ChangeSet, FieldChange
+from .changes import SENSITIVE, Change, ChangeSet, FieldChange, Replacement
 from .fields import key_fingerprint, same, shown
 from .kinds import Kind, kinds, rank
-
-
-@dataclass(frozen=True)
-class Replacement:
-    """A field the gateway cannot change in place: changing it replaces the resource."""
-
-    kind: str
-    field: str
-    reason: str  # shown with the replacement: "AWS cannot change an imported key value"
-    create_before_delete: bool = True
 
 
 class Rules(Protocol):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...reconcile.diff import Replacement
+from ...reconcile.changes import Replacement
 from ..registry import Capabilities, ImportOption, NotStored, ProviderSpec
 
 CAPABILITIES = Capabilities(
