@@ -168,6 +168,10 @@ class LiveState:
     key_fingerprints: dict[str, str] = field(default_factory=dict)
     facts: Any = None
 
+    def handle(self, kind: str, rid: str) -> Any:
+        """The handle of a resource apimon owns, else of the unmanaged one of that name (adopting), or None."""
+        return self.handles.get((kind, rid)) or self.handles.get((f"unmanaged-{kind}", rid))
+
 
 @dataclass(frozen=True)
 class UsageRow:

@@ -104,7 +104,7 @@ class ApigeeSubscribers:
                                 "run `apimon plan` again") from None
 
     def _handle(self, live: LiveState, change: Change) -> AppHandle:
-        h = live.handles.get(("subscriber", change.id)) or live.handles.get(("unmanaged-subscriber", change.id))
+        h = live.handle("subscriber", change.id)
         if h is None:
             raise ProviderError(f"subscriber {change.id}: not found in what the plan read; run `apimon plan` again")
         return h

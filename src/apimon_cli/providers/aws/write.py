@@ -104,7 +104,7 @@ class AwsWriting:
 
     @staticmethod
     def _plan_handle(pid: str, live: LiveState) -> PlanHandle:
-        handle = live.handles.get(("product", pid)) or live.handles.get(("unmanaged-product", pid))
+        handle = live.handle("product", pid)
         if handle is None:
             raise ProviderError(f"usage plan {pid} is no longer on AWS; run `apimon plan` again")
         return handle
@@ -157,7 +157,7 @@ class AwsWriting:
         with self._lock:
             if product in self._created_plans:
                 return self._created_plans[product]
-        handle = live.handles.get(("product", product)) or live.handles.get(("unmanaged-product", product))
+        handle = live.handle("product", product)
         if handle is None:
             raise ProviderError(f"usage plan {product} does not exist on AWS")
         return handle.id
@@ -222,7 +222,7 @@ class AwsWriting:
 
     @staticmethod
     def _key_handle(change: Change, live: LiveState) -> KeyHandle:
-        handle = live.handles.get(("subscriber", change.id)) or live.handles.get(("unmanaged-subscriber", change.id))
+        handle = live.handle("subscriber", change.id)
         if handle is None:
             raise ProviderError(f"API key {change.id} is no longer on AWS; run `apimon plan` again")
         return handle
