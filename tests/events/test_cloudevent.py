@@ -63,6 +63,12 @@ def test_change_events_never_carry_a_key_and_mask_env_values():
                              provider="aws", target="t")
     assert [(e.type, e.data.get("reason")) for e in replaced] == [(T.SUBSCRIBER_UPDATED, None),
                                                                  (T.KEY_REVOKED, "replaced")]
+    # AWS plans a new key value as a replacement: the same events, with the action it was
+    swapped = change_events(Change("replace", "subscriber", "bob", (FieldChange("key", SENSITIVE, SENSITIVE),),
+                                   reason="AWS cannot change an imported key value"), provider="aws", target="t")
+    assert [(e.type, e.data.get("reason")) for e in swapped] == [(T.SUBSCRIBER_UPDATED, None),
+                                                                (T.KEY_REVOKED, "replaced")]
+    assert swapped[0].data["action"] == "replace"
     product = change_events(Change("delete", "product", "pro"), provider="aws", target="t")
     assert [e.type for e in product] == [T.PRODUCT_DELETED] and product[0].subject is None
     assert "subject" not in product[0].envelope()

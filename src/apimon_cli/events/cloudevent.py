@@ -249,12 +249,14 @@ def change_events(
     if key_changed:
         data["key_changed"] = True
     subject = change.id if change.kind == "subscriber" else None
-    events = [CloudEvent(new_id(), SOURCE_APPLY, _TYPES[(change.kind, change.action)], when, subject, data)]
+    # a replacement (a new resource for the old one, e.g. an AWS key with a new value) is the kind's update
+    kind_action = (change.kind, "update" if change.action == "replace" else change.action)
+    events = [CloudEvent(new_id(), SOURCE_APPLY, _TYPES[kind_action], when, subject, data)]
     if change.kind == "subscriber":
         reason = None
         if change.action == "delete":
             reason = "deleted"
-        elif change.action == "update":
+        elif change.action in ("update", "replace"):
             enabled = next((f for f in change.fields if f.field == "enabled"), None)
             if enabled is not None and enabled.before is True and enabled.after is False:
                 reason = "disabled"
