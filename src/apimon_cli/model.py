@@ -7,6 +7,7 @@ live gateways, the diff engine compares them, billing prices them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -80,6 +81,10 @@ class Subscriber:
     # The key value to import (from key.from_env). Never printed; repr hides it.
     key_value: str | None = field(default=None, repr=False)
     metadata: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
+    # key lifecycle (apimon keys): rotate when older than key_max_age; the old key keeps working for
+    # key_overlap after a rotation. Not gateway fields: never compared.
+    key_max_age: timedelta | None = field(default=None, compare=False)
+    key_overlap: timedelta = field(default=timedelta(hours=24), compare=False)
 
     @property
     def metadata_dict(self) -> dict[str, str]:

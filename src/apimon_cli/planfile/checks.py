@@ -103,7 +103,7 @@ def check_plan(parts: PlanParts, env: dict[str, str], *, strict: bool = False) -
         if sub.email is not None and not _EMAIL_RE.fullmatch(sub.email):
             r.error(base + ("email",), f"not an email address: {sub.email!r}; write name@domain.example")
         spec = parts.subscriber_specs[sid]
-        if spec.key is not None:
+        if spec.key is not None and spec.key.from_env is not None:
             name = spec.key.from_env
             if not _ENV_NAME_RE.fullmatch(name):
                 r.error(

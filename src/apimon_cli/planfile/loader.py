@@ -7,6 +7,8 @@ files -> cross-field rules and provider capabilities (``checks``) -> model datac
 
 from __future__ import annotations
 
+import dataclasses
+
 import gc
 import os
 import re
@@ -442,7 +444,7 @@ def _merge(files: list[_FilePlan], diags: list[Diagnostic], env: dict[str, str],
                 continue
             parts.owner[("subscribers", sid)] = src
             if spec is not None:
-                key_value = env.get(spec.key.from_env) if spec.key else None
+                key_value = env.get(spec.key.from_env) if spec.key and spec.key.from_env else None
                 parts.subscribers[sid] = Subscriber(
                     id=sid,
                     product=spec.product,
@@ -452,6 +454,10 @@ def _merge(files: list[_FilePlan], diags: list[Diagnostic], env: dict[str, str],
                     metadata=tuple(sorted(spec.metadata.items())),
                 )
                 parts.subscriber_specs[sid] = spec
+    for sid, spec in parts.subscriber_specs.items():  # after every file: the product may be in another one
+        lifecycle = _key_lifecycle(spec, parts.product_specs.get(spec.product))
+        if lifecycle and sid in parts.subscribers:
+            parts.subscribers[sid] = dataclasses.replace(parts.subscribers[sid], **lifecycle)
     if target is not None:
         tsrc, tspec = target
         parts.owner[("target", "")] = tsrc
@@ -560,3 +566,19 @@ def _product(pid: str, spec: S.ProductSpec) -> Product:
         max_concurrent=spec.max_concurrent,
         public=spec.public,
     )
+
+
+def _key_lifecycle(spec, product_spec) -> dict:
+    """key.max_age and key.overlap of a subscriber, with its product's key block as the default."""
+    from ..keys.durations import parse_duration
+
+    own = spec.key
+    prod = getattr(product_spec, "key", None)
+    max_age = (own and own.max_age) or (prod and prod.max_age)
+    overlap = (own and own.overlap) or (prod and prod.overlap)
+    out: dict = {}
+    if max_age:
+        out["key_max_age"] = parse_duration(max_age)
+    if overlap:
+        out["key_overlap"] = parse_duration(overlap)
+    return out

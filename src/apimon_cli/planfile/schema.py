@@ -236,6 +236,39 @@ class PricingSpec(_Strict):
     maximum: Money | None = None
 
 
+def _duration(value: Any) -> str:
+    from ..keys.durations import parse_duration
+
+    if not isinstance(value, str):
+        raise PydanticCustomError("duration", "must be a duration such as 30s, 15m, 24h or 7d; got {got}",
+                                  {"got": _kind(value)})
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise PydanticCustomError("duration", "{why}", {"why": str(exc)}) from None
+    return value.strip()
+
+
+Duration = Annotated[str, BeforeValidator(_duration),
+                     WithJsonSchema({"type": "string", "pattern": r"^\s*\d{1,7}\s*[smhd]\s*$"})]
+
+
+class KeySpec(_Strict):
+    from_env: Text | None = Field(None, description="Name of the environment variable holding the key value to "
+                                  "import. Rotate such a key by changing the variable and running `apimon apply`: "
+                                  "the old value keeps working for `overlap`.")
+    max_age: Duration | None = Field(None, description="Rotate the key when it is older than this (30s, 15m, 24h, "
+                                     "7d): `plan` shows it, `apply` rotates it.")
+    overlap: Duration | None = Field(None, description="How long the old key keeps working after a rotation "
+                                     "(default: the product's key.overlap, else 24h).")
+
+
+class ProductKeySpec(_Strict):
+    overlap: Duration | None = Field(None, description="Default overlap of key rotations of this product's "
+                                     "subscribers (default 24h).")
+    max_age: Duration | None = Field(None, description="Default key.max_age of this product's subscribers.")
+
+
 class ProductSpec(_Strict):
     display_name: Text
     description: Text = ""
@@ -248,15 +281,12 @@ class ProductSpec(_Strict):
         description="Requests one subscriber may have in flight at once (local gateway; over it: 503 with "
         "Retry-After). Default: the gateway's bound (64).",
     )
+    key: ProductKeySpec | None = Field(None, description="Defaults for the keys of this product's subscribers.")
     public: Bool = Field(
         True,
         description="Listed on the public pricing page (`apimon portal build`); false hides it there. "
         "Not a gateway field: it never changes what `apply` does.",
     )
-
-
-class KeySpec(_Strict):
-    from_env: Text = Field(description="Name of the environment variable holding the key value to import.")
 
 
 class SubscriberSpec(_Strict):

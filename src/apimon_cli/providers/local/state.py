@@ -24,6 +24,11 @@ CREATE TABLE IF NOT EXISTS subscribers (
 CREATE TABLE IF NOT EXISTS usage (
     subscriber TEXT NOT NULL, product TEXT NOT NULL, day TEXT NOT NULL, metric TEXT NOT NULL,
     count INTEGER NOT NULL, PRIMARY KEY (subscriber, product, day, metric));
+-- keys besides subscribers.api_key (the current one): a rotated-out key keeps working until expires_at
+-- (apimon keys rotate); created_at is also kept for the current key (keys list, key.max_age)
+CREATE TABLE IF NOT EXISTS subscriber_keys (
+    api_key TEXT PRIMARY KEY, subscriber TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT);
+CREATE INDEX IF NOT EXISTS subscriber_keys_by_subscriber ON subscriber_keys (subscriber);
 CREATE TABLE IF NOT EXISTS quota_counters (
     subscriber TEXT NOT NULL, window TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (subscriber, window));
