@@ -1,32 +1,297 @@
-"""`apimon keys show`: reveal one subscriber's key, read from the gateway (the one command that prints a key)."""
+"""`apimon keys show|list|rotate|finish|revoke|audit`: subscribers' keys, read from and changed on the gateway.
+
+Only `keys show`, `keys rotate --reveal` and `keys rotate --out FILE` ever print or write a key's value; every
+other output shows the last 4 characters.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from .common import fail, load_plan, make_output
 
-keys_app = typer.Typer(help="API keys of subscribers.", no_args_is_help=True, rich_markup_mode=None)
+keys_app = typer.Typer(help="API keys of subscribers: show, list, rotate, finish, revoke, audit.",
+                       no_args_is_help=True, rich_markup_mode=None)
+
+PlanOpt = Annotated[list[str], typer.Option("--plan", "-p", help="Plan file(s) naming the target.", metavar="PLAN")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+LedgerOpt = Annotated[Optional[str], typer.Option(
+    "--ledger", help="Ledger holding the key audit log (default: .apimon/ledger.db beside the plan; or APIMON_LEDGER).",
+    metavar="FILE")]
+
+
+def _session(out, plans: list[str]):
+    from ..providers import get_provider
+
+    loaded = load_plan(out, plans)
+    return loaded, get_provider(loaded.desired)
+
+
+def _record(out, plans: list[str], ledger: str | None, loaded, provider, actions) -> None:
+    """The audit log in the ledger, and key events when the plan has an events block."""
+    if not actions:
+        return
+    from ..keys.service import audit_entries, key_events
+    from ..ledger.store import Ledger, LedgerError
+    from .common import ledger_path
+
+    path = ledger_path(ledger, plans)
+    try:
+        with Ledger.open(path) as book:
+            book.append_audit(audit_entries(actions, provider.name, provider.target_id))
+    except (LedgerError, OSError) as exc:
+        out.warning(f"warning: the key audit log in {path} could not be written: {exc}")
+    if loaded.desired.events is not None:
+        from ..events.publish import publish
+
+        publish(key_events(actions, provider.name, provider.target_id), loaded.desired.events,
+                list(loaded.desired.files), out)
+
+
+def _finish(out, plans, ledger, loaded, provider, subscribers=None) -> list:
+    """Complete the rotations whose overlap has ended, and announce the ones ending soon (once)."""
+    from ..keys.service import expiring_soon
+    from ..ledger.store import Ledger, LedgerError
+    from .common import ledger_path
+
+    actions = list(provider.finish_rotations(subscribers))
+    ids = sorted(loaded.desired.subscribers) if subscribers is None else subscribers
+    try:
+        infos = provider.list_keys(ids)
+    except Exception:  # noqa: BLE001 - a provider without key listing: no notices
+        infos = {}
+    path = ledger_path(ledger, plans)
+    announced: set[tuple[str, str]] = set()
+    if path.exists():
+        try:
+            with Ledger.open(path) as book:
+                announced = {(e.subscriber, e.last4) for e in book.audit(provider.name, provider.target_id)
+                             if e.action == "expiring"}
+        except LedgerError:
+            pass
+    actions += expiring_soon(infos, announced)
+    _record(out, plans, ledger, loaded, provider, actions)
+    return actions
+
+
+def finish_after_apply(out, plans: list[str], ledger: str | None, loaded, provider) -> None:
+    """Every `apply` completes the rotations whose overlap has ended (`keys finish`)."""
+    from ..providers import ProviderError
+
+    try:
+        actions = _finish(out, plans, ledger, loaded, provider)
+    except ProviderError as exc:
+        out.warning(f"warning: keys: rotations could not be finished: {exc}; run `apimon keys finish`")
+        return
+    for a in actions:
+        if a.action == "expired":
+            out.info(f"Key ...{a.last4} of {a.subscriber}: overlap ended, old key removed.")
 
 
 @keys_app.command("show")
 def keys_show(
-    subscriber: Annotated[str, typer.Argument(help="Subscriber id.")],
-    plans: Annotated[list[str], typer.Option("--plan", "-p", help="Plan file(s) naming the target.")],
+    subscriber: Annotated[str, typer.Argument(help="Subscriber id.", metavar="SUBSCRIBER")],
+    plans: PlanOpt,
 ) -> None:
-    """Reveal one subscriber's API key, read from the gateway that holds it."""
-    from ..providers import ProviderError, get_provider
+    """Reveal one subscriber's (current) API key, read from the gateway that holds it."""
+    from ..providers import ProviderError
 
     out = make_output()
-    loaded = load_plan(out, plans)
+    loaded, session = _session(out, plans)
+    if subscriber not in loaded.desired.subscribers:
+        fail(out, f"error: subscriber {subscriber} is not in the plan; apimon shows only the keys of subscribers "
+                  "it manages")
     try:
-        with get_provider(loaded.desired) as provider:
+        with session as provider:
             key = provider.reveal_key(subscriber)
     except ProviderError as exc:
         fail(out, f"error: {exc}")
     if key is None:
         fail(out, f"error: subscriber {subscriber} has no key on the gateway (apply the plan first?)")
     sys.stdout.write(key + "\n")
+
+
+@keys_app.command("list")
+def keys_list(
+    plans: Annotated[list[str], typer.Argument(help="Plan file(s).", metavar="PLAN...")],
+    subscriber: Annotated[Optional[str], typer.Option("--subscriber", help="Only this subscriber.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Each subscriber's keys as the gateway holds them (last 4 characters, created, expires, state)."""
+    from ..providers import ProviderError
+
+    out = make_output(json_mode=as_json)
+    loaded, session = _session(out, plans)
+    ids = [subscriber] if subscriber else sorted(loaded.desired.subscribers)
+    try:
+        with session as provider:
+            keys = provider.list_keys(ids)
+    except ProviderError as exc:
+        fail(out, f"error: {exc}")
+    if as_json:
+        out.json({"subscribers": [{"subscriber": sid, "keys": [k.as_json() for k in keys.get(sid, [])]}
+                                  for sid in ids if sid in keys]})
+        return
+    rows = [(sid, k) for sid in ids for k in keys.get(sid, [])]
+    if not rows:
+        out.print("No keys (apply the plan first?).")
+        return
+    out.print(f"{'SUBSCRIBER':<24} {'KEY':<8} {'STATE':<13} {'CREATED':<20} EXPIRES")
+    for sid, k in rows:
+        created = k.created.strftime("%Y-%m-%d %H:%M") if k.created else "-"
+        expires = k.expires.strftime("%Y-%m-%d %H:%M") if k.expires else "-"
+        out.print(f"{sid:<24} {('...' + k.last4) if k.last4 else '-':<8} {k.state:<13} {created:<20} {expires}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    subscriber: Annotated[str, typer.Argument(help="Subscriber id.", metavar="SUBSCRIBER")],
+    plans: PlanOpt,
+    overlap: Annotated[Optional[str], typer.Option(
+        "--overlap", help="How long the old key keeps working: 30s, 15m, 24h, 7d (default: key.overlap, else 24h).",
+        metavar="DURATION")] = None,
+    reveal: Annotated[bool, typer.Option("--reveal", help="Print the new key (on a terminal only).")] = False,
+    out_file: Annotated[Optional[str], typer.Option(
+        "--out", help="Write the new key into FILE (readable by its owner only).", metavar="FILE")] = None,
+    ledger: LedgerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give a subscriber a new key; the old one keeps working until the overlap ends."""
+    from ..keys.durations import format_duration, parse_duration
+    from ..keys.service import rotate, rotation_actions
+    from ..providers import ProviderError
+
+    out = make_output(json_mode=as_json)
+    window = None
+    if overlap is not None:
+        try:
+            window = parse_duration(overlap)
+        except ValueError as exc:
+            fail(out, f"error: --overlap: {exc}")
+    if reveal and not sys.stdout.isatty():
+        fail(out, "error: --reveal prints the key only on a terminal; use --out FILE to keep it in a file")
+    loaded, session = _session(out, plans)
+    try:
+        with session as provider:
+            rotated = rotate(provider, loaded.desired, subscriber, window)
+            _record(out, plans, ledger, loaded, provider, rotation_actions(rotated))
+    except ProviderError as exc:
+        fail(out, f"error: {exc}")
+    if out_file and rotated.value is not None:
+        from .common import write_private
+
+        try:
+            write_private(out_file, rotated.value + "\n")
+        except OSError as exc:
+            fail(out, f"error: cannot write {out_file}: {exc.strerror or exc}")
+    ends = rotated.ends.isoformat(timespec="seconds") if rotated.ends else None
+    if as_json:
+        out.json({"subscriber": subscriber, "new_key": rotated.new.as_json(), "old_keys": [k.as_json() for k in rotated.old],
+                  "old_keys_work_until": ends, "resumed": rotated.resumed, "written_to": out_file})
+        return
+    old = ", ".join(f"...{k.last4}" for k in rotated.old) or "none"
+    out.print(f"Rotated the key of {subscriber}: new key ...{rotated.new.last4}" + (" (completed an interrupted "
+              "rotation)" if rotated.resumed else "") + ".")
+    if rotated.old:
+        span = format_duration(rotated.overlap) if rotated.overlap is not None else ""
+        out.print(f"The old key {old} keeps working until {ends}" + (f" ({span})" if span else "") +
+                  "; `apimon keys finish` (or the next `apimon apply`) removes it after that.")
+    if reveal and rotated.value is not None:
+        sys.stdout.write(rotated.value + "\n")
+    elif out_file:
+        out.print(f"The new key is in {out_file}.")
+    else:
+        out.print(f"Fetch the new key with `apimon keys show {subscriber} --plan {' --plan '.join(plans)}`.")
+
+
+@keys_app.command("finish")
+def keys_finish(
+    plans: Annotated[list[str], typer.Argument(help="Plan file(s).", metavar="PLAN...")],
+    ledger: LedgerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Complete the rotations whose overlap has ended (the old keys stop working and are removed)."""
+    from ..providers import ProviderError
+
+    out = make_output(json_mode=as_json)
+    loaded, session = _session(out, plans)
+    try:
+        with session as provider:
+            actions = _finish(out, plans, ledger, loaded, provider)
+    except ProviderError as exc:
+        fail(out, f"error: {exc}")
+    done = [a for a in actions if a.action == "expired"]
+    if as_json:
+        out.json({"finished": [{"subscriber": a.subscriber, "key_last4": a.last4} for a in done],
+                  "expiring": [{"subscriber": a.subscriber, "key_last4": a.last4, "detail": a.detail}
+                               for a in actions if a.action == "expiring"]})
+        return
+    for a in done:
+        out.print(f"{a.subscriber}: old key ...{a.last4} removed (overlap ended).")
+    out.print(f"Finished {len(done)} rotation{'s' if len(done) != 1 else ''}.")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    subscriber: Annotated[str, typer.Argument(help="Subscriber id.", metavar="SUBSCRIBER")],
+    plans: PlanOpt,
+    key: Annotated[Optional[str], typer.Option("--key", help="The key's last 4 characters (default: the key(s) "
+                                                "rotating out).", metavar="LAST4")] = None,
+    revoke_all: Annotated[bool, typer.Option("--all", help="Revoke every key, leaving the subscriber without one.")]
+    = False,
+    ledger: LedgerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a key now (a leaked key); refuses to leave the subscriber without a working key unless --all."""
+    from ..keys.service import managed_subscriber
+    from ..providers import ProviderError
+
+    out = make_output(json_mode=as_json)
+    loaded, session = _session(out, plans)
+    try:
+        managed_subscriber(loaded.desired, subscriber)
+        with session as provider:
+            actions = provider.revoke_key(subscriber, key, revoke_all)
+            _record(out, plans, ledger, loaded, provider, actions)
+    except ProviderError as exc:
+        fail(out, f"error: {exc}")
+    if as_json:
+        out.json({"subscriber": subscriber, "revoked": [a.last4 for a in actions], "has_key": not revoke_all})
+        return
+    for a in actions:
+        out.print(f"Revoked key ...{a.last4} of {subscriber}.")
+    if revoke_all:
+        out.warning(f"warning: {subscriber} has no working key now; `apimon keys rotate {subscriber}` issues a new one")
+
+
+@keys_app.command("audit")
+def keys_audit(
+    plans: Annotated[list[str], typer.Argument(help="Plan file(s).", metavar="PLAN...")],
+    subscriber: Annotated[Optional[str], typer.Option("--subscriber", help="Only this subscriber.")] = None,
+    ledger: LedgerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The key audit log: who did what to which key, when."""
+    from ..providers.registry import spec
+    from .common import ledger_path, open_ledger
+
+    out = make_output(json_mode=as_json)
+    loaded = load_plan(out, plans)
+    desired = loaded.desired
+    target = spec(desired.target.provider).target_id(desired.target.settings, desired.target.base_dir)
+    path = ledger_path(ledger, plans)
+    entries = []
+    if path.exists():
+        with open_ledger(out, path) as book:
+            entries = book.audit(desired.target.provider, target, subscriber)
+    if as_json:
+        out.json({"entries": [e._asdict() for e in entries]})
+        return
+    if not entries:
+        out.print("No key actions recorded.")
+        return
+    for e in entries:
+        out.print(f"{e.at}  {e.who:<12} {e.action:<9} {e.subscriber:<20} ...{e.last4:<5} {e.detail}")

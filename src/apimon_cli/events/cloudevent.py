@@ -21,6 +21,7 @@ SPECVERSION = "1.0"
 CONTENT_TYPE = "application/cloudevents+json"  # structured mode (Kafka binding: content-type header)
 SOURCE_APPLY = "apimon/apply"
 SOURCE_USAGE_PULL = "apimon/usage-pull"
+SOURCE_KEYS = "apimon/keys"
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 

@@ -12,6 +12,9 @@ PRODUCT_CREATED = "com.apimon.product.created"
 PRODUCT_UPDATED = "com.apimon.product.updated"
 PRODUCT_DELETED = "com.apimon.product.deleted"
 KEY_REVOKED = "com.apimon.key.revoked"
+KEY_CREATED = "com.apimon.key.created"
+KEY_ROTATED = "com.apimon.key.rotated"
+KEY_EXPIRING = "com.apimon.key.expiring"
 
 EVENT_TYPES: tuple[str, ...] = (
     REQUEST,
@@ -24,6 +27,9 @@ EVENT_TYPES: tuple[str, ...] = (
     PRODUCT_UPDATED,
     PRODUCT_DELETED,
     KEY_REVOKED,
+    KEY_CREATED,
+    KEY_ROTATED,
+    KEY_EXPIRING,
 )
 
 #: the webhook's default: everything but the per-request firehose (a webhook is for notifications)

@@ -13,7 +13,9 @@ subscriber's ``KeyState`` from the same table (``by_subscriber``).
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -32,14 +34,19 @@ class Denial:
 
 MISSING_KEY = Denial("missing_key", "missing API key: send it in the x-api-key header")
 INVALID_KEY = Denial("invalid_key", "the API key is not valid")
+EXPIRED_KEY = Denial("expired_key", "the API key has been rotated out and no longer works; use the new key")
 
 
 class Authenticator(ABC):
     keys: dict[str, KeyState]
+    #: rotated-out keys -> when they stop working (POSIX seconds, the gateway's wall clock ``clock``)
+    expiring: dict[str, float] = {}
+    clock: Callable[[], float] = staticmethod(time.time)
 
-    def install(self, keys: dict[str, KeyState]) -> None:
-        """A new key table (api key -> KeyState): swapped in as a whole."""
+    def install(self, keys: dict[str, KeyState], expiring: dict[str, float] | None = None) -> None:
+        """A new key table (api key -> KeyState) and the ends of rotated-out keys: swapped in as a whole."""
         self.keys = keys
+        self.expiring = expiring or {}
 
     def by_subscriber(self) -> dict[str, KeyState]:
         """subscriber id -> KeyState, for schemes whose credential names a subscriber (built on demand)."""
@@ -62,4 +69,10 @@ class ApiKeyAuth(Authenticator):
         if not key:
             return MISSING_KEY
         ks = self.keys.get(key)
-        return INVALID_KEY if ks is None else ks
+        if ks is None:
+            return INVALID_KEY
+        if self.expiring:  # only during a rotation's overlap
+            ends = self.expiring.get(key)
+            if ends is not None and ends <= self.clock():
+                return EXPIRED_KEY
+        return ks

@@ -203,7 +203,8 @@ class Gateway:
     def _install(self, snap: Snapshot, table: KeyTable) -> None:
         """On the event loop, without yielding: new product limits onto their slots, buckets filled for
         products that gained a rate, and the new key table swapped in (one assignment)."""
-        self.auth.install(table.install())
+        self.auth.clock = self.clock
+        self.auth.install(table.install(), snap.expiring)
         self._slots = table.slots
         self.revision = snap.revision
         for pid in snap.unreadable:

@@ -216,6 +216,7 @@ def build_keys(
     for api_key in removed or ():
         keys.pop(api_key, None)
     refill: list[KeyState] = []
+    fresh: list[tuple[str, str, bool, str, ProductSlot]] = []  # keys new to this subscriber: after the rest
     for sid, pid, enabled, api_key in subscribers:
         slot = new_slots.get(pid)
         if slot is None:  # a subscriber of a product that has no row
@@ -230,7 +231,20 @@ def build_keys(
             if pid not in gained_rate and old.slot is not slot and limits_of[pid].rate and not old.slot.limits.rate:
                 refill.append(ks)
         else:
-            keys[api_key] = KeyState(sid, enabled, slot, Counters(limits_of[pid].burst, 0.0))
+            fresh.append((sid, pid, enabled, api_key, slot))
+    if fresh:
+        # a subscriber's keys share one bucket and in-flight count (a rotation's old and new key): a new key
+        # of a subscriber that has one already takes its counters
+        counters_of: dict[str, Counters] = {}
+        fresh_sids = {f[0] for f in fresh}
+        for ks in keys.values():
+            if ks.subscriber in fresh_sids and ks.subscriber not in counters_of:
+                counters_of[ks.subscriber] = ks.counters
+        for sid, pid, enabled, api_key, slot in fresh:
+            counters = counters_of.get(sid)
+            if counters is None:
+                counters = counters_of[sid] = Counters(limits_of[pid].burst, 0.0)
+            keys[api_key] = KeyState(sid, enabled, slot, counters)
     if gained_rate:  # rare: a product got a rate limit; its keys start with a full bucket
         refill.extend(ks for ks in keys.values() if ks.product in gained_rate)
     return KeyTable(keys, new_slots, updates, refill)

@@ -34,20 +34,44 @@ class Snapshot:
     subscribers: list[tuple[str, str, bool, str]]  # subscriber, product, enabled, api_key
     unreadable: list[str] = field(default_factory=list)  # product ids whose spec could not be read
     removed: list[str] | None = None  # incremental: the keys that are gone (``subscribers``: changed rows)
+    expiring: dict[str, float] = field(default_factory=dict)  # rotated-out key -> when it stops (epoch s)
 
 
-# The subscribers as of the last snapshot, in this connection's TEMP database: an incremental snapshot
-# asks SQLite (in C, without the GIL) for the rows that differ from it, instead of reading every row.
+# Every key the gateway accepts: each subscriber's current key, and the keys rotating out (``apimon keys
+# rotate``: rows of subscriber_keys with an end, for the same subscriber, product and enabled flag). A
+# rotated-out key is refused from its end on (``Snapshot.expiring``) even before ``keys finish`` removes it.
+_ALL_KEYS = (
+    "CREATE TEMP VIEW IF NOT EXISTS all_keys AS "
+    "SELECT id, product, enabled, api_key FROM main.subscribers UNION ALL "
+    "SELECT s.id, s.product, s.enabled, k.api_key FROM main.subscriber_keys k JOIN main.subscribers s "
+    "ON s.id = k.subscriber WHERE k.expires_at IS NOT NULL AND k.api_key <> s.api_key"
+)
+_EXPIRING = (
+    "SELECT k.api_key, k.expires_at FROM main.subscriber_keys k JOIN main.subscribers s ON s.id = k.subscriber "
+    "WHERE k.expires_at IS NOT NULL AND k.api_key <> s.api_key"
+)
+
+# The keys as of the last snapshot, in this connection's TEMP database: an incremental snapshot asks
+# SQLite (in C, without the GIL) for the rows that differ from it, instead of reading every row.
 _SEEN = (
     "CREATE TEMP TABLE IF NOT EXISTS seen (api_key TEXT PRIMARY KEY, id TEXT, product TEXT, enabled INTEGER)"
     " WITHOUT ROWID"
 )
 _CHANGED = (
-    "SELECT s.id, s.product, s.enabled, s.api_key FROM main.subscribers s LEFT JOIN temp.seen t "
+    "SELECT s.id, s.product, s.enabled, s.api_key FROM temp.all_keys s LEFT JOIN temp.seen t "
     "ON t.api_key = s.api_key WHERE t.api_key IS NULL OR t.id IS NOT s.id OR t.product IS NOT s.product "
     "OR t.enabled IS NOT s.enabled"
 )
-_GONE = "SELECT api_key FROM temp.seen WHERE api_key NOT IN (SELECT api_key FROM main.subscribers)"
+_GONE = "SELECT api_key FROM temp.seen WHERE api_key NOT IN (SELECT api_key FROM temp.all_keys)"
+
+
+def _epoch(text: str) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return 0.0  # unreadable: already over
 
 
 class StateStore:
@@ -93,6 +117,7 @@ class StateStore:
         subscriber rows that changed since the last snapshot, and the keys removed (``Snapshot.removed``)."""
         conn = self.conn
         incremental = incremental and self._seen
+        conn.execute(_ALL_KEYS)
         conn.execute("BEGIN")
         try:
             revision = self.revision()
@@ -101,17 +126,18 @@ class StateStore:
                 sub_rows = conn.execute(_CHANGED).fetchall()
                 removed = [r[0] for r in conn.execute(_GONE)]
                 if removed:
-                    conn.execute("DELETE FROM temp.seen WHERE api_key NOT IN (SELECT api_key FROM main.subscribers)")
+                    conn.execute("DELETE FROM temp.seen WHERE api_key NOT IN (SELECT api_key FROM temp.all_keys)")
                 if sub_rows:
                     conn.execute("INSERT OR REPLACE INTO temp.seen (api_key, id, product, enabled) "
                                  "SELECT s.api_key, s.id, s.product, s.enabled FROM (" + _CHANGED + ") s")
             else:
-                sub_rows = conn.execute("SELECT id, product, enabled, api_key FROM subscribers").fetchall()
+                sub_rows = conn.execute("SELECT id, product, enabled, api_key FROM temp.all_keys").fetchall()
                 removed = None
                 conn.execute(_SEEN)
                 conn.execute("DELETE FROM temp.seen")
                 conn.execute("INSERT INTO temp.seen (api_key, id, product, enabled) "
-                             "SELECT api_key, id, product, enabled FROM main.subscribers")
+                             "SELECT api_key, id, product, enabled FROM temp.all_keys")
+            expiring = {key: _epoch(ends) for key, ends in conn.execute(_EXPIRING)}
             conn.execute("COMMIT")
         except BaseException:
             self._seen = False
@@ -138,7 +164,7 @@ class StateStore:
             cache[pid] = (spec, limits)
         self._products = cache
         subscribers = [(sid, pid, bool(enabled), key) for sid, pid, enabled, key in sub_rows]
-        return Snapshot(revision, products, subscribers, sorted(unreadable), removed)
+        return Snapshot(revision, products, subscribers, sorted(unreadable), removed, expiring)
 
     def forget(self) -> None:
         """The last snapshot was not installed: the next one reads every row."""

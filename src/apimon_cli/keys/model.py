@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 ACTIVE = "active"
 ROTATING_OUT = "rotating-out"
@@ -42,6 +42,7 @@ class Rotated:
     old: list[KeyInfo] = field(default_factory=list)
     resumed: bool = False
     ends: datetime | None = None
+    overlap: timedelta | None = None
 
 
 @dataclass(frozen=True)

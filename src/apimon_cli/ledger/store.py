@@ -36,11 +36,11 @@ from operator import attrgetter
 from pathlib import Path
 from typing import NamedTuple, Self
 
-from apimon_cli.ledger import stream
+from apimon_cli.ledger import audit, stream
 from apimon_cli.model import METRICS, UsageRow
 
 #: the schema this code writes; older ledgers are migrated in place on open
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _USAGE_V2 = """
 CREATE TABLE usage (
@@ -189,7 +189,9 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
 
 
 # Schema 4: stream_offsets and stream_event_ids, for `apimon events consume` (ledger/stream.py).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1_to_2, _migrate_2_to_3, stream.migrate_to_stream]
+# Schema 5: key_audit, for `apimon keys` (ledger/audit.py).
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migrate_1_to_2, _migrate_2_to_3, stream.migrate_to_stream, audit.migrate_to_audit]
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
@@ -198,6 +200,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     conn.execute(_USAGE_V2)
     conn.execute(_PUSH_SYNC_V3)
     stream.migrate_to_stream(conn)
+    audit.migrate_to_audit(conn)
     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
@@ -498,6 +501,12 @@ class Ledger:
             return stream.ingest(self._conn, topic, items, next_offsets, first_offsets)
         except sqlite3.OperationalError as exc:
             raise _operational_error(exc, self.path) from None
+
+    def append_audit(self, entries: Iterable[audit.AuditEntry]) -> None:
+        audit.append(self._conn, entries)
+
+    def audit(self, provider: str, target: str, subscriber: str | None = None) -> list[audit.AuditEntry]:
+        return audit.entries(self._conn, provider, target, subscriber)
 
     def stream_offsets(self, topic: str) -> dict[int, int]:
         """partition -> the next offset to consume."""

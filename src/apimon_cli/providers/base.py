@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..model import DesiredState, LiveState, UsageRow
@@ -26,6 +26,7 @@ from ..reconcile.changes import Change, ChangeSet, Replacement
 from ..reconcile.solver import ApplyPolicy
 
 if TYPE_CHECKING:
+    from ..keys.model import KeyAction, KeyInfo, Rotated
     from .registry import ProviderSpec
 
 
@@ -124,6 +125,24 @@ class Provider(ABC):
     # ---- keys and usage
     def reveal_key(self, subscriber_id: str) -> str | None:
         return None
+
+    # ---- key lifecycle (apimon keys rotate|finish|list|revoke; see the ``keys`` package)
+    def list_keys(self, subscriber_ids: list[str]) -> dict[str, list[KeyInfo]]:
+        """The keys of the owned subscribers among ``subscriber_ids`` as the gateway holds them (never values)."""
+        raise ProviderError(f"key lifecycle is not supported for provider {self.name} yet")
+
+    def rotate_key(self, subscriber_id: str, ends: datetime) -> Rotated:
+        """A new key that works at once with the same product, limits and quota counters; the current one
+        keeps working until ``ends``. Completes an interrupted rotation instead of starting a second one."""
+        raise ProviderError(f"key rotation is not supported for provider {self.name} yet")
+
+    def finish_rotations(self, subscriber_ids: list[str] | None = None) -> list[KeyAction]:
+        """Remove the old keys whose overlap has ended (and complete interrupted steps)."""
+        return []
+
+    def revoke_key(self, subscriber_id: str, key: str | None, revoke_all: bool) -> list[KeyAction]:
+        """Revoke now: the key ending in ``key`` (last 4), else the rotating-out keys; ``revoke_all``: every key."""
+        raise ProviderError(f"key revocation is not supported for provider {self.name} yet")
 
     def pull_usage(self, start: date, end: date) -> Iterable[UsageRow]:
         raise ProviderError(f"usage pull is not supported for provider {self.name} yet")

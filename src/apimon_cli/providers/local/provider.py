@@ -23,6 +23,7 @@ from ...planfile.writer import product_from_plan, product_to_plan
 from ...reconcile.changes import Change
 from ...reconcile.fields import key_fingerprint
 from ..base import Provider, ProviderError
+from .keys import REVOKED_PREFIX, LocalKeys
 from .state import OWNER, connect_state, state_dir_of
 
 LOCK_WAIT_SECONDS = 10.0
@@ -32,7 +33,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-class LocalProvider(Provider):
+class LocalProvider(LocalKeys, Provider):
     name = "local"
 
     def __init__(self, desired: DesiredState):
@@ -182,12 +183,31 @@ class LocalProvider(Provider):
             except sqlite3.IntegrityError:
                 raise ProviderError(f"subscriber {sub.id}: the imported key value is already used by another "
                                     "subscriber") from None
+            conn.execute("INSERT OR REPLACE INTO subscriber_keys (api_key, subscriber, created_at, expires_at) "
+                         "VALUES (?, ?, ?, NULL)", (key, sub.id, now))
             return "created (key imported)" if sub.key_value else "created (key generated)"
         conn.execute("UPDATE subscribers SET owner = ?, product = ?, email = ?, enabled = ?, metadata = ?, "
                      "updated_at = ? WHERE id = ?",
                      (OWNER, sub.product, sub.email, int(sub.enabled), metadata, now, sub.id))
         if sub.key_value is not None and change.changed("key"):
-            conn.execute("UPDATE subscribers SET api_key = ? WHERE id = ?", (sub.key_value, sub.id))
+            # a new value in key.from_env is a rotation: the old value keeps working for key.overlap
+            old = conn.execute("SELECT api_key FROM subscribers WHERE id = ?", (sub.id,)).fetchone()[0]
+            try:
+                conn.execute("UPDATE subscribers SET api_key = ? WHERE id = ?", (sub.key_value, sub.id))
+            except sqlite3.IntegrityError:
+                raise ProviderError(f"subscriber {sub.id}: the imported key value is already used by another "
+                                    "key") from None
+            ends = (datetime.now(UTC) + sub.key_overlap).isoformat(timespec="seconds")
+            conn.execute("DELETE FROM subscriber_keys WHERE api_key = ?", (sub.key_value,))
+            conn.execute("INSERT INTO subscriber_keys (api_key, subscriber, created_at, expires_at) VALUES (?, ?, ?, NULL)",
+                         (sub.key_value, sub.id, now))
+            if not old.startswith(REVOKED_PREFIX) and sub.key_overlap.total_seconds() > 0:
+                conn.execute("INSERT INTO subscriber_keys (api_key, subscriber, created_at, expires_at) "
+                             "VALUES (?, ?, ?, ?) ON CONFLICT(api_key) DO UPDATE SET expires_at = excluded.expires_at",
+                             (old, sub.id, now, ends))
+            else:
+                conn.execute("DELETE FROM subscriber_keys WHERE api_key = ?", (old,))
+            return ("adopted" if change.adopt else "updated") + "; key rotated (the old value works until " + ends + ")"
         return "adopted" if change.adopt else "updated"
 
     def delete_subscriber(self, change: Change, live: LiveState) -> str:
@@ -198,6 +218,7 @@ class LocalProvider(Provider):
             if owner != OWNER:
                 raise ProviderError(f"subscriber {change.id} is not managed by apimon; left alone")
             conn.execute("DELETE FROM subscribers WHERE id = ?", (change.id,))
+            conn.execute("DELETE FROM subscriber_keys WHERE subscriber = ?", (change.id,))
             return "deleted (key revoked)"
 
         return self._transaction(delete)
@@ -207,7 +228,7 @@ class LocalProvider(Provider):
         if not self.exists:
             return None
         row = self.conn.execute("SELECT api_key FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
-        return row[0] if row else None
+        return row[0] if row and not row[0].startswith(REVOKED_PREFIX) else None
 
     def pull_usage(self, start: date, end: date) -> Iterable[UsageRow]:
         if not self.exists:
