@@ -61,7 +61,12 @@ def plan(
     run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
     out.mask.add(*run.loaded.secrets)
     try:
+        from .keys import print_rotations_due, rotations_due
+
         render_plan(out, run.changes, json_out=json_out)
+        due = rotations_due(run)
+        if not json_out:
+            print_rotations_due(out, run, due)
         if out_file:
             import json
 
@@ -73,7 +78,7 @@ def plan(
                 )
         if run.changes.conflicts:
             raise typer.Exit(1)
-        if detailed_exitcode and not run.changes.empty:
+        if detailed_exitcode and (not run.changes.empty or due):
             raise typer.Exit(2)
     finally:
         run.provider.close()
@@ -140,9 +145,19 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
         render_plan(out, cs, json_out=False)
     if cs.conflicts:
         fail(out, "nothing was applied: resolve the conflicts above (or use --adopt)")
+    from .keys import apply_key_lifecycle, print_rotations_due, rotations_due
+
+    due = rotations_due(run)
+    if not json_out:
+        print_rotations_due(out, run, due)
     if cs.empty:
+        if due and not auto_approve:
+            _confirm(out, 0)
+        ok = apply_key_lifecycle(out, run, due, show=not json_out)
         if json_out:
             render_apply_json(out, cs, None)
+        if not ok:
+            raise typer.Exit(1)
         return
     deletes = cs.summary["deleting"]
     if max_deletes is not None and deletes > max_deletes:
@@ -164,6 +179,8 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
 
     publish_applied(out, run, report)
     if report.failed:
+        raise typer.Exit(1)
+    if not apply_key_lifecycle(out, run, due, show=not json_out):
         raise typer.Exit(1)
 
 

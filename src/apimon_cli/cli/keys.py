@@ -295,3 +295,52 @@ def keys_audit(
         return
     for e in entries:
         out.print(f"{e.at}  {e.who:<12} {e.action:<9} {e.subscriber:<20} ...{e.last4:<5} {e.detail}")
+
+
+# ---------------------------------------------------------------- plan and apply: key.max_age, finishing rotations
+
+def rotations_due(run) -> list[tuple[str, int]]:
+    """(subscriber, age in days) whose key is older than key.max_age (a read only when a plan sets it)."""
+    from ..keys.service import due_for_rotation
+    from ..providers import ProviderError
+
+    if not any(s.key_max_age is not None for s in run.loaded.desired.subscribers.values()):
+        return []
+    try:
+        return due_for_rotation(run.provider, run.loaded.desired)
+    except ProviderError:
+        return []  # a provider without key listing: nothing to rotate
+
+
+def print_rotations_due(out, run, due) -> None:
+    from ..keys.durations import format_duration
+
+    for sid, days in due:
+        age = run.loaded.desired.subscribers[sid].key_max_age
+        out.print(f"  ~ rotate key of {sid}: {days} days old (key.max_age {format_duration(age)})")
+    if due:
+        out.print(f"Key rotations: {len(due)} (apply rotates them; the old keys keep working for key.overlap).")
+
+
+def apply_key_lifecycle(out, run, due, *, show: bool) -> bool:
+    """After apply: rotate the keys past key.max_age, then finish the rotations whose overlap has ended.
+    Returns False when a rotation failed."""
+    from ..keys.service import rotate, rotation_actions
+    from ..providers import ProviderError
+
+    plans = list(run.loaded.desired.files)
+    ok = True
+    for sid, days in due:
+        try:
+            rotated = rotate(run.provider, run.loaded.desired, sid, None)
+        except ProviderError as exc:
+            out.error(f"error: rotate key of {sid}: {exc}")
+            ok = False
+            continue
+        _record(out, plans, None, run.loaded, run.provider, rotation_actions(rotated))
+        if show:
+            out.print(f"  ~ key of {sid} rotated ({days} days old): new key ...{rotated.new.last4}; fetch it with "
+                      f"`apimon keys show {sid}`")
+    if run.provider.name and hasattr(run.provider, "finish_rotations"):
+        finish_after_apply(out, plans, None, run.loaded, run.provider)
+    return ok
