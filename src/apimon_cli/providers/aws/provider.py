@@ -53,7 +53,8 @@ from ...reconcile.changes import Change, ChangeSet
 from ...reconcile.solver import ApplyPolicy
 from ..base import PlanNotes, Provider, ProviderError
 from .client import AwsClient
-from .read import AwsReading, owned
+from .keys import AwsKeys
+from .read import AwsReading, owned, rotating_out, subscriber_of
 from .scheduler import QUOTA_SCALE_ENV, Quotas, QuotaScaleError, RetryPolicy, lower_bound_seconds, quota_scale
 from .write import AwsWriting
 
@@ -71,7 +72,7 @@ def _date_windows(start: date, end: date, days: int = MAX_USAGE_DAYS) -> Iterato
         cur = last + timedelta(days=1)
 
 
-class AwsProvider(AwsReading, AwsWriting, Provider):
+class AwsProvider(AwsKeys, AwsReading, AwsWriting, Provider):
     name = "aws"
 
     def __init__(self, desired: DesiredState):
@@ -183,8 +184,8 @@ class AwsProvider(AwsReading, AwsWriting, Provider):
 
     # ---------------------------------------------------------------- keys, usage, import
     def reveal_key(self, subscriber_id: str) -> str | None:
-        mine = [k for k in self.api.items("GetApiKeys", nameQuery=subscriber_id)
-                if k.get("name") == subscriber_id and owned(k)]
+        mine = [k for k in self.api.items("GetApiKeys")
+                if subscriber_of(k) == subscriber_id and owned(k) and not rotating_out(k)]
         if not mine:
             return None
         newest = max(mine, key=lambda k: (str(k.get("createdDate") or ""), k["id"]))
@@ -194,7 +195,8 @@ class AwsProvider(AwsReading, AwsWriting, Provider):
         if end < start:
             return
         plans = [p for p in self.api.items("GetUsagePlans") if owned(p)]
-        key_names = {k["id"]: k.get("name") or k["id"] for k in self.api.items("GetApiKeys") if owned(k)}
+        # a subscriber's keys (a rotation's old and new key) are summed under the subscriber
+        key_names = {k["id"]: subscriber_of(k) for k in self.api.items("GetApiKeys") if owned(k)}
         for plan in sorted(plans, key=lambda p: p.get("name") or p["id"]):
             product = plan.get("name") or plan["id"]
             for first, last in _date_windows(start, end):
@@ -207,10 +209,13 @@ class AwsProvider(AwsReading, AwsWriting, Provider):
                             day = base + timedelta(days=i)
                             if pair and first <= day <= last:
                                 used[(key_id, day)] = int(pair[0] or 0)
-                for (key_id, day), count in sorted(used.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+                summed: dict[tuple[date, str], int] = {}
+                for (key_id, day), count in used.items():
                     if count and key_id in key_names:
-                        for metric in ("success", "total"):
-                            yield UsageRow(key_names[key_id], product, day.isoformat(), metric, count)
+                        summed[(day, key_names[key_id])] = summed.get((day, key_names[key_id]), 0) + count
+                for (day, sid), count in sorted(summed.items()):
+                    for metric in ("success", "total"):
+                        yield UsageRow(sid, product, day.isoformat(), metric, count)
 
     def export_plan(self, *, include_unmanaged: bool = True) -> dict:
         """The live account as plan data: apimon-owned usage plans and keys (all of them with

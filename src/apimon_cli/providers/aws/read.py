@@ -17,6 +17,10 @@ from ...reconcile.fields import key_fingerprint
 
 MANAGED_TAG = "apimon:managed"
 MANAGED_TAGS = {MANAGED_TAG: "true"}
+# key rotation (apimon keys rotate): a rotation's new key is named "<subscriber>.rotated-<UTC stamp>" and tagged
+# with its subscriber; the old key is tagged with the end of its overlap
+SUBSCRIBER_TAG = "apimon:subscriber"
+EXPIRES_TAG = "apimon:expires"
 READ_THREADS = 8
 
 
@@ -39,6 +43,18 @@ class KeyHandle:
     plans: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
     value_matches: bool = False
+    rotating: list[dict] = field(default_factory=list)  # keys rotating out (EXPIRES_TAG), raw, without values
+    unfinished: list[dict] = field(default_factory=list)  # old keys of an interrupted rotation (no end yet)
+    rotating_plans: dict[str, list[str]] = field(default_factory=dict)  # their usage plans (owned)
+
+
+def subscriber_of(key: dict) -> str:
+    """The subscriber an API key belongs to: its SUBSCRIBER_TAG (rotation keys), else its name."""
+    return (key.get("tags") or {}).get(SUBSCRIBER_TAG) or key.get("name") or key["id"]
+
+
+def rotating_out(key: dict) -> bool:
+    return EXPIRES_TAG in (key.get("tags") or {})
 
 
 def owned(resource: dict) -> bool:
@@ -129,7 +145,7 @@ class AwsReading:
 
     @staticmethod
     def _project_subscriber(key: dict, product: str) -> Subscriber:
-        sid = key.get("name") or key["id"]
+        sid = subscriber_of(key)
         metadata = (("customer_id", key["customerId"]),) if key.get("customerId") else ()
         return Subscriber(id=sid, product=product, email=key.get("description") or None,
                           enabled=bool(key.get("enabled")), metadata=metadata)
@@ -177,10 +193,13 @@ class AwsReading:
             live.handles[("unmanaged-product", name)] = PlanHandle(plan["id"], plan, members.get(plan["id"], set()))
 
         owned_keys: dict[str, list[dict]] = {}
+        rotating: dict[str, list[dict]] = {}
         for key in keys:
             name = key.get("name") or key["id"]
-            if owned(key):
-                owned_keys.setdefault(name, []).append(key)
+            if owned(key) and rotating_out(key):
+                rotating.setdefault(subscriber_of(key), []).append(_without_value(key))
+            elif owned(key):
+                owned_keys.setdefault(subscriber_of(key), []).append(key)
             elif ("unmanaged-subscriber", name) not in live.handles:
                 in_plans = [p for p in plans_of.get(key["id"], []) if p in plan_name or p in candidate_name]
                 product = ", ".join(sorted(plan_name.get(p) or candidate_name[p] for p in in_plans))
@@ -192,11 +211,19 @@ class AwsReading:
             want_fp = key_fingerprint(want.key_value) if want and want.key_value else None
             primary = next((k for k in group if want_fp and k.get("value")
                             and key_fingerprint(k["value"]) == want_fp), group[-1])  # else the newest
-            stale = [k["id"] for k in group if k is not primary]
+            # a rotation interrupted before the old key got its end: the new key (a rotation key, named
+            # differently) is the primary, and the older keys of the subscriber's own name are not duplicates
+            # to delete but the rotation's old keys, to keep until the overlap (``unfinished``)
+            rotation = SUBSCRIBER_TAG in (primary.get("tags") or {}) and primary is group[-1]
+            unfinished = [_without_value(k) for k in group if k is not primary and rotation]
+            stale = [k["id"] for k in group if k is not primary and not any(u["id"] == k["id"] for u in unfinished)]
             in_plans = [p for p in plans_of.get(primary["id"], []) if p in plan_name]
             product = ", ".join(sorted(plan_name[p] for p in in_plans))
             live.subscribers[name] = self._project_subscriber(primary, product)
-            handle = KeyHandle(primary["id"], _without_value(primary), in_plans, stale)
+            handle = KeyHandle(primary["id"], _without_value(primary), in_plans, stale,
+                               rotating=rotating.get(name, []), unfinished=unfinished)
+            for raw_key in [*handle.rotating, *unfinished]:
+                handle.rotating_plans[raw_key["id"]] = [p for p in plans_of.get(raw_key["id"], []) if p in plan_name]
             live.handles[("subscriber", name)] = handle
             if want_values and primary.get("value"):
                 fp = key_fingerprint(primary["value"])

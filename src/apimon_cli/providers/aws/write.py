@@ -248,6 +248,17 @@ class AwsWriting:
         if target not in handle.plans:
             self._attach(target, handle.id)
             moved = True
+        # keys rotating out follow the subscriber: disabled with it, moved with it
+        for old in [*handle.rotating, *handle.unfinished]:
+            old_ops = [op for op in self._key_patch(old, sub) if op["path"] == "/enabled"]
+            if old_ops:
+                self.api.call("UpdateApiKey", apiKey=old["id"], patchOperations=old_ops)
+            plans = handle.rotating_plans.get(old["id"], [])
+            for plan_id in plans:
+                if plan_id != target:
+                    self._detach(plan_id, old["id"])
+            if moved and target not in plans:
+                self._attach(target, old["id"])
         if moved:
             done.append(f"moved to {sub.product} (same key)")
         for old in handle.stale:
@@ -274,6 +285,6 @@ class AwsWriting:
         handle = live.handles.get(("subscriber", change.id))
         if handle is None:
             return "already gone"
-        for key_id in [handle.id, *handle.stale]:
+        for key_id in [handle.id, *handle.stale, *(k["id"] for k in [*handle.rotating, *handle.unfinished])]:
             self._delete_key(key_id)
         return "deleted (key revoked)"
