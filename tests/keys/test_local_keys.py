@@ -77,7 +77,7 @@ def test_rotation_both_keys_work_on_one_quota_then_only_the_new_one(tmp_path):
         old = state_keys(tmp_path)["acme"]
         r = run_cli("keys", "rotate", "acme", "--plan", str(plan), "--overlap", "3s")
         assert r.code == 0, r.output
-        assert old not in r.output and "...{}".format(old[-4:]) in r.output
+        assert old not in r.output and f"...{old[-4:]}" in r.output
         assert "keys show acme" in r.output  # how to fetch the new key: it is not printed without --reveal
         new = state_keys(tmp_path)["acme"]
         assert new != old and new not in r.output

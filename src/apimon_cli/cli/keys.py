@@ -30,6 +30,15 @@ def _session(out, plans: list[str]):
     return loaded, get_provider(loaded.desired)
 
 
+def attach_journal(provider, plans: list[str], ledger: str | None):
+    """Where rotations are recorded when the gateway cannot (Azure): the ledger's key_rotations table."""
+    from ..keys.journal import Journal
+    from .common import ledger_path
+
+    provider.key_journal = Journal(ledger_path(ledger, plans), provider.name, provider.target_id)
+    return provider
+
+
 def _record(out, plans: list[str], ledger: str | None, loaded, provider, actions) -> None:
     """The audit log in the ledger, and key events when the plan has an events block."""
     if not actions:
@@ -51,17 +60,21 @@ def _record(out, plans: list[str], ledger: str | None, loaded, provider, actions
                 list(loaded.desired.files), out)
 
 
-def _finish(out, plans, ledger, loaded, provider, subscribers=None) -> list:
-    """Complete the rotations whose overlap has ended, and announce the ones ending soon (once)."""
+def _finish(out, plans, ledger, loaded, provider, subscribers=None, live=None) -> list:
+    """Complete the rotations whose overlap has ended, and (with an events block) announce the ones ending
+    soon, once."""
     from ..keys.service import expiring_soon
     from ..ledger.store import Ledger, LedgerError
     from .common import ledger_path
 
-    actions = list(provider.finish_rotations(subscribers))
+    actions = list(provider.finish_rotations(subscribers, live=live))
+    if loaded.desired.events is None:
+        _record(out, plans, ledger, loaded, provider, actions)
+        return actions
     ids = sorted(loaded.desired.subscribers) if subscribers is None else subscribers
     try:
         infos = provider.list_keys(ids)
-    except Exception:  # noqa: BLE001 - a provider without key listing: no notices
+    except Exception:
         infos = {}
     path = ledger_path(ledger, plans)
     announced: set[tuple[str, str]] = set()
@@ -77,12 +90,12 @@ def _finish(out, plans, ledger, loaded, provider, subscribers=None) -> list:
     return actions
 
 
-def finish_after_apply(out, plans: list[str], ledger: str | None, loaded, provider) -> None:
+def finish_after_apply(out, plans: list[str], ledger: str | None, loaded, provider, live=None) -> None:
     """Every `apply` completes the rotations whose overlap has ended (`keys finish`)."""
     from ..providers import ProviderError
 
     try:
-        actions = _finish(out, plans, ledger, loaded, provider)
+        actions = _finish(out, plans, ledger, loaded, provider, live=live)
     except ProviderError as exc:
         out.warning(f"warning: keys: rotations could not be finished: {exc}; run `apimon keys finish`")
         return
@@ -106,7 +119,7 @@ def keys_show(
                   "it manages")
     try:
         with session as provider:
-            key = provider.reveal_key(subscriber)
+            key = attach_journal(provider, plans, None).reveal_key(subscriber)
     except ProviderError as exc:
         fail(out, f"error: {exc}")
     if key is None:
@@ -128,7 +141,7 @@ def keys_list(
     ids = [subscriber] if subscriber else sorted(loaded.desired.subscribers)
     try:
         with session as provider:
-            keys = provider.list_keys(ids)
+            keys = attach_journal(provider, plans, None).list_keys(ids)
     except ProviderError as exc:
         fail(out, f"error: {exc}")
     if as_json:
@@ -176,7 +189,7 @@ def keys_rotate(
     loaded, session = _session(out, plans)
     try:
         with session as provider:
-            rotated = rotate(provider, loaded.desired, subscriber, window)
+            rotated = rotate(attach_journal(provider, plans, ledger), loaded.desired, subscriber, window)
             _record(out, plans, ledger, loaded, provider, rotation_actions(rotated))
     except ProviderError as exc:
         fail(out, f"error: {exc}")
@@ -189,8 +202,9 @@ def keys_rotate(
             fail(out, f"error: cannot write {out_file}: {exc.strerror or exc}")
     ends = rotated.ends.isoformat(timespec="seconds") if rotated.ends else None
     if as_json:
-        out.json({"subscriber": subscriber, "new_key": rotated.new.as_json(), "old_keys": [k.as_json() for k in rotated.old],
-                  "old_keys_work_until": ends, "resumed": rotated.resumed, "written_to": out_file})
+        out.json({"subscriber": subscriber, "new_key": rotated.new.as_json(),
+                  "old_keys": [k.as_json() for k in rotated.old], "old_keys_work_until": ends,
+                  "resumed": rotated.resumed, "written_to": out_file})
         return
     old = ", ".join(f"...{k.last4}" for k in rotated.old) or "none"
     out.print(f"Rotated the key of {subscriber}: new key ...{rotated.new.last4}" + (" (completed an interrupted "
@@ -220,7 +234,7 @@ def keys_finish(
     loaded, session = _session(out, plans)
     try:
         with session as provider:
-            actions = _finish(out, plans, ledger, loaded, provider)
+            actions = _finish(out, plans, ledger, loaded, attach_journal(provider, plans, ledger))
     except ProviderError as exc:
         fail(out, f"error: {exc}")
     done = [a for a in actions if a.action == "expired"]
@@ -254,7 +268,7 @@ def keys_revoke(
     try:
         managed_subscriber(loaded.desired, subscriber)
         with session as provider:
-            actions = provider.revoke_key(subscriber, key, revoke_all)
+            actions = attach_journal(provider, plans, ledger).revoke_key(subscriber, key, revoke_all)
             _record(out, plans, ledger, loaded, provider, actions)
     except ProviderError as exc:
         fail(out, f"error: {exc}")
@@ -329,6 +343,7 @@ def apply_key_lifecycle(out, run, due, *, show: bool) -> bool:
     from ..providers import ProviderError
 
     plans = list(run.loaded.desired.files)
+    attach_journal(run.provider, plans, None)
     ok = True
     for sid, days in due:
         try:
@@ -341,6 +356,5 @@ def apply_key_lifecycle(out, run, due, *, show: bool) -> bool:
         if show:
             out.print(f"  ~ key of {sid} rotated ({days} days old): new key ...{rotated.new.last4}; fetch it with "
                       f"`apimon keys show {sid}`")
-    if run.provider.name and hasattr(run.provider, "finish_rotations"):
-        finish_after_apply(out, plans, None, run.loaded, run.provider)
+    finish_after_apply(out, plans, None, run.loaded, run.provider, live=None if due else run.live)
     return ok

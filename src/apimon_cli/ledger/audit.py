@@ -36,8 +36,20 @@ class AuditEntry(NamedTuple):
     detail: str
 
 
+# Rotations the gateway cannot record itself (Azure): the end of the overlap and the new key's fingerprint
+_ROTATIONS = """CREATE TABLE IF NOT EXISTS key_rotations (
+    provider   TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    subscriber TEXT NOT NULL,
+    ends       TEXT NOT NULL,
+    new_key    TEXT,          -- sha256 fingerprint of the new key once made (never the value)
+    PRIMARY KEY (provider, target, subscriber)
+)"""
+
+
 def migrate_to_audit(conn: sqlite3.Connection) -> None:
     conn.execute(_TABLE)
+    conn.execute(_ROTATIONS)
     conn.execute("CREATE INDEX IF NOT EXISTS key_audit_by_target ON key_audit (provider, target, subscriber)")
 
 
@@ -64,3 +76,21 @@ def entries(conn: sqlite3.Connection, provider: str, target: str, subscriber: st
         sql += " AND subscriber = ?"
         args.append(subscriber)
     return [AuditEntry(*row) for row in conn.execute(sql + " ORDER BY seq", args)]
+
+
+def rotations(conn: sqlite3.Connection, provider: str, target: str) -> dict[str, tuple[str, str | None]]:
+    """subscriber -> (ends, new key fingerprint or None) of the rotations in progress."""
+    rows = conn.execute("SELECT subscriber, ends, new_key FROM key_rotations WHERE provider = ? AND target = ?",
+                        (provider, target))
+    return {sid: (ends, new) for sid, ends, new in rows}
+
+
+def put_rotation(conn: sqlite3.Connection, provider: str, target: str, sid: str, ends: str, new: str | None) -> None:
+    conn.execute("INSERT INTO key_rotations (provider, target, subscriber, ends, new_key) VALUES (?, ?, ?, ?, ?) "
+                 "ON CONFLICT (provider, target, subscriber) DO UPDATE SET ends = excluded.ends, "
+                 "new_key = excluded.new_key", (provider, target, sid, ends, new))
+
+
+def drop_rotation(conn: sqlite3.Connection, provider: str, target: str, sid: str) -> None:
+    conn.execute("DELETE FROM key_rotations WHERE provider = ? AND target = ? AND subscriber = ?",
+                 (provider, target, sid))

@@ -8,7 +8,6 @@ files -> cross-field rules and provider capabilities (``checks``) -> model datac
 from __future__ import annotations
 
 import dataclasses
-
 import gc
 import os
 import re

@@ -136,7 +136,7 @@ class Provider(ABC):
         keeps working until ``ends``. Completes an interrupted rotation instead of starting a second one."""
         raise ProviderError(f"key rotation is not supported for provider {self.name} yet")
 
-    def finish_rotations(self, subscriber_ids: list[str] | None = None) -> list[KeyAction]:
+    def finish_rotations(self, subscriber_ids: list[str] | None = None, live=None) -> list[KeyAction]:
         """Remove the old keys whose overlap has ended (and complete interrupted steps)."""
         return []
 

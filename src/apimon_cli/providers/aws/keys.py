@@ -135,8 +135,10 @@ class AwsKeys:
         return Rotated(sid, KeyInfo(new["id"], last4(value), _created(new) or now, None, ACTIVE), value, [old],
                        ends=ends)
 
-    def finish_rotations(self, subscriber_ids: list[str] | None = None) -> list[KeyAction]:
-        live = self.read_live_state(include_values=False)  # type: ignore[attr-defined]
+    def finish_rotations(self, subscriber_ids: list[str] | None = None, live=None) -> list[KeyAction]:
+        """``live``: the state an apply just read (rotations and their tags are not changed by apply)."""
+        if live is None:
+            live = self.read_live_state(include_values=False)  # type: ignore[attr-defined]
         now = datetime.now(UTC)
         wanted = None if subscriber_ids is None else set(subscriber_ids)
         values: dict[str, str] | None = None
@@ -186,7 +188,7 @@ class AwsKeys:
             raise ProviderError(f"revoking ...{last4(values.get(targets[0][0]['id'], ''))} would leave {sid} without "
                                 "a working key; rotate first, or pass --all")
         actions = []
-        for k, st in targets:
+        for k, _st in targets:
             tail = last4(values.get(k["id"], ""))
             # deleted, not disabled: a disabled key would be enabled again by the next apply. The current key
             # too (--all): the subscriber has no key until the next `apply` or `keys rotate` issues one

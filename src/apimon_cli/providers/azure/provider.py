@@ -26,13 +26,14 @@ from datetime import date, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError
 
 from ...model import DesiredState, LiveState, UsageRow
 from ...reconcile.changes import Change, ChangeSet
 from ...reconcile.solver import ApplyPolicy
 from ..base import PlanNotes, Provider, ProviderError
 from .client import ARM_ENDPOINTS, SDK_ERRORS, env_int, explain, make_client
+from .keys import AzureKeys
 from .paging import PagedList, Scheduler
 from .read import SUB_PREFIX, WANTED_PRODUCT, AzureFacts, AzureReading, is_missing_products_by_tags, last
 from .write import AzureWriting, force_policy, refusal, writes_policy
@@ -49,7 +50,7 @@ def _ns_report(v: dict) -> SimpleNamespace:
                            call_count_total=v.get("callCountTotal"))
 
 
-class AzureProvider(AzureReading, AzureWriting, Provider):
+class AzureProvider(AzureKeys, AzureReading, AzureWriting, Provider):
     name = "azure"
 
     def __init__(self, desired: DesiredState):
@@ -186,14 +187,6 @@ class AzureProvider(AzureReading, AzureWriting, Provider):
         return ApplyPolicy(workers=self.concurrency, per_kind={"product": 1}, phased=True)
 
     # ---------------------------------------------------------------- keys, usage, import
-    def reveal_key(self, subscriber_id: str) -> str | None:
-        try:
-            return self.client.subscription.list_secrets(self.rg, self.service, SUB_PREFIX + subscriber_id).primary_key
-        except ResourceNotFoundError:
-            return None
-        except SDK_ERRORS as exc:
-            raise self.explain(exc, f"reading the key of subscriber {subscriber_id}") from None
-
     def pull_usage(self, start: date, end: date) -> Iterable[UsageRow]:
         """Daily call counts of apimon's subscriptions: one bySubscription report per UTC day."""
         if end < start:

@@ -101,7 +101,7 @@ class LocalKeys:
 
         return self._transaction(rotate)  # type: ignore[attr-defined]
 
-    def finish_rotations(self, subscriber_ids: list[str] | None = None) -> list[KeyAction]:
+    def finish_rotations(self, subscriber_ids: list[str] | None = None, live=None) -> list[KeyAction]:
         if not self.exists:  # type: ignore[attr-defined]
             return []
         now = _iso(datetime.now(UTC))

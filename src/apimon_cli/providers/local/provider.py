@@ -199,8 +199,8 @@ class LocalProvider(LocalKeys, Provider):
                                     "key") from None
             ends = (datetime.now(UTC) + sub.key_overlap).isoformat(timespec="seconds")
             conn.execute("DELETE FROM subscriber_keys WHERE api_key = ?", (sub.key_value,))
-            conn.execute("INSERT INTO subscriber_keys (api_key, subscriber, created_at, expires_at) VALUES (?, ?, ?, NULL)",
-                         (sub.key_value, sub.id, now))
+            conn.execute("INSERT INTO subscriber_keys (api_key, subscriber, created_at, expires_at) "
+                         "VALUES (?, ?, ?, NULL)", (sub.key_value, sub.id, now))
             if not old.startswith(REVOKED_PREFIX) and sub.key_overlap.total_seconds() > 0:
                 conn.execute("INSERT INTO subscriber_keys (api_key, subscriber, created_at, expires_at) "
                              "VALUES (?, ?, ?, ?) ON CONFLICT(api_key) DO UPDATE SET expires_at = excluded.expires_at",
