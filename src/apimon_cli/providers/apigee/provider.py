@@ -44,6 +44,7 @@ from ...model import DesiredState, LiveState, Product, UsageRow
 from ...reconcile.changes import Change, ChangeSet, FieldChange
 from ..base import PlanNotes, Provider, ProviderError
 from .client import ApigeeClient, ApigeeError, seg, session_from_environment
+from .keys import ApigeeKeys
 from .products import ApigeeProducts
 from .rateplans import as_rate_plan, plan_summary, plan_terms, pricing_from_rate_plan
 from .read import ApigeeFacts, ApigeeReading, managed, primary_credential
@@ -58,7 +59,7 @@ STATS_ROWS = 14400
 KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,2048}")
 
 
-class ApigeeProvider(ApigeeReading, ApigeeProducts, ApigeeSubscribers, Provider):
+class ApigeeProvider(ApigeeKeys, ApigeeReading, ApigeeProducts, ApigeeSubscribers, Provider):
     name = "apigee"
 
     def __init__(self, desired: DesiredState):

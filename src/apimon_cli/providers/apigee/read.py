@@ -118,9 +118,23 @@ class App:
         return self.raw.get("name", "")
 
 
+#: a credential rotating out (apimon keys rotate) carries the end of its overlap in this attribute; Apigee cannot
+#: change an issued credential's expiresAt, so `keys finish` revokes and deletes it after that
+EXPIRES_ATTR = "apimon_expires"
+#: a credential made by a rotation carries when
+ROTATED_ATTR = "apimon_rotated_at"
+
+
+def attribute(cred: dict, name: str) -> str | None:
+    return next((a.get("value") for a in cred.get("attributes") or [] if a.get("name") == name), None)
+
+
 def primary_credential(app: dict, want_product: str | None, now_ms: int) -> dict | None:
-    """The credential that is the subscriber's key: a live one holding the product, else any live one."""
-    creds = [c for c in app.get("credentials", []) if key_ok(c, now_ms)] or list(app.get("credentials", []))
+    """The credential that is the subscriber's key: a live one holding the product, else any live one (keys
+    rotating out only when there is nothing else)."""
+    every = [c for c in app.get("credentials", []) if attribute(c, EXPIRES_ATTR) is None] or \
+        list(app.get("credentials", []))
+    creds = [c for c in every if key_ok(c, now_ms)] or every
     if not creds:
         return None
 
