@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date
 from typing import Annotated, Optional
 
 import typer
 
-from .common import fail, ledger_path, load_plan, make_output, open_ledger, parse_day
+from .common import fail, ledger_path, load_plan, make_output, open_ledger, out_stream, parse_day
 
 usage_app = typer.Typer(
     help="Usage: pull from the gateway into the ledger, show, export.",
@@ -27,28 +24,9 @@ LedgerOpt = Annotated[
 MAX_DETAIL_LINES = 50
 
 
-@contextmanager
-def _writer(out, path: str | None) -> Iterator:
-    """The --out file (written atomically: a killed export leaves no half file) or stdout."""
-    if not path:
-        yield sys.stdout
-        sys.stdout.flush()
-        return
-    import os
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".apimon-", dir=directory)
-    except OSError as exc:
-        fail(out, f"error: cannot write {path}: {exc.strerror or exc}")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _writer(out, path: str | None):
+    """The --out file (atomic, owner-only: a killed or disk-full export leaves the previous file) or stdout."""
+    return out_stream(out, path, newline="")
 
 
 @usage_app.command("pull")

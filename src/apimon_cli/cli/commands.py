@@ -71,7 +71,7 @@ def plan(
             import json
 
             text = out.mask(json.dumps(saved_plan(run, adopt=adopt), indent=2, default=str))
-            write_private(out_file, text + "\n")
+            write_private(out, out_file, text + "\n")
             if not json_out:
                 out.info(
                     f"Saved the plan to {out_file}; apply it with `apimon apply --plan-file {out_file}`."

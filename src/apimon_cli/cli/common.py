@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -79,11 +82,31 @@ def open_ledger(out, path: Path, *, must_exist: bool = False):
         fail(out, f"error: cannot open ledger {path}: {exc.strerror or exc}")
 
 
-def write_private(path: str, text: str) -> None:
-    """Write a file only its owner can read (saved plans)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+def write_private(out, path: str, text: str) -> None:
+    """Write an --out file by the rules of :mod:`apimon_cli.outfile` (atomic, owner-only, FIFOs and devices
+    written into, symlinks written through), or fail with one line naming the path."""
+    from ..outfile import OutFileError, write_out
+
+    try:
+        write_out(path, text)
+    except OutFileError as exc:
+        fail(out, f"error: {exc}")
+
+
+@contextmanager
+def out_stream(out, path: str | None, *, newline: str | None = None) -> Iterator:
+    """The --out file as a stream (same rules as :func:`write_private`), or stdout without one."""
+    if not path:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    from ..outfile import OutFileError, open_out
+
+    try:
+        with open_out(path, newline=newline) as fh:
+            yield fh
+    except OutFileError as exc:
+        fail(out, f"error: {exc}")
 
 
 def run_plan(out, make):

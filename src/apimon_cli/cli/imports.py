@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .common import fail, make_output
+from .common import fail, make_output, write_private
 
 
 def _run_import(provider: str, out_file: str | None, managed_only: bool, given: dict[str, Any]) -> None:
@@ -49,8 +49,7 @@ def _run_import(provider: str, out_file: str | None, managed_only: bool, given: 
     for line in skipped:
         out.warning(f"warning: not imported: {line}")
     if out_file:
-        with open(out_file, "w") as fh:
-            fh.write(text)
+        write_private(out, out_file, text)
         out.info(f"Wrote {len(products)} products and {len(subscribers)} subscribers to {out_file}.")
     else:
         sys.stdout.write(text)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .common import fail, ledger_path, load_plan, make_output, open_ledger, parse_day
+from .common import fail, ledger_path, load_plan, make_output, open_ledger, parse_day, write_private
 
 LedgerOpt = Annotated[
     Optional[str],
@@ -55,22 +54,7 @@ def _target(out, desired) -> tuple[str, str]:
 
 
 def _write_atomic(out, path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".apimon-", dir=directory)
-    except OSError as exc:
-        fail(out, f"error: cannot write {path}: {exc.strerror or exc}")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_private(out, path, text)  # the report holds revenue per subscriber: owner-only, like every --out
 
 
 def report(

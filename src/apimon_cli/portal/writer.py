@@ -3,7 +3,8 @@
 The files go to a fresh sibling directory first, which then takes the place of ``--out``: a build that fails
 half way leaves the previous site as it was, and a statement of a subscriber who left the plan does not
 linger. A non-empty ``--out`` without apimon's marker file (``.apimon-portal``) is refused: apimon never
-deletes what it did not write (as `apply` never touches gateway resources it does not own).
+deletes what it did not write (as `apply` never touches gateway resources it does not own). A symlink as
+``--out`` is written through: the directory it points to is replaced, the symlink stays.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ class SiteError(Exception):
 
 def write_site(out: Path, files: Mapping[str, bytes]) -> None:
     out = Path(out)
+    if out.is_symlink():  # written through, never replaced (as every --out: apimon_cli.outfile)
+        real = Path(os.path.realpath(out))
+        if not real.is_dir():
+            raise SiteError(f"--out {out} is a symlink to {real}, which is not a directory; apimon writes "
+                            "through a symlink only to an existing directory")
+        out = real
     if out.exists() and not out.is_dir():
         raise SiteError(f"--out {out} is a file, not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
