@@ -70,7 +70,13 @@ def plan(
         if out_file:
             import json
 
-            text = out.mask(json.dumps(saved_plan(run, adopt=adopt), indent=2, default=str))
+            from ..reconcile.saved import SavedPlanError
+
+            try:
+                doc = saved_plan(run, adopt=adopt, saved_path=out_file)
+            except SavedPlanError as exc:
+                fail(out, f"error: {exc}")
+            text = out.mask(json.dumps(doc, indent=2, default=str))
             write_private(out, out_file, text + "\n")
             if not json_out:
                 out.info(

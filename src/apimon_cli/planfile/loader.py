@@ -215,10 +215,21 @@ def _load_one(path: str, env: dict[str, str]) -> tuple[Source | None, list[Diagn
                 "error",
                 "",
                 f"a plan file is a mapping of fields (apimon, target, "
-                f"billing, products, subscribers); got {S._kind(src.data)}",
+                # the kind only, never the value: the file may be anything (e.g. named by a crafted saved plan)
+                f"billing, products, subscribers); got {_shape(src.data)}",
             )
         ]
     return src, diags
+
+
+def _shape(value) -> str:
+    if isinstance(value, str):
+        return "text (a single string)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return S._kind(value)  # a list, nothing (null), ...
 
 
 def _byte_position(raw: bytes, offset: int) -> tuple[int, int]:
