@@ -142,9 +142,11 @@ def test_validate_plan_apply_plan_import_plan(plan: Path, fake: Fake, tmp_path: 
     r = cli("import", "--provider", "azure", "--subscription-id", "sub-1", "--resource-group", "rg",
             "--service", "apim", "--endpoint", fake.url, "--out", str(out))
     assert r.code == 0, r.output
-    assert "Wrote 2 products and 3 subscribers" in r.stderr
+    # the unmanaged product is imported (to adopt); its foreign subscriptions are listed as not imported
+    assert "Wrote 3 products and 3 subscribers" in r.stderr
     text = out.read_text()
-    assert "legacy" not in text and KEY not in text and "endpoint: " + fake.url in text
+    assert "\n  legacy:\n" in text and KEY not in text and "endpoint: " + fake.url in text
+    assert "# not imported: subscriber 'legacy-alice'" in text and "# not imported: subscriber 'master'" in text
     r = cli("plan", str(out), "--detailed-exitcode")
     assert r.code == 0 and "No changes." in r.stdout, r.output
 

@@ -622,9 +622,11 @@ def test_export_plan_round_trips(plan, fake):
                                             "cloud": "public", "endpoint": fake.base_url}), Billing(), {}, {})
     with AzureProvider(desired) as p:
         exported = p.export_plan()
+        owned = p.export_plan(include_unmanaged=False)
     assert exported["target"] == {"provider": "azure", "azure": {
         "subscription_id": "sub-1", "resource_group": "rg", "service": "apim", "endpoint": fake.base_url}}
-    assert sorted(p.id for p in exported["products"]) == ["free", "pro"]
+    assert sorted(p.id for p in exported["products"]) == ["free", "legacy", "pro"]  # unmanaged too, to adopt
+    assert sorted(p.id for p in owned["products"]) == ["free", "pro"]
     assert sorted(s.id for s in exported["subscribers"]) == ["acme", "bob", "imported"]
 
 

@@ -39,6 +39,7 @@ def _run_import(provider: str, out_file: str | None, managed_only: bool, given: 
     except ProviderError as exc:
         fail(out, f"error: {exc}")
     products, subscribers, skipped = _importable(exported["products"], exported["subscribers"])
+    skipped = [*exported.get("not_imported", []), *skipped]  # what `plan` would show that the file leaves out
     header = (
         f"# Imported by `apimon import --provider {provider}`. Pricing is not stored on every gateway:\n"
         "# review `pricing` before billing from this plan. Key values are never exported.\n"

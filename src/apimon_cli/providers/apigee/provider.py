@@ -40,7 +40,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ...model import DesiredState, LiveState, Product, UsageRow
+from ...model import DesiredState, LiveState, Product, Subscriber, UsageRow
 from ...reconcile.changes import Change, ChangeSet, FieldChange
 from ..base import PlanNotes, Provider, ProviderError
 from .client import ApigeeClient, ApigeeError, seg, session_from_environment
@@ -276,17 +276,46 @@ class ApigeeProvider(ApigeeKeys, ApigeeReading, ApigeeProducts, ApigeeSubscriber
             day = datetime.fromtimestamp(int(v["timestamp"]) / 1000, tz=UTC).date().isoformat()
             yield day, int(number)
 
+    @staticmethod
+    def _adoptable_apps(live, taken: set[str], not_imported: list[str]) -> list[Subscriber]:
+        out = []
+        for u in live.unmanaged:
+            if u.kind != "subscriber":
+                continue
+            sub = u.resource
+            if not isinstance(sub, Subscriber):
+                not_imported.append(f"subscriber {u.name!r}: {u.detail}")
+            elif not sub.product:
+                not_imported.append(f"subscriber {u.name!r}: the app has no approved key on an API product (a "
+                                    "plan subscriber needs a product)")
+            elif "," in sub.product:
+                not_imported.append(f"subscriber {u.name!r}: the app's key is on several API products "
+                                    f"({sub.product.replace(',', ', ')}); a plan subscriber has one product")
+            elif sub.id in taken:
+                not_imported.append(f"subscriber {u.name!r}: another app or subscriber is already imported as "
+                                    f"{sub.id!r} (plan subscriber ids are unique, Apigee app names are unique "
+                                    "per developer only)")
+            else:
+                taken.add(sub.id)
+                out.append(sub)
+        return out
+
     def export_plan(self, *, include_unmanaged: bool = True) -> dict:
-        """Owned products and subscribers, plus products apimon does not manage yet (adoptable)."""
+        """Owned products and subscribers, plus products and developer apps apimon does not manage yet
+        (adoptable: an app is adopted as the subscriber of its name and developer email). An app that cannot
+        be a plan subscriber is listed under ``not_imported`` with the reason."""
         live = self.read_live_state()
         products = list(live.products.values())
+        subscribers = list(live.subscribers.values())
+        not_imported: list[str] = []
         if include_unmanaged:
             products += [u.resource for u in live.unmanaged if u.kind == "product" and u.resource is not None]
+            subscribers += self._adoptable_apps(live, {s.id for s in subscribers}, not_imported)
         target: dict = {"organization": self.org, "environments": list(self.environments)}
         if self.endpoint != DEFAULT_ENDPOINT:
             target["endpoint"] = self.endpoint
         out: dict = {"target": {"provider": "apigee", "apigee": target},
-                     "products": products, "subscribers": list(live.subscribers.values())}
+                     "products": products, "subscribers": subscribers, "not_imported": not_imported}
         terms = {(p.get("currencyCode"), p.get("billingPeriod")) for pid in live.products
                  for p in live.facts.open_plans.get(pid, [])}
         if len(terms) == 1:

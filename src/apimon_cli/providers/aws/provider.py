@@ -219,29 +219,57 @@ class AwsProvider(AwsKeys, AwsReading, AwsWriting, Provider):
 
     def export_plan(self, *, include_unmanaged: bool = True) -> dict:
         """The live account as plan data: apimon-owned usage plans and keys (all of them with
-        ``include_unmanaged``, for a first import before ``apimon adopt``). Key values are never read."""
+        ``include_unmanaged``, for a first import before ``apimon adopt``). Key values are never read.
+
+        Every key `plan` shows is either written as a subscriber of the usage plan it is in or listed under
+        ``not_imported`` with the reason (in no imported usage plan, or in several: a plan subscriber has one
+        product)."""
         live = self.read_live_state(include_values=False)
         products = dict(live.products)
         subscribers = dict(live.subscribers)
+        plan_product = {live.handles[("product", n)].id: n for n in products}
         if include_unmanaged:
             for u in live.unmanaged:
                 if u.kind == "product" and isinstance(u.resource, Product):
-                    products.setdefault(u.name, u.resource)
+                    if u.name not in products:
+                        products[u.name] = u.resource
+                        handle = live.handles.get(("unmanaged-product", u.name))
+                        if handle is not None:
+                            plan_product[handle.id] = u.name
                 elif u.kind == "subscriber" and isinstance(u.resource, Subscriber):
                     subscribers.setdefault(u.name, u.resource)
-        out_products = [_exportable_product(p) for p in products.values()]
+        # the read lists the members of owned plans (and of plans the plan file names) only: an import's plan
+        # file names none, so read the members of the unmanaged plans being imported here
+        known = {live.handles[("product", n)].id for n in live.products}
+        plans_of: dict[str, set[str]] = {}
+        for pid in sorted(set(plan_product) - known):
+            for key_id in self._plan_members(pid):
+                plans_of.setdefault(key_id, set()).add(pid)
+        not_imported: list[str] = []
         out_subscribers = []
-        for s in subscribers.values():
-            first = s.product.split(", ")[0] if s.product else ""
-            if first in products:  # a key in no plan cannot be written as a subscriber
-                out_subscribers.append(_exportable_subscriber(s, first))
+        for sid, s in subscribers.items():
+            handle = live.handles.get(("subscriber", sid)) or live.handles.get(("unmanaged-subscriber", sid))
+            in_plans = set(getattr(handle, "plans", ()) or ()) | plans_of.get(getattr(handle, "id", ""), set())
+            names = sorted({plan_product[p] for p in in_plans if p in plan_product})
+            key = f"API key {handle.id}" if handle is not None else "API key"
+            if not names:
+                not_imported.append(f"subscriber {sid!r}: {key} is in no imported usage plan (a plan subscriber "
+                                    "needs a product); add it to a usage plan, or delete it if unused")
+                continue
+            if len(names) > 1:
+                not_imported.append(f"subscriber {sid!r}: {key} is in {len(names)} usage plans "
+                                    f"({', '.join(names)}); a plan subscriber has one product: remove the key from "
+                                    "all but one and import again")
+                continue
+            out_subscribers.append(_exportable_subscriber(s, names[0]))
         target: dict[str, Any] = {"region": self.region}
         if self.profile:
             target["profile"] = self.profile
         if self.endpoint_url:
             target["endpoint_url"] = self.endpoint_url
-        return {"target": {"provider": "aws", "aws": target}, "products": out_products,
-                "subscribers": out_subscribers}
+        return {"target": {"provider": "aws", "aws": target},
+                "products": [_exportable_product(p) for p in products.values()],
+                "subscribers": out_subscribers, "not_imported": not_imported}
 
 
 def _exportable_product(p: Product) -> Product:

@@ -230,11 +230,24 @@ class AzureProvider(AzureKeys, AzureReading, AzureWriting, Provider):
     def export_plan(self, *, include_unmanaged: bool = True) -> dict:
         """Owned products and subscriptions, plus products apimon does not manage yet (adoptable).
         Foreign subscriptions are never exported: apimon owns only `apimon-` subscriptions, so they
-        cannot be adopted (see the module docstring)."""
-        live = self.read_live_state()
+        cannot be adopted (see the module docstring); each is listed under ``not_imported`` with that reason."""
+        self.details_of_all_products = include_unmanaged  # an import's plan names no product: read them all
+        try:
+            live = self.read_live_state()
+        finally:
+            self.details_of_all_products = False
         products = list(live.products.values())
+        not_imported: list[str] = []
         if include_unmanaged:
-            products += [u.resource for u in live.unmanaged if u.kind == "product" and u.resource is not None]
+            for u in live.unmanaged:
+                if u.kind == "product" and u.resource is not None:
+                    products.append(u.resource)
+                elif u.kind == "product":
+                    not_imported.append(f"product {u.name!r}: {u.detail}; its policy and APIs could not be read")
+                elif u.kind == "subscriber":
+                    not_imported.append(
+                        f"subscriber {u.name!r}: {u.detail}; apimon manages only subscriptions it names "
+                        f"{SUB_PREFIX}<id> and Azure cannot rename one, so it cannot be adopted (it is left alone)")
         azure: dict[str, Any] = {"subscription_id": self.subscription_id, "resource_group": self.rg,
                                  "service": self.service}
         if self.cloud != "public":
@@ -242,4 +255,4 @@ class AzureProvider(AzureKeys, AzureReading, AzureWriting, Provider):
         if self.settings.get("endpoint"):
             azure["endpoint"] = self.settings["endpoint"]
         return {"target": {"provider": "azure", "azure": azure},
-                "products": products, "subscribers": list(live.subscribers.values())}
+                "products": products, "subscribers": list(live.subscribers.values()), "not_imported": not_imported}

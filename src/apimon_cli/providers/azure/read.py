@@ -121,6 +121,8 @@ class AzureReading:
     concurrency: int
     desired: Any
     _plain_product_list: bool
+    #: read the policy and API links of every product, not only of owned ones and the plan's (import)
+    details_of_all_products: bool = False
 
     def _service_path(self, collection: str) -> str:
         return (f"/subscriptions/{quote(self.subscription_id)}/resourceGroups/{quote(self.rg)}/providers/"
@@ -176,8 +178,8 @@ class AzureReading:
             items, apis = listed["products"], listed["apis"]
             if items is None or apis is None:
                 return
-            targets = sorted({last(r.product.id) for r in items if r.product is not None}
-                             & (owned_ids(items) | desired_products))
+            every = {last(r.product.id) for r in items if r.product is not None}
+            targets = sorted(every if self.details_of_all_products else every & (owned_ids(items) | desired_products))
             for pid in targets:
                 links[pid] = []
                 sched.submit(lambda pid=pid: read_policy_of(pid), lambda r: policies.__setitem__(r[0], (r[1], r[2])))
