@@ -20,13 +20,14 @@ from datetime import UTC, date, datetime
 
 from ...model import DesiredState, LiveState, Subscriber, Unmanaged, UsageRow
 from ...planfile.writer import product_from_plan, product_to_plan
-from ...reconcile.changes import Change
+from ...reconcile.changes import Change, FieldChange
 from ...reconcile.fields import key_fingerprint
 from ..base import Provider, ProviderError
 from .keys import REVOKED_PREFIX, LocalKeys
 from .state import OWNER, connect_state, state_dir_of
 
 LOCK_WAIT_SECONDS = 10.0
+BILLING_FIELDS = ("currency", "period", "metric")
 
 
 def _now() -> str:
@@ -56,6 +57,35 @@ class LocalProvider(LocalKeys, Provider):
     @property
     def exists(self) -> bool:
         return (self.state_dir / "state.db").exists()
+
+    def recorded_billing(self) -> dict | None:
+        """The billing block (currency, period, metric) the last apply recorded; None before any."""
+        if not self.exists:
+            return None
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'billing'").fetchone()
+        try:
+            data = json.loads(row[0]) if row else None
+        except ValueError:
+            return None
+        return {k: data[k] for k in BILLING_FIELDS if isinstance(data.get(k), str)} if isinstance(data, dict) else None
+
+    def _billing_block(self) -> dict:
+        b = self.desired.billing
+        return {"currency": b.currency, "period": b.period, "metric": b.metric}
+
+    def extra_changes(self, desired: DesiredState, live: LiveState) -> list[Change]:
+        """A billing block other than the one recorded is a change of every product's terms (their prices
+        are in that currency, per that period), so apply records it even when nothing else changed."""
+        have = self.recorded_billing()
+        if not have:  # a state from before apimon recorded it: recorded by the next apply, not a change
+            return []
+        want = self._billing_block()
+        fields = tuple(FieldChange(f"billing.{k}", have.get(k), want[k]) for k in BILLING_FIELDS
+                       if have.get(k) != want[k])
+        if not fields:
+            return []
+        return [Change("update", "product", pid, fields, desired.products[pid], product)
+                for pid, product in live.products.items() if pid in desired.products]
 
     def read_live_state(self) -> LiveState:
         live = LiveState()
@@ -101,9 +131,18 @@ class LocalProvider(LocalKeys, Provider):
                             f"another apimon apply holds the lock on {self.state_dir} "
                             f"(waited {LOCK_WAIT_SECONDS:.0f} s); try again when it has finished") from None
                     time.sleep(0.1)
+            # the plan's billing block, so `import` gives it back (a re-invoiced EUR plan stays EUR)
+            self._record_billing()
             yield
         finally:
             os.close(fd)
+
+    def _record_billing(self) -> None:
+        try:
+            self.conn.execute("INSERT INTO meta (key, value) VALUES ('billing', ?) ON CONFLICT(key) DO UPDATE "
+                              "SET value = excluded.value", (json.dumps(self._billing_block(), sort_keys=True),))
+        except sqlite3.DatabaseError as exc:
+            raise ProviderError(f"local state: {exc}") from None
 
     def _transaction(self, write: Callable[[sqlite3.Connection], str]) -> str:
         """One change, one transaction (a killed apply leaves whole changes); each bumps the revision the
@@ -240,11 +279,18 @@ class LocalProvider(LocalKeys, Provider):
             yield UsageRow(subscriber, product, day, metric, count)
 
     def export_plan(self, *, include_unmanaged: bool = True) -> dict:
+        if not self.exists:
+            raise ProviderError(f"no local gateway state at {self.state_dir / 'state.db'}; give --state-dir the "
+                                "state directory of an applied plan (target.local.state_dir)")
         live = self.read_live_state()
         products = list(live.products.values())
         subscribers = list(live.subscribers.values())
         if include_unmanaged:
             products += [u.resource for u in live.unmanaged if u.kind == "product" and u.resource]
             subscribers += [u.resource for u in live.unmanaged if u.kind == "subscriber" and u.resource]
-        return {"target": {"provider": "local", "local": {"state_dir": str(self.state_dir)}},
-                "products": products, "subscribers": subscribers}
+        out = {"target": {"provider": "local", "local": {"state_dir": str(self.state_dir)}},
+               "products": products, "subscribers": subscribers}
+        billing = self.recorded_billing()
+        if billing:
+            out["billing"] = billing
+        return out
