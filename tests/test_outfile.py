@@ -115,6 +115,16 @@ def test_a_fifo_is_written_into_never_replaced(tmp_path):
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
+def test_a_symlink_to_a_fifo_is_written_into_through_the_link(tmp_path):
+    fifo, reader = _fifo(tmp_path)  # as /dev/stdout -> /proc/self/fd/1 -> a pipe
+    link = tmp_path / "stdout"
+    link.symlink_to(fifo)
+    write_out(link, "via the link\n")
+    reader.join(10)
+    assert reader.data == b"via the link\n"
+    assert link.is_symlink() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
 @pytest.mark.parametrize("where, message", [
     ("missing/a.txt", "the directory .*missing does not exist"),
     (".", "is a directory"),

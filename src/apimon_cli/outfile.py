@@ -48,6 +48,8 @@ def _resolve(path: str) -> tuple[str, os.stat_result | None]:
                                "apimon writes through a symlink only to an existing file") from None
         except OSError as exc:
             raise OutFileError(f"cannot write {path}: {_reason(exc)}") from None
+        if not stat.S_ISREG(st.st_mode):
+            return path, st  # a FIFO or device behind the link (/dev/stdout -> a pipe): opened through it
         return target, st
     try:
         return target, os.stat(target)
