@@ -59,10 +59,11 @@ def _resolve(path: str) -> tuple[str, os.stat_result | None]:
         raise OutFileError(f"cannot write {path}: {_reason(exc)}") from None
 
 
-def _write_error(path: str, exc: OSError, existed: bool) -> OutFileError:
+def _write_error(path: str, exc: OSError, existed: bool | None) -> OutFileError:
+    """``existed``: None for a FIFO or device (written into: there is no previous file to keep)."""
     if exc.errno in _FULL:
-        kept = "the previous file is unchanged" if existed else "no file was written"
-        return OutFileError(f"cannot write {path}: {_reason(exc)} (the disk or a size limit is full); {kept}")
+        kept = {True: "; the previous file is unchanged", False: "; no file was written", None: ""}[existed]
+        return OutFileError(f"cannot write {path}: {_reason(exc)} (the disk or a size limit is full){kept}")
     if exc.errno == errno.EPIPE:
         return OutFileError(f"cannot write {path}: its reader closed it before the end")
     return OutFileError(f"cannot write {path}: {_reason(exc)}")
@@ -72,7 +73,7 @@ class _Guarded:
     """A text stream whose write errors become OutFileError (so an OSError while *reading* what is being
     written, e.g. from a ledger, is not reported as a write error)."""
 
-    def __init__(self, fh: TextIO, path: str, existed: bool) -> None:
+    def __init__(self, fh: TextIO, path: str, existed: bool | None) -> None:
         self._fh, self._path, self._existed = fh, path, existed
 
     def write(self, text: str) -> int:
@@ -151,11 +152,11 @@ def _into_special(path: str, target: str, newline: str | None, encoding: str) ->
         raise OutFileError(f"cannot write {path}: {_reason(exc)}") from None
     fh = os.fdopen(fd, "w", encoding=encoding, newline=newline)
     try:
-        yield _Guarded(fh, path, True)  # type: ignore[misc]
+        yield _Guarded(fh, path, None)  # type: ignore[misc]
         try:
             fh.flush()
         except OSError as exc:
-            raise _write_error(path, exc, True) from None
+            raise _write_error(path, exc, None) from None
     finally:
         _close_quietly(fh)
 
