@@ -99,6 +99,26 @@ def test_a_symlink_is_written_through_and_stays_a_symlink(tmp_path):
     assert real.read_text() == "new\n"
 
 
+def test_a_symlink_to_a_file_outside_its_directory_is_refused_and_the_file_untouched(tmp_path):
+    victim = tmp_path / "elsewhere" / "victim.txt"  # as /etc/passwd behind a link planted in a checkout
+    victim.parent.mkdir()
+    victim.write_text("precious\n")
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    link = checkout / "report.csv"
+    link.symlink_to(victim)
+    with pytest.raises(OutFileError, match=f"symlink to {victim}, outside {checkout}"):
+        write_out(link, "x")
+    assert victim.read_text() == "precious\n" and link.is_symlink()
+    (checkout / "2026").mkdir()
+    inner = checkout / "2026" / "11.csv"
+    inner.write_text("old")
+    link.unlink()
+    link.symlink_to("2026/11.csv")  # below the link's directory: written through
+    write_out(link, "new")
+    assert inner.read_text() == "new" and link.is_symlink()
+
+
 def test_a_dangling_symlink_is_refused_and_nothing_is_created(tmp_path):
     link = tmp_path / "link.txt"
     link.symlink_to(tmp_path / "elsewhere" / "nothing.txt")

@@ -7,9 +7,12 @@ Rules (README, "Output files"):
   is readable by its owner only (0600), also when it replaces an existing file with a wider mode.
 - A target that exists and is not a regular file (a FIFO, a character device such as ``/dev/null`` or
   ``/dev/stdout``) is written *into*: opened for writing, never truncated by rename, never replaced.
-- A symlink is resolved on purpose: apimon writes through it to the file it points to (by the rules above,
-  so the target is replaced atomically and the symlink stays a symlink). A dangling symlink or a loop is
-  refused: apimon never creates a file where a symlink points.
+- A symlink is resolved on purpose and never replaced: to a FIFO or character device, apimon writes into
+  it (``/dev/stdout``); to a regular file in the link's own directory or below (``latest.csv ->
+  2026/11.csv``), apimon writes through it (the target replaced atomically as above, the link kept). A link
+  to a file elsewhere (``report.csv -> /etc/passwd`` planted in a checkout), a dangling link or a loop is
+  refused: apimon never replaces a file outside the directory it was pointed at, nor creates one where a
+  link points. Block devices are refused, directly or through a link.
 - A directory, a missing directory, a read-only directory, or a full disk (ENOSPC, EDQUOT, or a file size
   limit) is an :class:`OutFileError` naming the path; on a full disk the previous file is left as it was
   and no empty or partial file is left behind.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -36,8 +40,9 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _resolve(path: str) -> tuple[str, os.stat_result | None]:
-    """(where to write, its stat or None when it does not exist yet), or OutFileError."""
+def _resolve(path: str) -> tuple[str, os.stat_result | None, bool]:
+    """(where to write, its stat or None when it does not exist yet, whether to write into it rather than
+    replace it), or OutFileError."""
     target = path
     if os.path.islink(path):
         target = os.path.realpath(path)
@@ -48,15 +53,48 @@ def _resolve(path: str) -> tuple[str, os.stat_result | None]:
                                "apimon writes through a symlink only to an existing file") from None
         except OSError as exc:
             raise OutFileError(f"cannot write {path}: {_reason(exc)}") from None
-        if not stat.S_ISREG(st.st_mode):
-            return path, st  # a FIFO or device behind the link (/dev/stdout -> a pipe): opened through it
-        return target, st
+        if stat.S_ISBLK(st.st_mode):
+            raise OutFileError(f"cannot write {path}: it is a symlink to the block device {target}; apimon never "
+                               "writes onto a disk")
+        if not stat.S_ISREG(st.st_mode) or _names_a_descriptor(path):
+            # a FIFO or character device behind the link, or an open descriptor (/dev/stdout, also when the
+            # shell redirected it to a file): written into, appended to, never replaced
+            return path, st, not stat.S_ISDIR(st.st_mode)
+        home = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+        if os.path.commonpath([target, home]) != home:
+            # a link planted in a checkout (report.csv -> /etc/passwd) must not make a CI job replace a file
+            # elsewhere: through a link, only files in the link's own directory or below
+            raise OutFileError(f"cannot write {path}: it is a symlink to {target}, outside {home}; apimon writes "
+                               "through a symlink only to a file in the link's directory or below (give the "
+                               "target's own path to write it)")
+        return target, st, False
     try:
-        return target, os.stat(target)
+        st = os.stat(target)
     except FileNotFoundError:
-        return target, None
+        return target, None, False
     except OSError as exc:
         raise OutFileError(f"cannot write {path}: {_reason(exc)}") from None
+    if stat.S_ISBLK(st.st_mode):
+        raise OutFileError(f"cannot write {path}: it is a block device; apimon never writes onto a disk")
+    return target, st, not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode)
+
+
+_DESCRIPTOR = re.compile(r"/(?:proc/(?:self|thread-self|[0-9]+)|dev)/fd/[0-9]+")
+
+
+def _names_a_descriptor(path: str) -> bool:
+    """Whether ``path`` or a link on the way names an open file descriptor (``/dev/stdout``)."""
+    hop = os.path.abspath(path)
+    for _ in range(40):
+        if _DESCRIPTOR.fullmatch(os.path.normpath(hop)):
+            return True
+        if not os.path.islink(hop):
+            return False
+        try:
+            hop = os.path.join(os.path.dirname(hop), os.readlink(hop))
+        except OSError:
+            return False
+    return False
 
 
 def _write_error(path: str, exc: OSError, existed: bool | None) -> OutFileError:
@@ -101,10 +139,10 @@ def open_out(path: str | os.PathLike, *, newline: str | None = None, encoding: s
     """A text stream onto ``path`` by the module's rules; the file appears (or is replaced) only when the
     ``with`` block ends without an exception."""
     path = os.fspath(path)
-    target, st = _resolve(path)
+    target, st, into = _resolve(path)
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise OutFileError(f"cannot write {path}: it is a directory; give a file name")
-    if st is not None and not stat.S_ISREG(st.st_mode):
+    if into:
         yield from _into_special(path, target, newline, encoding)
         return
     directory = os.path.dirname(os.path.abspath(target)) or "."
@@ -147,7 +185,8 @@ def open_out(path: str | os.PathLike, *, newline: str | None = None, encoding: s
 def _into_special(path: str, target: str, newline: str | None, encoding: str) -> Iterator[TextIO]:
     """Write into a FIFO or a device: it stays what it is (never truncated, chmod-ed or replaced)."""
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+        # O_APPEND: a regular file behind /dev/stdout is the shell's redirection, never truncated by apimon
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise OutFileError(f"cannot write {path}: {_reason(exc)}") from None
     fh = os.fdopen(fd, "w", encoding=encoding, newline=newline)
