@@ -44,6 +44,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
@@ -54,7 +55,7 @@ from ...reconcile.solver import ApplyPolicy
 from ..base import PlanNotes, Provider, ProviderError
 from .client import AwsClient
 from .keys import AwsKeys
-from .read import AwsReading, owned, rotating_out, subscriber_of
+from .read import READ_THREADS, AwsReading, owned, rotating_out, subscriber_of
 from .scheduler import QUOTA_SCALE_ENV, Quotas, QuotaScaleError, RetryPolicy, lower_bound_seconds, quota_scale
 from .write import AwsWriting
 
@@ -242,9 +243,11 @@ class AwsProvider(AwsKeys, AwsReading, AwsWriting, Provider):
         # file names none, so read the members of the unmanaged plans being imported here
         known = {live.handles[("product", n)].id for n in live.products}
         plans_of: dict[str, set[str]] = {}
-        for pid in sorted(set(plan_product) - known):
-            for key_id in self._plan_members(pid):
-                plans_of.setdefault(key_id, set()).add(pid)
+        extra = sorted(set(plan_product) - known)
+        with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="apimon-aws-import") as pool:
+            for pid, key_ids in zip(extra, pool.map(self._plan_members, extra), strict=True):
+                for key_id in key_ids:
+                    plans_of.setdefault(key_id, set()).add(pid)
         not_imported: list[str] = []
         out_subscribers = []
         for sid, s in subscribers.items():
