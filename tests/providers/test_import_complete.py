@@ -67,6 +67,9 @@ def test_aws_import_writes_keys_of_unmanaged_usage_plans(aws_fake, tmp_path):
     assert "warning: not imported: subscriber 'loose'" in r.stderr
     r = run_cli("plan", str(out), "--detailed-exitcode", cwd=tmp_path, env=env)
     assert r.code == 0 and "subscriber handmade matches the plan but is not managed by apimon yet" in r.stdout
+    r = run_cli("adopt", str(out), "--auto-approve", cwd=tmp_path, env=env)
+    assert r.code == 0 and "subscriber handmade: adopted" in r.stdout, r.output
+    assert run_cli("plan", str(out), "--detailed-exitcode", cwd=tmp_path, env=env).code == 0
 
 
 # ---------------------------------------------------------------- Azure
@@ -142,3 +145,6 @@ def test_apigee_import_writes_unmanaged_apps_or_says_why_not(apigee_fake, tmp_pa
     assert "legacykey" not in text and "nokey-0123" not in text
     r = run_cli("plan", str(out), "--detailed-exitcode", cwd=tmp_path, env=env)
     assert r.code == 0 and "subscriber oldapp matches the plan but is not managed by apimon yet" in r.stdout
+    r = run_cli("adopt", str(out), "--auto-approve", cwd=tmp_path, env=env)
+    assert r.code == 0 and "subscriber oldapp: adopted" in r.stdout, r.output
+    assert run_cli("plan", str(out), "--detailed-exitcode", cwd=tmp_path, env=env).code == 0
