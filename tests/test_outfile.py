@@ -297,3 +297,27 @@ def test_a_read_only_directory_is_a_clear_error(billed, tmp_path):
     assert "Traceback" not in proc.stderr
     assert f"error: cannot write {ro}/inv.csv: the directory {ro} is not writable (Read-only file system)" \
         in proc.stderr
+
+
+def test_a_streamed_write_over_the_size_limit_keeps_the_previous_file(tmp_path):
+    """The streaming path (invoice, usage export) under RLIMIT_FSIZE, in a subprocess."""
+    target = tmp_path / "export.csv"
+    target.write_text("previous\n")
+    code = (
+        "import sys\n"
+        "from apimon_cli.outfile import OutFileError, open_out\n"
+        "try:\n"
+        f"    with open_out({str(target)!r}, newline='') as fh:\n"
+        "        for i in range(100000):\n"
+        "            fh.write(f'row-{i:08d},' * 4 + '\\r\\n')\n"
+        "except OutFileError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n")
+    limit = 64 * 1024
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stdout.startswith(f"cannot write {target}: File too large") and "previous file is unchanged" \
+        in proc.stdout
+    assert target.read_text() == "previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.csv"]
