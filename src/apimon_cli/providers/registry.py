@@ -99,6 +99,9 @@ class ProviderSpec:
     capabilities: Capabilities = field(default_factory=Capabilities)
     plan_checks: Callable[[Any, Any], None] | None = None  # (planfile.checks.PlanParts, reporter): offline
     import_options: tuple[ImportOption, ...] = ()
+    #: the URLs of the settings that receive a credential: settings -> [(field, url, public default)], for
+    #: the endpoint rule (``security.endpoints``; checked offline by `apimon validate`)
+    credential_urls: Callable[[dict], list[tuple[str, str, str | None]]] | None = None
 
     def provider_class(self) -> type[Provider]:
         return _load(self.provider)

@@ -22,11 +22,7 @@ from azure.core.pipeline.policies import SansIOHTTPPolicy
 from ..base import ProviderError
 from ..transport.azure import CappedRetryPolicy, transport_kwargs
 
-ARM_ENDPOINTS = {
-    "public": "https://management.azure.com",
-    "china": "https://management.chinacloudapi.cn",
-    "usgovernment": "https://management.usgovcloudapi.net",
-}
+from .spec import ARM_ENDPOINTS
 MAX_ATTEMPTS = 5
 SDK_ERRORS = (HttpResponseError, ServiceRequestError, ServiceResponseError)
 
