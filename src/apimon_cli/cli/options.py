@@ -47,6 +47,14 @@ def global_options(
         if not timeout > 0:
             _bad(f"--timeout: must be a number of seconds above 0; got {timeout:g}")
         os.environ["APIMON_TIMEOUT"] = repr(timeout)
+    if os.environ.get("APIMON_TIMEOUT", "").strip():
+        from ..providers.base import ProviderError
+        from ..providers.transport import watch
+
+        try:
+            watch.configure(timeout)
+        except ProviderError as exc:
+            _bad(str(exc))
     if verbose:
         os.environ["APIMON_LOG"] = "debug"
 
