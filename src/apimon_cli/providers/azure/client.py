@@ -134,7 +134,10 @@ def explain(exc: Exception, what: str, *, service: str, rg: str, subscription_id
                              "`az login` (or another DefaultAzureCredential source) or set APIMON_AZURE_TOKEN")
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
         if watch.expired():
-            return watch.timeout_error(f"Azure at {base_url} ({what})", _last_failure(exc))
+            from azure.core.exceptions import ServiceRequestTimeoutError, ServiceResponseTimeoutError
+
+            ours = isinstance(exc, (ServiceRequestTimeoutError, ServiceResponseTimeoutError))  # the deadline
+            return watch.timeout_error(f"Azure at {base_url} ({what})", None if ours else _last_failure(exc))
         return ProviderError(f"{what}: cannot reach Azure at {base_url}: {_last_failure(exc)}{watch.budget_note()}")
     if isinstance(exc, HttpResponseError):
         status = exc.status_code
