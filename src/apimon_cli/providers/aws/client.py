@@ -113,14 +113,6 @@ class AwsClient:
         finds the effect of the failed attempt it returns it (not None) and nothing is sent again.
         ``missing_ok``: a NotFoundException returns None (deletes that find the resource gone).
         """
-        from botocore.exceptions import (
-            ClientError,
-            ConnectionError,
-            EndpointConnectionError,
-            HTTPClientError,
-            NoCredentialsError,
-            PartialCredentialsError,
-        )
 
         method = getattr(self.boto, _snake(op))
         with watch.track("AWS", self.boto.meta.endpoint_url, "POST") as call:

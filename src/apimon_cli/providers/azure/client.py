@@ -22,8 +22,8 @@ from azure.core.pipeline.policies import SansIOHTTPPolicy
 from ..base import ProviderError
 from ..transport import watch
 from ..transport.azure import CappedRetryPolicy, transport_kwargs
-
 from .spec import ARM_ENDPOINTS
+
 MAX_ATTEMPTS = 5
 SDK_ERRORS = (HttpResponseError, ServiceRequestError, ServiceResponseError)
 

@@ -25,11 +25,12 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from ...security.redact import add_secrets, redact  # noqa: F401 - add_secrets: for providers
 from ..base import ProviderError
 from . import TIMEOUTS, Timeouts
 
@@ -47,23 +48,7 @@ class CommandTimeout(ProviderError):
 
 # ---------------------------------------------------------------- redaction
 
-_SECRETS: set[str] = set()
 _SENSITIVE_QUERY = re.compile(r"(key|token|secret|signature|sig|password|code|credential)", re.I)
-
-
-def add_secrets(values: Iterable[str | None]) -> None:
-    """Values never to print (key values, tokens): the plan loader and the providers add theirs."""
-    _SECRETS.update(v for v in values if v and len(v) >= 4)
-
-
-def redact(text: str) -> str:
-    for s in sorted(_SECRETS, key=len, reverse=True):
-        if s in text:
-            text = text.replace(s, "***")
-        q = quote(s, safe="")
-        if q != s and q in text:
-            text = text.replace(q, "***")
-    return text
 
 
 def redact_path(url_or_path: str) -> str:
