@@ -26,7 +26,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-from . import billing, commands, events, gateway, imports, keys, options, push, report  # noqa: E402 - they add to ``app``
+from . import billing, commands, doctor, events, gateway, imports, keys, options, push, report  # noqa: E402
 
 app.callback()(options.global_options)
 
@@ -40,6 +40,7 @@ app.add_typer(events.events_app, name="events")
 commands.register(app)
 imports.register(app)
 app.add_typer(gateway.gateway_app, name="gateway")
+app.command("doctor")(doctor.doctor)
 
 
 def main() -> None:

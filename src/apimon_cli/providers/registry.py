@@ -102,6 +102,7 @@ class ProviderSpec:
     #: the URLs of the settings that receive a credential: settings -> [(field, url, public default)], for
     #: the endpoint rule (``security.endpoints``; checked offline by `apimon validate`)
     credential_urls: Callable[[dict], list[tuple[str, str, str | None]]] | None = None
+    doctor: str | None = None  # "module:function" yielding `apimon doctor`'s checks (providers.diagnose)
 
     def provider_class(self) -> type[Provider]:
         return _load(self.provider)

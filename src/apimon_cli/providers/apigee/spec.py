@@ -71,4 +71,5 @@ SPEC = ProviderSpec(
         ImportOption("--endpoint", "endpoint", "API base URL override", default=DEFAULT_ENDPOINT),
     ),
     credential_urls=credential_urls,
+    doctor="apimon_cli.providers.apigee.doctor:checks",
 )

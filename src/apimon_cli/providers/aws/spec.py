@@ -76,4 +76,5 @@ SPEC = ProviderSpec(
         ImportOption("--endpoint-url", "endpoint_url", "endpoint override"),
     ),
     credential_urls=credential_urls,
+    doctor="apimon_cli.providers.aws.doctor:checks",
 )

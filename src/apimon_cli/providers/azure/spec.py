@@ -66,4 +66,5 @@ SPEC = ProviderSpec(
         ImportOption("--endpoint", "endpoint", "API base URL override"),
     ),
     credential_urls=credential_urls,
+    doctor="apimon_cli.providers.azure.doctor:checks",
 )
