@@ -154,4 +154,7 @@ def get_provider(desired: DesiredState) -> Provider:
             raise ProviderError(f"provider {name} is not available in this version of apimon") from None
         raise ProviderError(f"provider {name} needs the Python package {exc.name!r}; "
                             f"reinstall apimon with its dependencies") from None
+    from .transport import watch
+
+    watch.reset_budget()  # one provider per command run: its retries get the whole budget
     return cls(desired)

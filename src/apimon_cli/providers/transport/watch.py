@@ -108,6 +108,13 @@ def configure(timeout: float | None = None, *, start: float | None = None) -> No
         _start_backstop()
 
 
+def reset_budget() -> None:
+    """A new provider run (one per command): its retries start with the whole budget."""
+    with _lock:
+        _state.retry_spent = 0.0
+        _state.last_failure = _state.last_call = ""
+
+
 def remaining() -> float | None:
     """Seconds left before the deadline (None: no deadline)."""
     d = _state.deadline
