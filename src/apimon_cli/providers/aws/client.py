@@ -171,8 +171,8 @@ class AwsClient:
                 else:
                     raise AwsCallError(f"{op}: {code or status}: {message or 'request refused'}", code,
                                        message) from None
-                named = f" {code}" if code and code != str(status) else ""
-                last = f"HTTP {status}{named}: {message or 'no message'}" if status else f"{code}: {message}"
+                named = code and code != str(status)
+                last = f"{code if named or not status else f'HTTP {status}'}: {message or 'no message'}"
             except (NoCredentialsError, PartialCredentialsError) as exc:
                 raise ProviderError(f"no usable AWS credentials ({exc}); configure the standard AWS chain "
                                     "or target.aws.profile") from None

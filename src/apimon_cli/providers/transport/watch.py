@@ -167,9 +167,9 @@ def timeout_error(where: str, failure: str | None = None) -> CommandTimeout:
 def budget_note() -> str:
     """Why a call stopped retrying, for its error message ("" if it did not stop for the budget)."""
     if expired():
-        return f" (the command's --timeout of {_state.timeout:g} s has passed)"
+        return f"; the command's --timeout of {_state.timeout:g} s has passed"
     if _state.retry_spent >= RETRY_BUDGET:
-        return f" (the command's retry budget of {RETRY_BUDGET:g} s is spent)"
+        return f"; the command's retry budget of {RETRY_BUDGET:g} s is spent"
     return ""
 
 
