@@ -24,6 +24,7 @@ def _bad(message: str) -> None:
 
 
 def global_options(
+    ctx: typer.Context,
     allow_endpoint: Annotated[Optional[list[str]], typer.Option(
         "--allow-endpoint", metavar="HOST[:PORT]",
         help="Let a plan send credentials to this host (https; loopback also over http). Repeatable; adds to "
@@ -47,7 +48,8 @@ def global_options(
         if not timeout > 0:
             _bad(f"--timeout: must be a number of seconds above 0; got {timeout:g}")
         os.environ["APIMON_TIMEOUT"] = repr(timeout)
-    if os.environ.get("APIMON_TIMEOUT", "").strip():
+    if os.environ.get("APIMON_TIMEOUT", "").strip() and ctx.invoked_subcommand != "gateway":
+        # `gateway serve` is a server: it is not bounded (its own limits are per request)
         from ..providers.base import ProviderError
         from ..providers.transport import watch
 
