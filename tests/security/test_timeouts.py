@@ -4,6 +4,7 @@ apimon says what it is waiting for; the error names the endpoint and the last fa
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,8 +38,12 @@ def test_black_holed_endpoint_ends_within_the_timeout(tmp_path, provider):
         took = time.monotonic() - t0
         assert hole.connections >= 1  # it was reached: the wait was for its answer
     assert r.code == 1, r.output
-    assert took < 4 + 6, took  # the bound, plus interpreter start-up and the 2 s backstop at most
+    # the bound (counted from the command's start, after the interpreter's), at most the 2 s backstop more;
+    # the wall clock also pays the interpreter's start-up, slow on a loaded machine (without the bound: minutes)
     name = TARGETS[provider][0]
+    waited = re.search(r"gave up waiting for .* after (\d+) s", r.stderr)
+    assert waited and int(waited.group(1)) <= 4 + 2, r.stderr
+    assert took < 4 + 20, took
     assert f"waiting for {name} at {hole.url}" in r.stderr  # said after 2 s, not silence
     assert f"error: gave up waiting for {name} at {hole.url}" in r.stderr, r.stderr
     assert "last failure: read timed out" in r.stderr and "--timeout" in r.stderr
@@ -53,7 +58,7 @@ def test_apimon_timeout_environment_variable_bounds_the_command(tmp_path):
         t0 = time.monotonic()
         r = run_cli("plan", str(plan), env={**ENV, **allow_endpoints(hole.url), "APIMON_TIMEOUT": "3"}, timeout=60)
         took = time.monotonic() - t0
-    assert r.code == 1 and "gave up waiting for Apigee" in r.stderr and took < 3 + 6
+    assert r.code == 1 and "gave up waiting for Apigee" in r.stderr and took < 3 + 20
 
 
 def test_bad_timeout_values_are_refused(tmp_path):
@@ -100,7 +105,7 @@ def unavailable():
 def test_retries_are_announced_and_an_html_error_page_is_one_line(tmp_path, provider, unavailable):
     plan = plan_for(tmp_path, provider, unavailable)
     env = {**ENV, **allow_endpoints(unavailable), "APIMON_AZURE_RETRY_BACKOFF": "1"}
-    r = run_cli("plan", str(plan), "--timeout", "6", env=env, timeout=60)
+    r = run_cli("plan", str(plan), "--timeout", "10", env=env, timeout=60)  # room for a slow start-up
     assert r.code == 1, r.output
     assert "retrying (" in r.stderr and "last failure: HTTP 503" in r.stderr, r.stderr  # not silence
     assert "<html" not in r.stderr.lower() and "<style" not in r.stderr.lower()

@@ -48,7 +48,7 @@ def test_bad_apimon_timeout(monkeypatch):
 
 
 def test_notice_says_what_and_why():
-    call = watch.Call("Azure", "https://management.azure.com", "GET", "/subscriptions/s")
+    call = watch.Call("Azure", "https://management.azure.com/subscriptions/s", "GET")
     call.started -= 3
     call.retrying("HTTP 503", 4.0)
     text = watch.notice(call)

@@ -61,8 +61,7 @@ def _track_request(request: Any, **_: Any) -> None:
     only scheme, host and path are kept, never headers)."""
     call = watch.current()
     if call is not None:
-        call.method, call.path = request.method, watch.redact_path(request.url)
-        call.endpoint = watch.base_of(request.url)
+        call.method, call.url, call.label = request.method, request.url, ""
 
 
 def configured_endpoint(region: str | None, profile: str | None) -> str | None:
@@ -116,7 +115,7 @@ class AwsClient:
 
         method = getattr(self.boto, _snake(op))
         with watch.track("AWS", self.boto.meta.endpoint_url, "POST") as call:
-            call.path = op  # until botocore's before-send names the request
+            call.label = op  # until botocore's before-send names the request
             return self._call(op, method, call, recover, missing_ok, kwargs)
 
     def _call(self, op: str, method: Any, call: watch.Call, recover: Callable[[], Any] | None, missing_ok: bool,

@@ -210,9 +210,9 @@ class Call:
     """One logical gateway call (its retries included), as tracked while it runs."""
 
     provider: str  # "AWS", "Azure", "Apigee"
-    endpoint: str  # scheme://host[:port]
+    url: str  # as sent (never printed as is: ``endpoint`` and ``path`` are)
     method: str
-    path: str  # redacted
+    label: str = ""  # shown instead of the path until the URL is known (AWS: the operation)
     started: float = field(default_factory=time.monotonic)
     retries: int = 0
     last_failure: str = ""
@@ -226,6 +226,16 @@ class Call:
         now = time.monotonic()
         spent, self.mark = now - self.mark, now
         return spent
+
+    @property
+    def endpoint(self) -> str:
+        """scheme://host[:port]"""
+        return base_of(self.url)
+
+    @property
+    def path(self) -> str:
+        """The URL's path and query, redacted (computed when printed: most calls never are)."""
+        return redact_path(self.url) if self.url and not self.label else redact(self.label or "/")
 
     def describe(self) -> str:
         return f"{self.provider} at {self.endpoint} ({self.method} {self.path})"
@@ -270,7 +280,7 @@ def current() -> Call | None:
 def track(provider: str, url: str, method: str) -> Iterator[Call]:
     """Track one call: notices while it waits, the debug line when it ends. Set ``call.status`` before
     leaving (an exception leaves the failure as its status)."""
-    call = Call(provider, base_of(url), method.upper(), redact_path(url))
+    call = Call(provider, url, method.upper())
     key = id(call)
     previous = current()
     _current.call = call
