@@ -97,7 +97,8 @@ def run(label: str, fake_cls, products: int, developers: int, workdir: Path) -> 
         plan = workdir / f"{label}.yaml"
         write_plan(plan, fake.endpoint, products, developers)
         fake.reset_requests()
-        env = {**os.environ, "APIMON_APIGEE_TOKEN": "bench", "NO_COLOR": "1"}
+        hostport = fake.endpoint.split("//", 1)[1].rstrip("/")
+        env = {**os.environ, "APIMON_APIGEE_TOKEN": "bench", "NO_COLOR": "1", "APIMON_ALLOW_ENDPOINTS": hostport}
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "apimon_cli.cli", "plan", str(plan)], env=env,
                               capture_output=True, text=True, timeout=600)

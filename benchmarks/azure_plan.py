@@ -103,6 +103,7 @@ def main() -> int:
     try:
         url = fake.stdout.readline().strip()
         os.environ["APIMON_AZURE_TOKEN"] = "benchmark"
+        os.environ["APIMON_ALLOW_ENDPOINTS"] = url.split("//", 1)[1].rstrip("/")  # the fake (README "Security")
         with tempfile.TemporaryDirectory() as tmp:
             plan = generate_plan(Path(tmp) / "plan.yaml", url, args.products, args.subscribers)
             seed_unowned(url, 20, 200)

@@ -48,6 +48,14 @@ def load_example_upstream():
     return module
 
 
+def allow_endpoints(*urls: str) -> dict[str, str]:
+    """APIMON_ALLOW_ENDPOINTS listing exactly these fakes' host:port (a plan may send credentials to a
+    loopback address only when it is listed outside the plan: README "Security")."""
+    from urllib.parse import urlsplit
+
+    return {"APIMON_ALLOW_ENDPOINTS": ",".join(f"{urlsplit(u).hostname}:{urlsplit(u).port}" for u in urls)}
+
+
 def write_plan(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip())

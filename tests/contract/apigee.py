@@ -23,7 +23,9 @@ class ApigeeHarness(Harness):
         self.fake.__exit__(None, None, None)
 
     def env(self) -> dict[str, str]:
-        return {"APIMON_APIGEE_TOKEN": "test-token"}
+        from conftest import allow_endpoints
+
+        return {"APIMON_APIGEE_TOKEN": "test-token", **allow_endpoints(self.fake.endpoint)}
 
     def target(self, tmp_path: Any) -> str:
         return (f"{{provider: apigee, apigee: {{organization: {ORG}, environments: [prod], "

@@ -25,7 +25,10 @@ class AzureHarness(Harness):
         self.fake.__exit__(None, None, None)
 
     def env(self) -> dict[str, str]:
-        return {"APIMON_AZURE_TOKEN": "test-token", "APIMON_AZURE_RETRY_BACKOFF": "0.01"}
+        from conftest import allow_endpoints
+
+        return {"APIMON_AZURE_TOKEN": "test-token", "APIMON_AZURE_RETRY_BACKOFF": "0.01",
+                **allow_endpoints(self.fake.base_url)}
 
     def target(self, tmp_path: Any) -> str:
         return (f"{{provider: azure, azure: {{subscription_id: sub-1, resource_group: {RG}, service: {SVC}, "

@@ -947,6 +947,7 @@ class AzureApimFake:
 
     def _build_routes(self) -> list[tuple[list[str], dict[str, Handler]]]:
         r = [
+            ("", {"GET": self._get_service}),
             ("apis", {"GET": self._list_apis}),
             ("apis/*", {"GET": self._get_api, "HEAD": self._get_api}),
             ("apis/*/products", {"GET": self._list_api_products}),
@@ -993,7 +994,7 @@ class AzureApimFake:
             ("reports/byProduct", {"GET": self._report_by_product}),
             ("reports/byTime", {"GET": self._report_by_time}),
         ]
-        return [(p.split("/"), m) for p, m in r]
+        return [(p.split("/") if p else [], m) for p, m in r]
 
     # ---------------------------------------------------------------- shared helpers
 
@@ -1065,6 +1066,17 @@ class AzureApimFake:
     def _require_api(self, api_id: str) -> None:
         if api_id not in self.apis:
             raise _not_found("API")
+
+    def _get_service(self, req: _Request) -> _Response:
+        """ApiManagementService_Get: the service resource (a Developer SKU of capacity 1)."""
+        sid, rg, svc = self.subscription_id, self.resource_group, self.service
+        return _Response(200, {
+            "id": f"/subscriptions/{sid}/resourceGroups/{rg}/providers/{_PROVIDER}/service/{svc}",
+            "name": svc, "type": f"{_PROVIDER}/service", "location": "West Europe", "etag": "AAAAAAAAAAA=",
+            "sku": {"name": "Developer", "capacity": 1},
+            "properties": {"publisherEmail": "apis@example.com", "publisherName": "Example",
+                           "provisioningState": "Succeeded", "gatewayUrl": f"https://{svc}.azure-api.net"},
+        })
 
     def _get_api(self, req: _Request, api_id: str) -> _Response:
         self._require_api(api_id)

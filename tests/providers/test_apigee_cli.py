@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli, write_plan
+from conftest import ROOT, allow_endpoints, run_cli, write_plan
 
 ORG = "acme"
 IMPORTED = "imported-key_0123456789abcdef"
@@ -66,8 +66,9 @@ def _start_fake(*extra: str):
 
 
 @pytest.fixture
-def endpoint():
+def endpoint(monkeypatch):
     proc, url = _start_fake()
+    monkeypatch.setitem(ENV, "APIMON_ALLOW_ENDPOINTS", allow_endpoints(url)["APIMON_ALLOW_ENDPOINTS"])
     yield url
     proc.terminate()
     proc.wait(timeout=10)
@@ -134,8 +135,9 @@ def test_validate_plan_apply_import_round_trip(endpoint, tmp_path):
     assert r.code == 0, r.output
 
 
-def test_monetization_disabled_warns_once(tmp_path):
+def test_monetization_disabled_warns_once(tmp_path, monkeypatch):
     proc, url = _start_fake("--no-monetization")
+    monkeypatch.setitem(ENV, "APIMON_ALLOW_ENDPOINTS", allow_endpoints(url)["APIMON_ALLOW_ENDPOINTS"])
     try:
         plan = write_plan(tmp_path / "plan.yaml", PLAN.format(endpoint=url))
         r = run_cli("apply", str(plan), "--auto-approve", env=ENV)
@@ -154,13 +156,14 @@ def test_shipped_example_plan_is_valid():
     assert "target apigee" in r.stdout
 
 
-def test_usage_pull_into_the_ledger(tmp_path):
+def test_usage_pull_into_the_ledger(tmp_path, monkeypatch):
     """The fake runs in this process (traffic is seeded through its Python API); the CLI is a subprocess."""
     import datetime as dt
 
     from fakes.apigee import ApigeeFake
 
     with ApigeeFake(org=ORG, environments=["prod"], proxies=["petstore", "orders"]) as fake:
+        monkeypatch.setitem(ENV, "APIMON_ALLOW_ENDPOINTS", allow_endpoints(fake.endpoint)["APIMON_ALLOW_ENDPOINTS"])
         plan = write_plan(tmp_path / "plan.yaml", PLAN.format(endpoint=fake.endpoint))
         r = run_cli("apply", str(plan), "--auto-approve", env=ENV)
         assert r.code == 0, r.output

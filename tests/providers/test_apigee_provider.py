@@ -7,6 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from conftest import allow_endpoints
 from fakes.apigee import ApigeeFake
 from test_apigee_support import (
     MANAGED,
@@ -50,14 +51,16 @@ SUBSCRIBERS = """
 
 
 @pytest.fixture
-def fake():
+def fake(monkeypatch):
     with ApigeeFake(org=ORG, environments=["prod"], proxies=["petstore", "orders"]) as f:
+        monkeypatch.setenv("APIMON_ALLOW_ENDPOINTS", allow_endpoints(f.endpoint)["APIMON_ALLOW_ENDPOINTS"])
         yield f
 
 
 @pytest.fixture
-def org_fake():
+def org_fake(monkeypatch):
     with OrgAppsFake(org=ORG, environments=["prod"], proxies=["petstore", "orders"]) as f:
+        monkeypatch.setenv("APIMON_ALLOW_ENDPOINTS", allow_endpoints(f.endpoint)["APIMON_ALLOW_ENDPOINTS"])
         yield f
 
 
@@ -397,8 +400,9 @@ def test_money_beyond_nanos_is_a_plan_error(fake, tmp_path):
         make_run(path)
 
 
-def test_monetization_disabled_one_warning_and_no_rate_plan_calls(tmp_path):
+def test_monetization_disabled_one_warning_and_no_rate_plan_calls(tmp_path, monkeypatch):
     with ApigeeFake(org=ORG, proxies=["petstore", "orders"], monetization=False) as fake:
+        monkeypatch.setenv("APIMON_ALLOW_ENDPOINTS", allow_endpoints(fake.endpoint)["APIMON_ALLOW_ENDPOINTS"])
         products = PRODUCTS + '  gold: {display_name: Gold, pricing: {model: flat, fee: "5"}}\n'
         path = write(tmp_path, fake, products)
         run, _ = apply_plan(path)
@@ -576,8 +580,9 @@ def test_409_on_create_is_surfaced(fake, tmp_path):
     assert failed.change.id == "pro" and "already exists on Apigee" in failed.message
 
 
-def test_bad_token_is_a_clear_error(tmp_path):
+def test_bad_token_is_a_clear_error(tmp_path, monkeypatch):
     with ApigeeFake(org=ORG, valid_tokens={"good"}) as fake:
+        monkeypatch.setenv("APIMON_ALLOW_ENDPOINTS", allow_endpoints(fake.endpoint)["APIMON_ALLOW_ENDPOINTS"])
         path = write(tmp_path, fake, subscribers="{}")
         with pytest.raises(ApigeeError, match="refused the credentials"):
             make_run(path)
@@ -614,8 +619,9 @@ class StatsWithErrorsFake(ApigeeFake):
         return table
 
 
-def test_usage_pull_maps_apps_sums_environments_and_counts_each_day_once(tmp_path):
+def test_usage_pull_maps_apps_sums_environments_and_counts_each_day_once(tmp_path, monkeypatch):
     with ApigeeFake(org=ORG, environments=["prod", "test"], proxies=["petstore", "orders"]) as fake:
+        monkeypatch.setenv("APIMON_ALLOW_ENDPOINTS", allow_endpoints(fake.endpoint)["APIMON_ALLOW_ENDPOINTS"])
         path = write(tmp_path, fake, environments="[prod, test]")
         apply_plan(path)
         fake.add_app("x@example.com", "stranger", api_products=["pro"])
@@ -638,8 +644,9 @@ def test_usage_pull_maps_apps_sums_environments_and_counts_each_day_once(tmp_pat
     assert ranges[:2] == ["10/03/2026 00:00~01/03/2027 00:00", "01/03/2027 00:00~02/01/2027 00:00"]
 
 
-def test_usage_success_is_total_minus_proxy_errors(tmp_path):
+def test_usage_success_is_total_minus_proxy_errors(tmp_path, monkeypatch):
     with StatsWithErrorsFake(org=ORG, proxies=["petstore", "orders"]) as fake:
+        monkeypatch.setenv("APIMON_ALLOW_ENDPOINTS", allow_endpoints(fake.endpoint)["APIMON_ALLOW_ENDPOINTS"])
         path = write(tmp_path, fake)
         apply_plan(path)
         d = dt.date(2027, 3, 1)

@@ -20,7 +20,7 @@ from azure.mgmt.apimanagement.models import (
     ProductUpdateParameters,
     SubscriptionCreateParameters,
 )
-from conftest import ROOT, run_cli, write_plan
+from conftest import ROOT, allow_endpoints, run_cli, write_plan
 from fakes.azure_apim import StubCredential, _auth_policy_class
 
 RG, SVC = "rg", "apim"
@@ -79,12 +79,13 @@ class Fake:
 
 
 @pytest.fixture
-def fake():
+def fake(monkeypatch):
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fakes" / "azure_apim.py"), "--port", "0",
                              "--seed-apis", "petstore,orders"], stdout=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
+        monkeypatch.setitem(ENV, "APIMON_ALLOW_ENDPOINTS", allow_endpoints(url)["APIMON_ALLOW_ENDPOINTS"])
         f = Fake(url)
         c = f.client
         c.product.create_or_update(RG, SVC, "legacy", ProductContract(display_name="Legacy", state="published"))

@@ -19,7 +19,7 @@ from azure.mgmt.apimanagement.models import (
     SubscriptionCreateParameters,
     SubscriptionUpdateParameters,
 )
-from conftest import write_plan
+from conftest import allow_endpoints, write_plan
 from fakes.azure_apim import AzureApimFake
 
 from apimon_cli.model import Billing, DesiredState, Target
@@ -71,8 +71,9 @@ def env(monkeypatch):
 
 
 @pytest.fixture
-def fake():
+def fake(monkeypatch):
     with AzureApimFake(subscription_id="sub-1", resource_group=RG, service=SVC) as f:
+        monkeypatch.setenv("APIMON_ALLOW_ENDPOINTS", allow_endpoints(f.base_url)["APIMON_ALLOW_ENDPOINTS"])
         f.add_api("petstore", "Petstore", "petstore")
         f.add_api("orders", "Orders", "orders")
         c = f.client()

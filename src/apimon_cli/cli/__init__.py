@@ -26,7 +26,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-from . import billing, commands, events, gateway, imports, keys, push, report  # noqa: E402 - they add to ``app``
+from . import billing, commands, doctor, events, gateway, imports, keys, options, push, report  # noqa: E402
+
+app.callback()(options.global_options)
 
 app.add_typer(keys.keys_app, name="keys")
 app.add_typer(billing.usage_app, name="usage")
@@ -38,6 +40,7 @@ app.add_typer(events.events_app, name="events")
 commands.register(app)
 imports.register(app)
 app.add_typer(gateway.gateway_app, name="gateway")
+app.command("doctor")(doctor.doctor)
 
 
 def main() -> None:
@@ -48,7 +51,7 @@ def main() -> None:
     from typer.exceptions import Abort, TyperException  # typer vendors its own click
 
     try:
-        code = app(standalone_mode=False)
+        code = app(args=options.hoist(sys.argv[1:]), standalone_mode=False)
     except Abort:
         sys.stderr.write("interrupted\n")
         sys.exit(130)

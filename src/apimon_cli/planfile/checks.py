@@ -73,6 +73,7 @@ class _Reporter:
 def check_plan(parts: PlanParts, env: dict[str, str], *, strict: bool = False) -> list[Diagnostic]:
     r = _Reporter(parts, strict)
     _check_target(parts, r)
+    _check_endpoints(parts, env, r)
     _check_billing(parts, r)
     _check_push(parts, env, r)
     _check_ids(parts, r, "products", "product")
@@ -219,6 +220,23 @@ def _check_target(parts: PlanParts, r: _Reporter) -> None:
             r.error(
                 ("target", other), f"not used by provider {provider}; remove it (or set provider: {other})", key=True
             )
+
+
+def _check_endpoints(parts: PlanParts, env: dict[str, str], r: _Reporter) -> None:
+    """The endpoint rule (issue 18, ``security.endpoints``) on the target's URLs that receive a credential."""
+    from ..providers.registry import spec as provider_spec
+    from ..security.endpoints import check_endpoint
+
+    if parts.target is None or parts.target_spec is None:
+        return
+    name = parts.target.provider
+    urls = provider_spec(name).credential_urls
+    if urls is None or getattr(parts.target_spec, name) is None:
+        return
+    for field_name, url, default in urls(parts.target.settings):
+        problem = check_endpoint(url, default, env)
+        if problem:
+            r.error(("target", name, field_name), problem)
 
 
 def _check_billing(parts: PlanParts, r: _Reporter) -> None:

@@ -143,6 +143,9 @@ def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
         files=tuple(f.src.file for f in files),
         events=events,
     )
+    from ..security.redact import add_secrets
+
+    add_secrets(secrets)  # never in apimon's debug log or waiting notices either
     return LoadedPlan(desired, _sorted(diags, paths), secrets, sources)
 
 

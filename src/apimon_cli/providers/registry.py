@@ -99,6 +99,10 @@ class ProviderSpec:
     capabilities: Capabilities = field(default_factory=Capabilities)
     plan_checks: Callable[[Any, Any], None] | None = None  # (planfile.checks.PlanParts, reporter): offline
     import_options: tuple[ImportOption, ...] = ()
+    #: the URLs of the settings that receive a credential: settings -> [(field, url, public default)], for
+    #: the endpoint rule (``security.endpoints``; checked offline by `apimon validate`)
+    credential_urls: Callable[[dict], list[tuple[str, str, str | None]]] | None = None
+    doctor: str | None = None  # "module:function" yielding `apimon doctor`'s checks (providers.diagnose)
 
     def provider_class(self) -> type[Provider]:
         return _load(self.provider)
@@ -150,4 +154,7 @@ def get_provider(desired: DesiredState) -> Provider:
             raise ProviderError(f"provider {name} is not available in this version of apimon") from None
         raise ProviderError(f"provider {name} needs the Python package {exc.name!r}; "
                             f"reinstall apimon with its dependencies") from None
+    from .transport import watch
+
+    watch.reset_budget()  # one provider per command run: its retries get the whole budget
     return cls(desired)

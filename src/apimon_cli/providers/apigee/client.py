@@ -9,11 +9,11 @@ import os
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from ..base import ProviderError
-from ..transport import paginate
-from ..transport.session import RETRY_STATUSES, mount_retries, request_timeout
+from ..transport import paginate, watch
+from ..transport.session import RETRY_STATUSES, describe_failure, mount_retries, request_timeout
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 TOKEN_ENV = "APIMON_APIGEE_TOKEN"
@@ -76,17 +76,26 @@ class ApigeeClient:
             data, headers["Content-Type"] = b"", "application/octet-stream"
         elif body is not None:
             data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
-        try:
-            resp = self.session.request(method, self.base + path, params=params, data=data, headers=headers,
-                                        timeout=request_timeout())
-        except RefreshError as exc:
-            raise ApigeeError(f"Apigee refused the credentials and they cannot be refreshed ({exc}); "
-                              f"set {TOKEN_ENV} to a fresh token (`gcloud auth print-access-token`) "
-                              "or renew Application Default Credentials", 401) from None
-        except (requests.ConnectionError, requests.Timeout, TransportError) as exc:
-            raise ApigeeError(f"cannot reach Apigee at {self.endpoint}: {type(exc).__name__}") from None
-        except GoogleAuthError as exc:
-            raise ApigeeError(f"Apigee credentials: {exc}") from None
+        url = self.base + path
+        shown = url + ("?" + urlencode({k: v for k, v in params.items() if v is not None}) if params else "")
+        with watch.track("Apigee", self._redact(shown), method) as call:
+            try:
+                resp = self.session.request(method, url, params=params, data=data, headers=headers,
+                                            timeout=request_timeout())
+            except RefreshError as exc:
+                raise ApigeeError(f"Apigee refused the credentials and they cannot be refreshed ({exc}); "
+                                  f"set {TOKEN_ENV} to a fresh token (`gcloud auth print-access-token`) "
+                                  "or renew Application Default Credentials", 401) from None
+            except (requests.ConnectionError, requests.Timeout, TransportError) as exc:
+                failure = call.last_failure or describe_failure(error=exc)
+                where = call.describe()
+                if watch.expired():
+                    raise watch.timeout_error(where, failure) from None
+                tries = f" after {call.retries + 1} attempts" if call.retries else ""
+                raise ApigeeError(f"cannot reach {where}: {failure}{tries}{watch.budget_note()}") from None
+            except GoogleAuthError as exc:
+                raise ApigeeError(f"Apigee credentials: {exc}") from None
+            call.status = resp.status_code
         self.requests += 1
         if resp.status_code >= 400:
             retries = getattr(getattr(resp.raw, "retries", None), "history", ())
@@ -99,7 +108,7 @@ class ApigeeClient:
             raise ApigeeError(f"Apigee {method} {self._redact(path)}: response is not JSON") from None
 
     def _error(self, method: str, path: str, resp: Any, retries: int) -> ApigeeError:
-        status, message = resp.status_code, resp.text[:300]
+        status, message = resp.status_code, watch.excerpt(resp.text, resp.headers.get("Content-Type"))
         try:
             err = resp.json().get("error", {})
             message = err.get("message") or message

@@ -52,6 +52,11 @@ def target_id(settings: dict, base_dir: str) -> str:
     return f"apigee:organizations/{settings.get('organization', '')}{suffix}"
 
 
+def credential_urls(settings: dict) -> list[tuple[str, str, str | None]]:
+    """target.apigee.endpoint receives the Google bearer token: the public API, or listed."""
+    return [("endpoint", settings.get("endpoint") or DEFAULT_ENDPOINT, DEFAULT_ENDPOINT)]
+
+
 SPEC = ProviderSpec(
     name="apigee",
     summary="Apigee X / hybrid: API products, rate plans, developers and apps",
@@ -65,4 +70,6 @@ SPEC = ProviderSpec(
         ImportOption("--environment", "environments", "environment (repeatable)", required=True, multiple=True),
         ImportOption("--endpoint", "endpoint", "API base URL override", default=DEFAULT_ENDPOINT),
     ),
+    credential_urls=credential_urls,
+    doctor="apimon_cli.providers.apigee.doctor:checks",
 )

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..base import ProviderError
-from ..transport import TIMEOUTS, paginate, retry_after_seconds
+from ..transport import paginate, retry_after_seconds, watch
 from .scheduler import Quotas, RetryPolicy
 
 PAGE_SIZE = 500
@@ -42,21 +42,37 @@ def make_client(region: str | None, profile: str | None, endpoint_url: str | Non
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ProfileNotFound
 
+    connect, read = watch.timeouts()  # at most what is left of the command's deadline
     config = Config(retries={"mode": "standard", "total_max_attempts": 1}, max_pool_connections=POOL_SIZE,
-                    connect_timeout=TIMEOUTS.connect, read_timeout=TIMEOUTS.read, user_agent_extra="apimon")
+                    connect_timeout=connect, read_timeout=read, user_agent_extra="apimon")
     try:
         session = boto3.session.Session(profile_name=profile, region_name=region)
-        return session.client("apigateway", endpoint_url=endpoint_url, config=config)
+        client = session.client("apigateway", endpoint_url=endpoint_url, config=config)
+        client.meta.events.register("before-send.apigateway", _track_request)
+        return client
     except ProfileNotFound:
         raise ProviderError(f"AWS profile {profile!r} (target.aws.profile) is not configured") from None
     except (BotoCoreError, ValueError) as exc:
         raise ProviderError(f"cannot set up the AWS client: {exc}") from None
 
 
+def _track_request(request: Any, **_: Any) -> None:
+    """botocore's before-send: the call being tracked learns its method and path (the URL is signed by now;
+    only scheme, host and path are kept, never headers)."""
+    call = watch.current()
+    if call is not None:
+        call.method, call.url, call.label = request.method, request.url, ""
+
+
 def configured_endpoint(region: str | None, profile: str | None) -> str | None:
     """The endpoint boto3 is configured with (AWS_ENDPOINT_URL, the profile's endpoint_url), if not AWS's."""
     url = make_client(region, profile, None).meta.endpoint_url
     return None if url.endswith(".amazonaws.com") or ".amazonaws.com." in url else url
+
+
+def _one_line(message: str, status: int) -> str:
+    """AWS's message, or for a body that is not AWS's JSON (an HTML page from a proxy) a one-line excerpt."""
+    return watch.excerpt(message) if message and "<" in message else message
 
 
 def _snake(op: str) -> str:
@@ -96,6 +112,14 @@ class AwsClient:
         finds the effect of the failed attempt it returns it (not None) and nothing is sent again.
         ``missing_ok``: a NotFoundException returns None (deletes that find the resource gone).
         """
+
+        method = getattr(self.boto, _snake(op))
+        with watch.track("AWS", self.boto.meta.endpoint_url, "POST") as call:
+            call.label = op  # until botocore's before-send names the request
+            return self._call(op, method, call, recover, missing_ok, kwargs)
+
+    def _call(self, op: str, method: Any, call: watch.Call, recover: Callable[[], Any] | None, missing_ok: bool,
+              kwargs: dict) -> Any:
         from botocore.exceptions import (
             ClientError,
             ConnectionError,
@@ -103,9 +127,9 @@ class AwsClient:
             HTTPClientError,
             NoCredentialsError,
             PartialCredentialsError,
+            ReadTimeoutError,
         )
 
-        method = getattr(self.boto, _snake(op))
         ambiguous = False
         last = ""
         attempts = self.retry.max_attempts
@@ -116,18 +140,25 @@ class AwsClient:
                     return found
             self.quotas.acquire(op)
             retry_after: float | None = None
+            call.mark = time.monotonic()
+            if attempt == 1:
+                call.started = call.mark  # pacing under AWS's quotas is not waiting for AWS
             try:
                 with self._lock:
                     self.call_counts[op] += 1
-                return method(**kwargs)
+                result = method(**kwargs)
+                call.status = int((result or {}).get("ResponseMetadata", {}).get("HTTPStatusCode") or 200)
+                return result
             except ClientError as exc:
                 err = exc.response.get("Error", {})
                 meta = exc.response.get("ResponseMetadata", {})
                 code, message = str(err.get("Code", "")), str(err.get("Message", "") or "")
                 status = int(meta.get("HTTPStatusCode") or 0)
+                call.status = status or code
                 retry_after = retry_after_seconds(meta.get("HTTPHeaders"))
                 if missing_ok and (code == "NotFoundException" or status == 404):
                     return None
+                message = _one_line(message, status)
                 if code in _THROTTLE_CODES or status == 429:
                     with self._lock:
                         self.throttle_errors += 1
@@ -139,20 +170,34 @@ class AwsClient:
                 else:
                     raise AwsCallError(f"{op}: {code or status}: {message or 'request refused'}", code,
                                        message) from None
-                last = f"{code or status}: {message or 'no message'}"
+                named = code and code != str(status)
+                last = f"{code if named or not status else f'HTTP {status}'}: {message or 'no message'}"
             except (NoCredentialsError, PartialCredentialsError) as exc:
                 raise ProviderError(f"no usable AWS credentials ({exc}); configure the standard AWS chain "
                                     "or target.aws.profile") from None
             except (EndpointConnectionError, ConnectionError) as exc:
                 last = f"cannot connect: {exc}"  # the request never left: not ambiguous
+            except ReadTimeoutError:
+                ambiguous = True
+                last = "read timed out (the server accepted the connection and did not answer)"
             except HTTPClientError as exc:
                 ambiguous = True
                 last = f"connection lost: {exc}"
             finally:
                 self.quotas.completed(op)
-            if attempt < attempts:
-                time.sleep(self.retry.delay(attempt, retry_after))
-        raise AwsCallError(f"{op}: {last} (gave up after {attempts} attempts)", "", last)
+            call.failed(last)
+            watch.spend_retry(call.since_mark())
+            if watch.expired():
+                raise watch.timeout_error(call.describe(), last)
+            if attempt < attempts and watch.may_retry():
+                wait = watch.capped_wait(self.retry.delay(attempt, retry_after))
+                call.retrying(last, wait)
+                watch.spend_retry(wait)
+                time.sleep(wait)
+                continue
+            raise AwsCallError(f"{op} at {call.endpoint}: {last} (gave up after {attempt} "
+                               f"attempt{'s' if attempt != 1 else ''}{watch.budget_note()})", "", last)
+        raise AwsCallError(f"{op}: {last}", "", last)  # pragma: no cover - the loop returns or raises
 
     def pages(self, op: str, **kwargs: Any) -> Iterator[dict]:
         """Every page of a list operation (pages of 500, followed by ``position``)."""

@@ -50,6 +50,18 @@ def target_id(settings: dict, base_dir: str) -> str:
     return f"profile:{profile or 'default'}/{region}"
 
 
+def public_endpoint(region: str) -> str:
+    """API Gateway's public endpoint of a region (the only endpoint_url a plan may set without listing it)."""
+    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"https://apigateway.{region}.{suffix}"
+
+
+def credential_urls(settings: dict) -> list[tuple[str, str, str | None]]:
+    """target.aws.endpoint_url receives SigV4-signed requests: the region's public endpoint, or listed."""
+    url = settings.get("endpoint_url")
+    return [("endpoint_url", url, public_endpoint(settings.get("region") or ""))] if url else []
+
+
 SPEC = ProviderSpec(
     name="aws",
     summary="AWS API Gateway (REST APIs): usage plans and API keys",
@@ -63,4 +75,6 @@ SPEC = ProviderSpec(
         ImportOption("--profile", "profile", "credentials profile"),
         ImportOption("--endpoint-url", "endpoint_url", "endpoint override"),
     ),
+    credential_urls=credential_urls,
+    doctor="apimon_cli.providers.aws.doctor:checks",
 )

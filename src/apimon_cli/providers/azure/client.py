@@ -20,13 +20,10 @@ from azure.core.exceptions import (
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
 from ..base import ProviderError
+from ..transport import watch
 from ..transport.azure import CappedRetryPolicy, transport_kwargs
+from .spec import ARM_ENDPOINTS
 
-ARM_ENDPOINTS = {
-    "public": "https://management.azure.com",
-    "china": "https://management.chinacloudapi.cn",
-    "usgovernment": "https://management.usgovcloudapi.net",
-}
 MAX_ATTEMPTS = 5
 SDK_ERRORS = (HttpResponseError, ServiceRequestError, ServiceResponseError)
 
@@ -121,6 +118,12 @@ def short(exc: Exception) -> str:
     return str(msg).splitlines()[0][:300]
 
 
+def _last_failure(exc: Exception) -> str:
+    from ..transport.azure import _describe
+
+    return _describe(exc)
+
+
 def explain(exc: Exception, what: str, *, service: str, rg: str, subscription_id: str,
             base_url: str) -> ProviderError:
     """A user-facing message for an SDK error."""
@@ -130,7 +133,12 @@ def explain(exc: Exception, what: str, *, service: str, rg: str, subscription_id
         return ProviderError(f"{what}: Azure did not accept the credentials ({short(exc)}); sign in with "
                              "`az login` (or another DefaultAzureCredential source) or set APIMON_AZURE_TOKEN")
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
-        return ProviderError(f"{what}: cannot reach Azure at {base_url}: {short(exc)}")
+        if watch.expired():
+            from azure.core.exceptions import ServiceRequestTimeoutError, ServiceResponseTimeoutError
+
+            ours = isinstance(exc, (ServiceRequestTimeoutError, ServiceResponseTimeoutError))  # the deadline
+            return watch.timeout_error(f"Azure at {base_url} ({what})", None if ours else _last_failure(exc))
+        return ProviderError(f"{what}: cannot reach Azure at {base_url}: {_last_failure(exc)}{watch.budget_note()}")
     if isinstance(exc, HttpResponseError):
         status = exc.status_code
         code = getattr(getattr(exc, "error", None), "code", None) or ""

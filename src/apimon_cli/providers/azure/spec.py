@@ -33,6 +33,19 @@ def plan_checks(parts, r) -> None:
                    "month is written as 2592000 s (30 days)")
 
 
+ARM_ENDPOINTS = {
+    "public": "https://management.azure.com",
+    "china": "https://management.chinacloudapi.cn",
+    "usgovernment": "https://management.usgovcloudapi.net",
+}
+
+
+def credential_urls(settings: dict) -> list[tuple[str, str, str | None]]:
+    """target.azure.endpoint receives the Azure bearer token: the cloud's Resource Manager, or listed."""
+    url = settings.get("endpoint")
+    return [("endpoint", url, ARM_ENDPOINTS.get(settings.get("cloud") or "public"))] if url else []
+
+
 def target_id(settings: dict, base_dir: str) -> str:
     return f"azure:{settings.get('subscription_id')}/{settings.get('resource_group')}/{settings.get('service')}"
 
@@ -52,4 +65,6 @@ SPEC = ProviderSpec(
         ImportOption("--cloud", "cloud", "public | china | usgovernment", default="public"),
         ImportOption("--endpoint", "endpoint", "API base URL override"),
     ),
+    credential_urls=credential_urls,
+    doctor="apimon_cli.providers.azure.doctor:checks",
 )

@@ -18,4 +18,5 @@ SPEC = ProviderSpec(
     settings="apimon_cli.providers.local.settings:LocalTarget",
     target_id=_target_id,
     import_options=(ImportOption("--state-dir", "state_dir", "state directory", default=".apimon"),),
+    doctor="apimon_cli.providers.local.doctor:checks",
 )

@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Every gateway call has both: seconds to connect, seconds to wait for (each part of) the answer."""
+    """Every gateway call has both: seconds to connect, seconds to wait for (each part of) the answer. The
+    command's deadline and retry budget, the waiting notices and the debug log: ``transport.watch``."""
 
     connect: float = 10.0
-    read: float = 60.0
+    read: float = 30.0
 
 
 TIMEOUTS = Timeouts()

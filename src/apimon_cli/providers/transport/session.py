@@ -5,7 +5,9 @@ backoff (``backoff`` seconds, doubling) or the Retry-After the server sends (rea
 at most ``max_wait`` seconds). POST is retried too, on purpose: Apigee's creates answer a repeated create
 with 409, which apimon reports as "already exists", and the next apply converges because what apimon
 created carries its ownership marker; the alternative (never retrying a create) fails a whole apply on
-one throttled call. Every call goes with ``TIMEOUTS`` (the caller passes ``timeout=request_timeout()``).
+one throttled call. Every call goes with ``TIMEOUTS`` (the caller passes ``timeout=request_timeout()``), at
+most what is left of the command's deadline; a retry happens only while the command's retry budget lasts
+and is reported to the call being tracked (``transport.watch``: the waiting notices, the debug line).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from urllib3.util.retry import Retry
 
-from . import TIMEOUTS, backoff, retry_after_seconds
+from . import backoff, retry_after_seconds, watch
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -30,9 +32,26 @@ class SessionRetry(Retry):
         self.max_wait = max_wait
         self.sleeper = sleep
 
+    failure = ""  # why the last attempt failed (for the notices and the error)
+
     def new(self, **kw: Any) -> SessionRetry:
         retry = super().new(**kw)
         retry.backoff_base, retry.max_wait, retry.sleeper = self.backoff_base, self.max_wait, self.sleeper
+        return retry
+
+    def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
+                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> SessionRetry:
+        from urllib3.exceptions import MaxRetryError, ResponseError
+
+        failure = describe_failure(response, error)
+        call = watch.current()
+        if call is not None:
+            call.failed(failure)
+            watch.spend_retry(call.since_mark())
+        if not watch.may_retry():  # the command's deadline or retry budget: no more attempts
+            raise MaxRetryError(_pool, url or "", error or ResponseError(failure))
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        retry.failure = failure
         return retry
 
     def get_backoff_time(self) -> float:
@@ -45,9 +64,32 @@ class SessionRetry(Retry):
 
     def sleep(self, response: Any = None) -> None:
         wait = self.get_retry_after(response) if response is not None else None
-        wait = self.get_backoff_time() if wait is None else wait
+        wait = watch.capped_wait(self.get_backoff_time() if wait is None else wait)
+        call = watch.current()
+        if call is not None:
+            call.retrying(self.failure or "failed", wait)
+        watch.spend_retry(wait)
         if wait > 0:
             (self.sleeper or _sleep)(wait)
+        if call is not None:
+            call.since_mark()
+
+
+def describe_failure(response: Any = None, error: Exception | None = None) -> str:
+    """One line on why an attempt failed: ``HTTP 503`` or the connection error (read timed out...)."""
+    if response is not None and getattr(response, "status", None):
+        return f"HTTP {response.status}"
+    if error is None:
+        return "failed"
+    text = str(error)
+    lower = text.lower()
+    if "read timed out" in lower:
+        return "read timed out (the server accepted the connection and did not answer)"
+    if "timed out" in lower:
+        return "connect timed out"
+    if "refused" in lower:
+        return "connection refused"
+    return f"{type(error).__name__}: {text.split(': ', 1)[-1][:200]}"
 
 
 def _sleep(seconds: float) -> None:
@@ -73,5 +115,5 @@ def mount_retries(session: Any, *, attempts: int, backoff_base: float, max_wait:
 
 
 def request_timeout() -> tuple[float, float]:
-    """The (connect, read) timeout requests takes on every call."""
-    return (TIMEOUTS.connect, TIMEOUTS.read)
+    """The (connect, read) timeout requests takes on every call (capped by the command's deadline)."""
+    return watch.timeouts()
