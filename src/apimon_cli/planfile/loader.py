@@ -133,6 +133,7 @@ def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
 
         events = build_events(parts.events_spec, env)
         secrets |= secrets_of(events)
+    diags = _finish(diags, secrets)
     if any(d.severity == "error" for d in diags) or parts.target is None:
         return LoadedPlan(None, _sorted(diags, paths), secrets, sources)
     desired = DesiredState(
@@ -144,6 +145,33 @@ def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
         events=events,
     )
     return LoadedPlan(desired, _sorted(diags, paths), secrets, sources)
+
+
+_LONG_QUOTED = re.compile(r"""'((?:[^'\\\n]|\\.){41,}?)'(?=[;,)\s]|$)|"((?:[^"\\\n]|\\.){41,}?)"(?=[;,)\s]|$)""")
+MAX_MESSAGE = 1000
+
+
+def _finish(diags: list[Diagnostic], secrets: set[str]) -> list[Diagnostic]:
+    """Every message masked (values from the environment, in every rendering, even cut short) and then
+    bounded: a quoted value of more than 40 characters is cut, a message is at most 1,000 characters."""
+    from ..render.output import Masker
+
+    masker = Masker(secrets)
+    out = []
+    for d in diags:
+        message = masker.cut(d.message)
+        if len(message) > 80:
+            message = _LONG_QUOTED.sub(_cut_quoted, message)
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 3] + "..."
+        out.append(d if message == d.message else dataclasses.replace(d, message=message))
+    return out
+
+
+def _cut_quoted(m: re.Match) -> str:
+    quote = "'" if m.group(1) is not None else '"'
+    inner = m.group(1) if m.group(1) is not None else m.group(2)
+    return quote + inner[:37] + "..." + quote
 
 
 def _sorted(diags: list[Diagnostic], paths: list[str]) -> list[Diagnostic]:
