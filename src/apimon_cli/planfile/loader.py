@@ -164,8 +164,13 @@ def _finish(diags: list[Diagnostic], secrets: set[str]) -> list[Diagnostic]:
             message = _LONG_QUOTED.sub(_cut_quoted, message)
         if len(message) > MAX_MESSAGE:
             message = message[: MAX_MESSAGE - 3] + "..."
-        out.append(d if message == d.message else dataclasses.replace(d, message=message))
+        path = d.path if len(d.path) <= 80 else _LONG_PART.sub(lambda m: m.group(0)[:37] + "...", d.path)
+        changed = message != d.message or path != d.path
+        out.append(dataclasses.replace(d, message=message, path=path) if changed else d)
     return out
+
+
+_LONG_PART = re.compile(r"[^.\[\]]{41,}")  # a key of up to 1,024 characters in a field path
 
 
 def _cut_quoted(m: re.Match) -> str:
