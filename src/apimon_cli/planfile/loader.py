@@ -143,6 +143,12 @@ def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
         subscribers=parts.subscribers,
         files=tuple(f.src.file for f in files),
         events=events,
+        secret_fields=frozenset(
+            (path[0], path[1], _field_name(path[2:]))
+            for src in sources
+            for path in src.secret_paths
+            if len(path) >= 3 and path[0] in ("products", "subscribers")
+        ),
     )
     return LoadedPlan(desired, _sorted(diags, paths), secrets, sources)
 
@@ -177,6 +183,17 @@ def _cut_quoted(m: re.Match) -> str:
     quote = "'" if m.group(1) is not None else '"'
     inner = m.group(1) if m.group(1) is not None else m.group(2)
     return quote + inner[:37] + "..." + quote
+
+
+def _field_name(rest: tuple) -> str:
+    """A plan path under a product or subscriber as the diff's field name: ("pricing", "tiers", 0, "unit_price")
+    -> "pricing.tiers" (lists are one field)."""
+    parts = []
+    for part in rest:
+        if isinstance(part, int):
+            break
+        parts.append(str(part))
+    return ".".join(parts)
 
 
 def _sorted(diags: list[Diagnostic], paths: list[str]) -> list[Diagnostic]:

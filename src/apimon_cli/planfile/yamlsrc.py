@@ -95,6 +95,7 @@ class Source:
     data: object
     root: yaml.Node | None = None
     secrets: set[str] = field(default_factory=set)  # values substituted from the environment
+    secret_paths: set[tuple] = field(default_factory=set)  # where they were substituted
     _index: dict = field(default_factory=dict, repr=False)  # id(mapping) -> ({key: (key, value)}, merges)
 
     def where(self, path: Path_, *, key: bool = False) -> tuple[int, int]:
@@ -402,6 +403,7 @@ class _Walker:
             val = self.env[name]
             if val:
                 self.src.secrets.add(val)
+                self.src.secret_paths.add(path)
             return val
 
         return _ENV_RE.sub(repl, value)

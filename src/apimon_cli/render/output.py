@@ -20,6 +20,7 @@ def renderings(secret: str) -> set[str]:
         repr(secret)[1:-1],
         repr(secret + "'\"")[1:-4],  # the single-quote style a longer repr() may use
         ascii(secret)[1:-1],
+        ascii(secret + "'\"")[1:-4],
         json.dumps(secret)[1:-1],
         json.dumps(secret, ensure_ascii=False)[1:-1],
         secret.replace('"', '""'),
