@@ -7,6 +7,7 @@ The oracle (``check``), for every input:
   ``PER_INPUT_SECONDS`` (SIGALRM: a hang fails the input instead of stalling the run);
 - an invalid plan has at least one error, and every diagnostic is one line, ``FILE:LINE:COL`` with line and
   column >= 1, of bounded length (a 16 MiB value is never echoed);
+- no message shows a value from the environment (``ENV``), in any rendering, not even its first 8 characters;
 - a valid plan can be invoiced: every product prices 0, 1, a million and the largest count (2**63 - 1)
   without an exception, so ``validate`` and ``invoice`` agree on what is computable.
 
@@ -40,8 +41,21 @@ ENV = {
     "APIMON_CORPUS_SHORT_KEY": "Kx9-tiny-key",
     "FUZZ_KEY": "fz-key-0123456789abcdef",
     "FUZZ_SECRET": 'sé\\cr"et-value',
-    "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000",
+    "AZURE_SUBSCRIPTION_ID": "5ub5cr1pt10n-fuzz-id",
 }
+
+
+def _secret_forms() -> set[str]:
+    from apimon_cli.render.output import renderings
+
+    forms = set()
+    for value in ENV.values():
+        forms |= renderings(value)
+        forms |= renderings(value[:8])  # the start of one, cut short in a message
+    return forms
+
+
+_SECRET_FORMS = _secret_forms()
 
 
 def _seeds() -> list[tuple[str, str]]:
@@ -258,6 +272,8 @@ def check(texts: list[str], workdir: Path, *, strict: bool = False, crashes: Pat
                     problems.append(f"malformed diagnostic: {text[:300]!r}")
                 if d.file not in paths:
                     problems.append(f"diagnostic names no input file: {text[:300]!r}")
+                if any(form in text for form in _SECRET_FORMS):
+                    problems.append(f"a value from the environment shows in a message: {text[:300]!r}")
             if loaded.desired is not None:
                 currency = loaded.desired.billing.currency
                 for product in loaded.desired.products.values():
