@@ -164,3 +164,17 @@ def test_invoice_computes_what_validate_accepts_end_to_end(tmp_path: Path):
     assert usage["quantity"] == str(2**62)
     exact = Context(prec=100).multiply(Decimal(LARGEST), 2**62)
     assert usage["amount"] == str(exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP, context=Context(prec=100)))
+
+
+def test_a_billion_laughs_is_refused_in_well_under_a_second(tmp_path: Path):
+    """Ten levels of ten aliases each would be 10**10 values: refused after counting, never expanded."""
+    lines = ["apimon: 1", "target: {provider: local}", "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    p = tmp_path / "bomb.yaml"
+    p.write_text("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    loaded = load_plans([str(p)], env={})
+    assert time.perf_counter() - start < 1.0
+    [error] = loaded.errors
+    assert "aliases expand the document to more than 200,000 values" in error.message

@@ -4,6 +4,7 @@ environment (``${env:...}`` and imported keys) never reach stdout or stderr."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -37,6 +38,8 @@ class Masker:
 
     def __init__(self, secrets: Iterable[str] = ()):
         self._raw: set[str] = set()
+        self._prefixes: set[str] | None = None
+        self._longest = 0
         self.secrets: list[str] = []
         self.add(*secrets)
 
@@ -45,6 +48,7 @@ class Masker:
         if not new:
             return
         self._raw |= new
+        self._prefixes = None
         forms = set(self.secrets)
         for v in new:
             forms |= renderings(v)
@@ -59,17 +63,23 @@ class Masker:
 
     def cut(self, text: str) -> str:
         """Like calling the masker, and also masks the start of a secret that a message cut short
-        (``'sk_live_4eC39...'``): the part before ``...`` or ``…`` that begins a secret."""
+        (``'sk_live_4eC39...'``): the longest part before ``...`` or ``…`` that begins a secret."""
         text = self(text)
         if "..." not in text and "…" not in text:
             return text
-        for s in self.secrets:
-            for k in range(len(s) - 1, MIN_SECRET - 1, -1):
-                prefix = s[:k]
-                for ellipsis in ("...", "…"):
-                    if prefix + ellipsis in text:
-                        text = text.replace(prefix + ellipsis, "***" + ellipsis)
-        return text
+        if self._prefixes is None:  # built once: a set lookup per length instead of a scan per secret
+            self._prefixes = {s[:k] for s in self.secrets for k in range(MIN_SECRET, len(s))}
+            self._longest = max((len(s) for s in self.secrets), default=0)
+        out = []
+        for piece in re.split(r"(\.\.\.|…)", text):
+            if piece in ("...", "…") and out:
+                before = out[-1]
+                for k in range(min(len(before), self._longest), MIN_SECRET - 1, -1):
+                    if before[-k:] in self._prefixes:
+                        out[-1] = before[:-k] + "***"
+                        break
+            out.append(piece)
+        return "".join(out)
 
 
 class Output:
