@@ -118,6 +118,8 @@ _EDGE_PYTHON = [
     {"from_env": "FUZZ_KEY"}, {"from_env": "UNSET"}, {"up_to": "inf", "unit_price": "0.001"},
     [{"up_to": 10, "unit_price": "1"}, {"up_to": "inf"}], {"size": 1000, "price": "1.00"},
     {"rate": 10, "burst": 20}, {"limit": 1000, "period": "day"}, "a@b.example", "x" * 300, "\u202e\x85",
+    "https://evil.example", "https://x:99999999999999999999/", "https://x:" + "9" * 5000, "http://[::1",
+    "http://u:p@127.0.0.1:1/", "https://%zz/", "localhost:9092,[::1]:0", "whsec_AAAA", "\\\\host\\share",
 ]
 
 
