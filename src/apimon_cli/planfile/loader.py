@@ -257,6 +257,9 @@ def _load_one(path: str, env: dict[str, str]) -> tuple[Source | None, list[Diagn
         ]
     if not isinstance(src.data, dict):
         line, col = src.where(())
+        from ..render.output import Masker
+
+        mask = Masker(src.secrets).cut  # the file is not read further: its secrets are masked here
         return None, [
             Diagnostic(
                 path,
@@ -264,8 +267,10 @@ def _load_one(path: str, env: dict[str, str]) -> tuple[Source | None, list[Diagn
                 col,
                 "error",
                 "",
-                f"a plan file is a mapping of fields (apimon, target, "
-                f"billing, products, subscribers); got {S._kind(src.data)}",
+                mask(
+                    f"a plan file is a mapping of fields (apimon, target, "
+                    f"billing, products, subscribers); got {S._kind(src.data)}"
+                ),
             )
         ]
     return src, diags
