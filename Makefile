@@ -36,7 +36,7 @@ test: $(STAMP) browser
 # inputs that fail are kept in out/fuzz-crashes/ (keep each as a tests/corpus/ case once fixed)
 fuzz: $(STAMP)
 	@APIMON_FUZZ_EXAMPLES=$${APIMON_FUZZ_EXAMPLES:-100000} APIMON_FUZZ_CRASHES=$${APIMON_FUZZ_CRASHES:-out/fuzz-crashes} \
-	  $(BIN)/python -m pytest tests/planfile/test_fuzz.py -p no:xdist -p no:cacheprovider -s -x -q \
+	  $(BIN)/python -m pytest tests/planfile/test_fuzz.py -n 0 -p no:cacheprovider -s -x -q \
 	  -k unexpected_error
 
 lint: $(STAMP)
