@@ -1,12 +1,13 @@
 # apimon's two entry points for a fresh machine; both create .venv/ and install what they need.
 #   make quickstart   runs apimon's main job end to end on the local target
 #   make test         runs the whole test suite
+#   make fuzz         a long run of the plan-file fuzzer (APIMON_FUZZ_EXAMPLES inputs, new ones every run)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test lint bench clean browser
+.PHONY: quickstart test lint bench clean browser fuzz
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,12 @@ browser:
 
 test: $(STAMP) browser
 	@$(BIN)/python -m pytest
+
+# inputs that fail are kept in out/fuzz-crashes/ (keep each as a tests/corpus/ case once fixed)
+fuzz: $(STAMP)
+	@APIMON_FUZZ_EXAMPLES=$${APIMON_FUZZ_EXAMPLES:-100000} APIMON_FUZZ_CRASHES=$${APIMON_FUZZ_CRASHES:-out/fuzz-crashes} \
+	  $(BIN)/python -m pytest tests/planfile/test_fuzz.py -n 0 -p no:cacheprovider -s -x -q \
+	  -k unexpected_error
 
 lint: $(STAMP)
 	@$(BIN)/ruff check src tests benchmarks

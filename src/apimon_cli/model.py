@@ -141,6 +141,9 @@ class DesiredState:
     subscribers: dict[str, Subscriber]
     files: tuple[str, ...] = ()  # plan files it was loaded from
     events: object | None = None  # events.config.EventsConfig: the plan's `events` block, if any
+    # fields whose value comes from the environment (${env:...}): (section, id, field), e.g. ("subscribers",
+    # "acme", "metadata.customer_id"). Secrets: the diff shows them as "(sensitive)", before and after.
+    secret_fields: frozenset[tuple[str, str, str]] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,19 @@ NO_MINOR_UNIT: frozenset[str] = frozenset(
     {"XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XDR", "XPD", "XPT", "XSU", "XTS", "XUA", "XXX"}
 )
 
+#: Digits of precision of every money computation (rounding here, exact line arithmetic in pricing.py and
+#: invoice totals in invoice.py): results that need more trap instead of being rounded.
+MONEY_PRECISION = 100
+#: Digits before the point of the largest amount a plan may give (fee, prices, minimum, maximum): amounts are
+#: below 10**15 in any currency. A price then has at most 15 + 12 decimals = 27 digits; times a period's
+#: quantity (a ledger count, below 2**63: 19 digits) 46; an invoice's sum of lines a few more: far inside
+#: MONEY_PRECISION, so every amount that validates can be invoiced (``apimon validate`` enforces this bound).
+MAX_AMOUNT_DIGITS = 15
+#: Largest billable quantity / count (SQLite's INTEGER, the ledger's counters).
+MAX_COUNT = 2**63 - 1
+
 # One context for all rounding: wide enough that quantize never fails on a real amount.
-_ROUNDING = Context(prec=100, rounding=ROUND_HALF_UP, traps=[InvalidOperation])
+_ROUNDING = Context(prec=MONEY_PRECISION, rounding=ROUND_HALF_UP, traps=[InvalidOperation])
 # code -> Decimal exponent to quantize to (Decimal("0.01") for USD), built once.
 _QUANTUM: dict[str, Decimal] = {code: Decimal(1).scaleb(-exp) for code, exp in MINOR_UNITS.items()}
 

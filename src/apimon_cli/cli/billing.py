@@ -211,14 +211,32 @@ def usage_export(
     start = parse_day(out, from_, "--from") if from_ else None
     end = parse_day(out, to, "--to") if to else None
     path = ledger_path(ledger, [plan] if plan else None)
+    if plan:  # the plan's values from the environment (an Azure subscription id in the target) are masked
+        from ..planfile.loader import load_plans
+
+        out.mask.add(*load_plans([plan]).secrets)
     with open_ledger(out, path, must_exist=True) as book, _writer(out, out_file) as fh:
-        rows = book.iter_rows(start, end)
+        rows = _masked_targets(book.iter_rows(start, end), out.mask)
         if fmt == "csv":
             n = write_csv(usage_records(rows), USAGE_COLUMNS, fh, USAGE_NUMERIC_COLUMNS)
         else:
             n = write_jsonl(usage_mappings(rows), fh)
     if out_file:
         out.info(f"Wrote {n:,} usage rows to {out_file}.")
+
+
+def _masked_targets(rows, mask):
+    """Ledger rows with the target masked (one masking per distinct target: exports stream millions of rows).
+    The other columns hold ids, days and counts, never a value from the environment."""
+    if not mask.secrets:
+        yield from rows
+        return
+    seen: dict[str, str] = {}
+    for row in rows:
+        target = seen.get(row.target)
+        if target is None:
+            target = seen[row.target] = mask(row.target)
+        yield row if target == row.target else row._replace(target=target)
 
 
 # ---------------------------------------------------------------- invoices
@@ -314,14 +332,16 @@ def invoice(
             out.info("note: --out writes csv or jsonl; add --format csv")
         return
     with _writer(out, out_file) as fh:
-        n = _write_invoices(invoices, fmt, fh, metadata_keys)
+        n = _write_invoices(invoices, fmt, fh, metadata_keys, desired.secret_fields)
     if out_file:
         out.info(f"Wrote {len(invoices)} invoices ({n} lines) to {out_file}.")
 
 
-def _invoice_rows(invoices, metadata_keys):
+def _invoice_rows(invoices, metadata_keys, secret_fields=frozenset()):
     for inv in invoices:
-        meta = [inv.metadata.get(k, "") for k in metadata_keys]
+        # a metadata value from the environment (${env:...}) is a secret: exports carry *** in its place
+        meta = ["***" if ("subscribers", inv.subscriber, f"metadata.{k}") in secret_fields and inv.metadata.get(k)
+                else inv.metadata.get(k, "") for k in metadata_keys]
         for line in inv.lines:
             yield [
                 inv.invoice_id,
@@ -339,12 +359,12 @@ def _invoice_rows(invoices, metadata_keys):
             ]
 
 
-def _write_invoices(invoices, fmt: str, fh, metadata_keys: list[str]) -> int:
+def _write_invoices(invoices, fmt: str, fh, metadata_keys: list[str], secret_fields=frozenset()) -> int:
     from ..export.writers import write_csv, write_jsonl
 
     # one column per metadata key, named by the key (prefixed only where it would clash with a standard column)
     columns = list(INVOICE_COLUMNS) + [f"metadata.{k}" if k in INVOICE_COLUMNS else k for k in metadata_keys]
-    rows = _invoice_rows(invoices, metadata_keys)
+    rows = _invoice_rows(invoices, metadata_keys, secret_fields)
     if fmt == "csv":
         return write_csv(rows, columns, fh, set(INVOICE_NUMERIC))
     return write_jsonl((dict(zip(columns, r, strict=True)) for r in rows), fh)

@@ -133,6 +133,7 @@ def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
 
         events = build_events(parts.events_spec, env)
         secrets |= secrets_of(events)
+    diags = _finish(diags, secrets)
     if any(d.severity == "error" for d in diags) or parts.target is None:
         return LoadedPlan(None, _sorted(diags, paths), secrets, sources)
     desired = DesiredState(
@@ -142,11 +143,60 @@ def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
         subscribers=parts.subscribers,
         files=tuple(f.src.file for f in files),
         events=events,
+        secret_fields=frozenset(
+            (path[0], path[1], _field_name(path[2:]))
+            for src in sources
+            for path in src.secret_paths
+            if len(path) >= 3 and path[0] in ("products", "subscribers")
+        ),
     )
     from ..security.redact import add_secrets
 
     add_secrets(secrets)  # never in apimon's debug log or waiting notices either
     return LoadedPlan(desired, _sorted(diags, paths), secrets, sources)
+
+
+_LONG_QUOTED = re.compile(r"""'((?:[^'\\\n]|\\.){41,}?)'(?=[;,)\s]|$)|"((?:[^"\\\n]|\\.){41,}?)"(?=[;,)\s]|$)""")
+MAX_MESSAGE = 1000
+
+
+def _finish(diags: list[Diagnostic], secrets: set[str]) -> list[Diagnostic]:
+    """Every message masked (values from the environment, in every rendering, even cut short) and then
+    bounded: a quoted value of more than 40 characters is cut, a message is at most 1,000 characters."""
+    from ..render.output import Masker
+
+    masker = Masker(secrets)
+    out = []
+    for d in diags:
+        message = masker.cut(d.message)
+        if len(message) > 80:
+            message = _LONG_QUOTED.sub(_cut_quoted, message)
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 3] + "..."
+        path = d.path if len(d.path) <= 80 else _LONG_PART.sub(lambda m: m.group(0)[:37] + "...", d.path)
+        changed = message != d.message or path != d.path
+        out.append(dataclasses.replace(d, message=message, path=path) if changed else d)
+    return out
+
+
+_LONG_PART = re.compile(r"[^.\[\]]{41,}")  # a key of up to 1,024 characters in a field path
+
+
+def _cut_quoted(m: re.Match) -> str:
+    quote = "'" if m.group(1) is not None else '"'
+    inner = m.group(1) if m.group(1) is not None else m.group(2)
+    return quote + inner[:37] + "..." + quote
+
+
+def _field_name(rest: tuple) -> str:
+    """A plan path under a product or subscriber as the diff's field name: ("pricing", "tiers", 0, "unit_price")
+    -> "pricing.tiers" (lists are one field)."""
+    parts = []
+    for part in rest:
+        if isinstance(part, int):
+            break
+        parts.append(str(part))
+    return ".".join(parts)
 
 
 def _sorted(diags: list[Diagnostic], paths: list[str]) -> list[Diagnostic]:
@@ -210,6 +260,9 @@ def _load_one(path: str, env: dict[str, str]) -> tuple[Source | None, list[Diagn
         ]
     if not isinstance(src.data, dict):
         line, col = src.where(())
+        from ..render.output import Masker
+
+        mask = Masker(src.secrets).cut  # the file is not read further: its secrets are masked here
         return None, [
             Diagnostic(
                 path,
@@ -217,9 +270,11 @@ def _load_one(path: str, env: dict[str, str]) -> tuple[Source | None, list[Diagn
                 col,
                 "error",
                 "",
-                f"a plan file is a mapping of fields (apimon, target, "
-                # the kind only, never the value: the file may be anything (e.g. named by a crafted saved plan)
-                f"billing, products, subscribers); got {_shape(src.data)}",
+                mask(
+                    f"a plan file is a mapping of fields (apimon, target, "
+                    # the kind only, never the value: the file may be anything (e.g. named by a crafted saved plan)
+                    f"billing, products, subscribers); got {_shape(src.data)}"
+                ),
             )
         ]
     return src, diags

@@ -14,10 +14,27 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
 from pydantic_core import PydanticCustomError
 
+from ..billing.currency import MAX_AMOUNT_DIGITS, MAX_COUNT
 from ..events.types import DEFAULT_QUOTA_ALERTS, EVENT_TYPES
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 MAX_PRICE_PLACES = 12
+# the bounds invoicing computes within (billing/currency.py): validate refuses what invoice could not price
+_MAX_AMOUNT_TEXT = "999,999,999,999,999." + "9" * MAX_PRICE_PLACES
+
+
+def _short(value: str, limit: int = 40) -> str:
+    """repr() of a string, cut for a message: a 16 MiB value never ends up in one."""
+    return repr(value if len(value) <= limit else value[: limit - 3] + "...")
+
+
+def _too_large(got: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "money",
+        "is too large: amounts are below 10^{digits} (at most {digits} digits before the point, up to {largest}) "
+        "so that invoices can be computed exactly; got {got}",
+        {"digits": MAX_AMOUNT_DIGITS, "largest": _MAX_AMOUNT_TEXT, "got": got},
+    )
 
 
 def _money(value: Any) -> Decimal:
@@ -36,27 +53,32 @@ def _money(value: Any) -> Decimal:
     if isinstance(value, int):
         if value < 0:
             raise PydanticCustomError("money", "must not be negative; got {got}", {"got": value})
+        if value >= 10**MAX_AMOUNT_DIGITS:
+            raise _too_large(str(value))
         return Decimal(value)
     if isinstance(value, str):
         text = value.strip()
-        if not _PLAIN_DECIMAL.fullmatch(text):
+        m = _PLAIN_DECIMAL.fullmatch(text)
+        if not m:
             raise PydanticCustomError(
                 "money",
                 'must be a plain decimal amount like "0.001" (digits, an optional point and up to '
                 "12 decimals); got {got}",
-                {"got": repr(value)},
+                {"got": _short(value)},
             )
         if text.startswith("-"):
-            raise PydanticCustomError("money", "must not be negative; got {got}", {"got": repr(value)})
-        d = Decimal(text)
-        exp = d.as_tuple().exponent
-        if isinstance(exp, int) and -exp > MAX_PRICE_PLACES:
+            raise PydanticCustomError("money", "must not be negative; got {got}", {"got": _short(value)})
+        # bounded on the text, before Decimal() converts it
+        if len(m.group(1).lstrip("0")) > MAX_AMOUNT_DIGITS:
+            raise _too_large(_short(value))
+        places = len(m.group(2) or "") - 1 if m.group(2) else 0
+        if places > MAX_PRICE_PLACES:
             raise PydanticCustomError(
                 "money",
                 "has {places} decimal places; at most {limit} are allowed; got {got}",
-                {"places": -exp, "limit": MAX_PRICE_PLACES, "got": repr(value)},
+                {"places": places, "limit": MAX_PRICE_PLACES, "got": _short(value)},
             )
-        return d
+        return Decimal(text)
     raise PydanticCustomError(
         "money",
         'must be a money amount, a quoted decimal like "29.00" or an integer; got {got}',
@@ -64,12 +86,22 @@ def _money(value: Any) -> Decimal:
     )
 
 
-_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+_PLAIN_DECIMAL = re.compile(r"-?([0-9]+)(\.[0-9]+)?")
 
 
 def _float_text(value: float) -> str:
     text = getattr(value, "text", None) or repr(value)  # yamlsrc keeps floats' source text
-    return text if "e" not in text else format(Decimal(text), "f")
+    if "e" not in text.lower():
+        return text
+    try:
+        d = Decimal(text.replace("_", ""))
+    except ArithmeticError:  # .inf, .nan, YAML 1.1 forms Decimal does not read
+        return text
+    exp = d.as_tuple().exponent
+    # written out only when it is short: 1.0e+999999999 would be a billion digits
+    if not d.is_finite() or not isinstance(exp, int) or d.adjusted() > MAX_AMOUNT_DIGITS or exp < -MAX_PRICE_PLACES:
+        return text
+    return format(d, "f")
 
 
 Money = Annotated[
@@ -78,8 +110,8 @@ Money = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": r"^\s*\d+(\.\d{1,12})?\s*$"},
-                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*0*\d{1,15}(\.\d{1,12})?\s*$"},
+                {"type": "integer", "minimum": 0, "maximum": 10**MAX_AMOUNT_DIGITS - 1},
             ],
             "description": 'Exact amount: a string like "0.001" or an integer (never a float).',
         }
@@ -89,7 +121,7 @@ Money = Annotated[
 
 def _count(minimum: int):
     def check(value: Any) -> int:
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 19:
             raise PydanticCustomError(
                 "count",
                 "must be a whole number >= {minimum}, not a string; write {got} without quotes",
@@ -103,13 +135,24 @@ def _count(minimum: int):
             raise PydanticCustomError(
                 "count", "must be a whole number >= {minimum}; got {got}", {"minimum": minimum, "got": value}
             )
+        if value > MAX_COUNT:
+            raise PydanticCustomError(
+                "count",
+                "is too large: whole numbers go up to {largest} (2^63 - 1, what the ledger and the gateways "
+                "store); got {got}",
+                {"largest": f"{MAX_COUNT:,}", "got": value},
+            )
         return value
 
     return check
 
 
-PositiveInt = Annotated[int, BeforeValidator(_count(1)), WithJsonSchema({"type": "integer", "minimum": 1})]
-NonNegInt = Annotated[int, BeforeValidator(_count(0)), WithJsonSchema({"type": "integer", "minimum": 0})]
+PositiveInt = Annotated[
+    int, BeforeValidator(_count(1)), WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_COUNT})
+]
+NonNegInt = Annotated[
+    int, BeforeValidator(_count(0)), WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_COUNT})
+]
 _positive = _count(1)
 
 

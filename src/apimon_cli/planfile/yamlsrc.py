@@ -25,6 +25,11 @@ Path_ = tuple  # a path into the document: ("products", "pro", "rate_limit", "bu
 MAX_NODES = 1_000_000  # values in the document after alias expansion (~1 KB of memory each while loading)
 MAX_ALIAS_VALUES = 200_000  # values contributed by aliases (a legitimate plan repeats small blocks)
 MAX_DEPTH = 32  # a plan's deepest field is products.ID.pricing.tiers[N].up_to (5 levels)
+# Numbers are bounded on their text, before any conversion: Python refuses int() of more than 4,300 digits,
+# and expanding `1.0e+999999999` for a message took a minute and 6 GB. Counts go up to 2**63 - 1 (19 digits)
+# and money is a quoted decimal, so no legitimate plan comes near either bound.
+MAX_NUMBER_CHARS = 40
+MAX_FLOAT_EXPONENT = 308  # beyond it a float is inf or 0 (IEEE 754 doubles)
 
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
@@ -46,8 +51,11 @@ _PLAIN_TAGS = {
 _ENV_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENV_ANY_RE = re.compile(r"\$\{env:([^}]*)\}")
 _DECIMAL_INT_RE = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+_EXPONENT_RE = re.compile(r"[eE]([-+]?[0-9]+)")
+_NUMBER_TAGS = {_INT, "tag:yaml.org,2002:float"}
 
 _scalar_constructor = yaml.constructor.SafeConstructor()
+_RESOLVER = yaml.resolver.Resolver()  # what a plain value's tag would be without an explicit tag
 
 
 def _first_chars_needing_resolution() -> frozenset:
@@ -87,6 +95,7 @@ class Source:
     data: object
     root: yaml.Node | None = None
     secrets: set[str] = field(default_factory=set)  # values substituted from the environment
+    secret_paths: set[tuple] = field(default_factory=set)  # where they were substituted
     _index: dict = field(default_factory=dict, repr=False)  # id(mapping) -> ({key: (key, value)}, merges)
 
     def where(self, path: Path_, *, key: bool = False) -> tuple[int, int]:
@@ -224,6 +233,8 @@ class _Walker:
                 "5 levels deep (products.ID.pricing.tiers[N].up_to)",
                 path[:6],
             )
+        if node.tag not in ("!", _SEQ if isinstance(node, SequenceNode) else _MAP):  # `!!python/object [..]`
+            self.bad_tag(node, path)
         before = self.count
         self.count += 1
         self.active.add(key)
@@ -256,6 +267,8 @@ class _Walker:
                 raise YamlProblem(
                     line, col, f"keys must be plain strings; got {_kind_of_node(key_node)} as a key", path
                 )
+            if key_node.tag not in _PLAIN_TAGS and key_node.tag != "!":
+                self.bad_tag(key_node, path)
             key = key_node.value  # as written: `42:` and `yes:` are the ids "42" and "yes"
             if key in first_at:
                 line, col = _pos(key_node)
@@ -298,27 +311,55 @@ class _Walker:
             if "${" in value:
                 value = self.substitute(value, node, path)
             return value
+        if tag in _NUMBER_TAGS:
+            self.check_number(node, path)
         if tag == _INT and _DECIMAL_INT_RE.fullmatch(node.value):
             return int(node.value)
         if tag not in _PLAIN_TAGS:
             self.bad_tag(node, path)
         try:
             value = _scalar_constructor.construct_object(node)
-        except (yaml.YAMLError, ValueError, TypeError):
+        # PyYAML's constructors fail on explicit tags with the wrong text: `!!bool x` (KeyError), `!!int`
+        # with no value (IndexError), `!!timestamp x` (AttributeError), `!!float ''` ...
+        except (yaml.YAMLError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
             line, col = _pos(node)
-            raise YamlProblem(
-                line,
-                col,
-                f"cannot read the value {node.value!r} as {tag.rsplit(':', 1)[-1]}; quote it to make it a string",
-                path,
-            ) from None
+            kind = tag.rsplit(":", 1)[-1]
+            shown = node.value if len(node.value) <= 40 else node.value[:37] + "..."
+            if not node.style and _RESOLVER.resolve(ScalarNode, node.value, (True, False)) == tag:
+                hint = "quote it to make it a string"  # the plain value looked like a {kind} (2026-13-45)
+            else:
+                hint = f"remove the tag !!{kind} (plain values need none), or quote the value to make it a string"
+            raise YamlProblem(line, col, f"cannot read the value {shown!r} as {kind}; {hint}", path) from None
         if isinstance(value, float):
             return YamlFloat(value, node.value)
         if isinstance(value, (str, int, bool)) or value is None:
             return value
         return node.value  # dates and timestamps: keep the text as written
 
-    def bad_tag(self, node: ScalarNode, path: Path_) -> None:
+    def check_number(self, node: ScalarNode, path: Path_) -> None:
+        """Bound a number on its text, before anything converts it."""
+        text = node.value
+        line, col = _pos(node)
+        if len(text) > MAX_NUMBER_CHARS:
+            raise YamlProblem(
+                line,
+                col,
+                f"a number of {len(text):,} characters ({text[:12]}...); numbers in a plan are at most "
+                f"{MAX_NUMBER_CHARS} characters (counts go up to {2**63 - 1:,}; money is a quoted decimal)",
+                path,
+            )
+        if node.tag != _INT:
+            m = _EXPONENT_RE.search(text)
+            if m and abs(int(m.group(1))) > MAX_FLOAT_EXPONENT:
+                raise YamlProblem(
+                    line,
+                    col,
+                    f"the number {text} is out of range (exponent {m.group(1)}); numbers in a plan have an "
+                    f"exponent of at most {MAX_FLOAT_EXPONENT} (money is a quoted decimal like \"29.00\")",
+                    path,
+                )
+
+    def bad_tag(self, node: yaml.Node, path: Path_) -> None:
         line, col = _pos(node)
         tag = node.tag.replace("tag:yaml.org,2002:", "!!")
         raise YamlProblem(
@@ -362,6 +403,7 @@ class _Walker:
             val = self.env[name]
             if val:
                 self.src.secrets.add(val)
+                self.src.secret_paths.add(path)
             return val
 
         return _ENV_RE.sub(repl, value)
@@ -403,6 +445,15 @@ def _syntax_message(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str
             line,
             col,
             (f'invalid YAML: a value cannot start with {char!r}; quote the value (e.g. "{here[col - 1 :].strip()}")'),
+        )
+    if ("mapping values are not allowed" in problem or "could not find expected ':'" in problem) and (
+        len(here.lstrip()) > 1024
+    ):
+        return (
+            line,
+            col,
+            "invalid YAML: a key longer than 1,024 characters (YAML's limit for a key); "
+            "ids are at most 63 characters",
         )
     if "maximum nesting depth" in problem:
         return (

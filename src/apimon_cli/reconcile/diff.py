@@ -99,14 +99,20 @@ def _diff_kind(k: Kind, desired: DesiredState, live: LiveState, rules: Rules,
     updates: list[Change] = []
     deletes: list[Change] = []
 
-    def fields(have: Any, want: Any) -> list[FieldChange]:
-        return _field_changes(k, rules, have, want)
+    secret_fields: dict[str, set[str]] = {}
+    for section, rid, name in getattr(desired, "secret_fields", ()):
+        if section == k.section:
+            secret_fields.setdefault(rid, set()).add(name)
+
+    def fields(have: Any, want: Any, secret: set[str] | None = None) -> list[FieldChange]:
+        return _field_changes(k, rules, have, want, secret or set())
 
     for rid, want in wanted.items():
         have = existing.get(rid)
+        hidden = secret_fields.get(rid)
         secret = k.secret(want) if k.secret else None
         if have is not None:
-            changed = fields(have, want)
+            changed = fields(have, want, hidden)
             live_fp = fingerprints.get(rid)
             if secret is not None and live_fp is not None and live_fp != key_fingerprint(secret):
                 changed.append(FieldChange("key", SENSITIVE, SENSITIVE))
@@ -120,12 +126,12 @@ def _diff_kind(k: Kind, desired: DesiredState, live: LiveState, rules: Rules,
             continue
         foreign = unmanaged.get((k.name, rid))
         if foreign is None:
-            changed = fields(None, want)
+            changed = fields(None, want, hidden)
             if secret is not None:
                 changed.append(FieldChange("key", None, SENSITIVE))
             creates.append(Change("create", k.name, rid, tuple(changed), want, None))
             continue
-        changed = fields(foreign.resource, want) if foreign.resource is not None else None
+        changed = fields(foreign.resource, want, hidden) if foreign.resource is not None else None
         if adopt:
             adopted = [FieldChange("managed", False, True)] + (changed or [])
             updates.append(Change("update", k.name, rid, tuple(adopted), want, foreign.resource, adopt=True))
@@ -142,8 +148,9 @@ def _diff_kind(k: Kind, desired: DesiredState, live: LiveState, rules: Rules,
     return creates + updates, deletes
 
 
-def _field_changes(k: Kind, rules: Rules, have: Any, want: Any) -> list[FieldChange]:
-    """Fields that differ by meaning, compared as the gateway holds them, shown as written."""
+def _field_changes(k: Kind, rules: Rules, have: Any, want: Any, secret: set[str] = frozenset()) -> list[FieldChange]:  # type: ignore[assignment]
+    """Fields that differ by meaning, compared as the gateway holds them, shown as written; a field whose
+    value comes from the environment (``secret``) is shown as SENSITIVE, its old value too."""
     def flat(resource: Any, canonical: bool) -> dict[str, object]:
         if resource is None:
             return {}
@@ -156,6 +163,10 @@ def _field_changes(k: Kind, rules: Rules, have: Any, want: Any) -> list[FieldCha
         if not rules.stores(k.name, name):
             continue
         if not same(name, before.get(name), after.get(name)):
+            if secret and any(name == s or name.startswith(s + ".") or s.startswith(name + ".") for s in secret):
+                out.append(FieldChange(name, None if have is None or shown_before.get(name) is None else SENSITIVE,
+                                       None if shown_after.get(name) is None else SENSITIVE))
+                continue
             out.append(FieldChange(name, shown(shown_before.get(name)), shown(shown_after.get(name))))
     return out
 

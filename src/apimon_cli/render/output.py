@@ -4,24 +4,82 @@ environment (``${env:...}`` and imported keys) never reach stdout or stderr."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any
 
 
+def renderings(secret: str) -> set[str]:
+    """Every way ``secret`` can appear in what apimon writes: as is, inside a repr() (``\\`` and quotes
+    escaped, either quote style), inside JSON (``\\``, ``"``, and ``\\u00e9`` with ensure_ascii), inside a CSV
+    cell (``""``) and inside HTML (``&quot;``, ``&amp;``)."""
+    import html
+
+    forms = {
+        secret,
+        repr(secret)[1:-1],
+        repr(secret + "'\"")[1:-4],  # the single-quote style a longer repr() may use
+        ascii(secret)[1:-1],
+        ascii(secret + "'\"")[1:-4],
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        secret.replace('"', '""'),
+        html.escape(secret, quote=True),
+    }
+    return {f for f in forms if f}
+
+
+MIN_SECRET = 4  # shorter values are not masked: "***" in place of every "true" would hide the output
+
+
 class Masker:
+    """Replaces every rendering of a secret value (see ``renderings``) with ``***``."""
+
     def __init__(self, secrets: Iterable[str] = ()):
-        # longest first so a secret containing another is masked whole
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        self._raw: set[str] = set()
+        self._prefixes: set[str] | None = None
+        self._longest = 0
+        self.secrets: list[str] = []
+        self.add(*secrets)
 
     def add(self, *values: str | None) -> None:
-        self.secrets = sorted({*self.secrets, *(v for v in values if v and len(v) >= 4)}, key=len, reverse=True)
+        new = {v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET} - self._raw
+        if not new:
+            return
+        self._raw |= new
+        self._prefixes = None
+        forms = set(self.secrets)
+        for v in new:
+            forms |= renderings(v)
+        # longest first so a secret containing another is masked whole
+        self.secrets = sorted(forms, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for s in self.secrets:
             if s in text:
                 text = text.replace(s, "***")
         return text
+
+    def cut(self, text: str) -> str:
+        """Like calling the masker, and also masks the start of a secret that a message cut short
+        (``'sk_live_4eC39...'``): the longest part before ``...`` or ``…`` that begins a secret."""
+        text = self(text)
+        if "..." not in text and "…" not in text:
+            return text
+        if self._prefixes is None:  # built once: a set lookup per length instead of a scan per secret
+            self._prefixes = {s[:k] for s in self.secrets for k in range(MIN_SECRET, len(s))}
+            self._longest = max((len(s) for s in self.secrets), default=0)
+        out = []
+        for piece in re.split(r"(\.\.\.|…)", text):
+            if piece in ("...", "…") and out:
+                before = out[-1]
+                for k in range(min(len(before), self._longest), MIN_SECRET - 1, -1):
+                    if before[-k:] in self._prefixes:
+                        out[-1] = before[:-k] + "***"
+                        break
+            out.append(piece)
+        return "".join(out)
 
 
 class Output:
