@@ -19,7 +19,7 @@ app = typer.Typer(
     name="apimon",
     help="Declarative API monetization: products, limits, pricing and subscribers as code, for AWS API "
     "Gateway, Azure API Management, Apigee and a local gateway.",
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, powershell)
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
@@ -27,6 +27,24 @@ app = typer.Typer(
 )
 
 from . import billing, commands, events, gateway, imports, keys, push, report  # noqa: E402 - they add to ``app``
+from .common import version_text  # noqa: E402
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(version_text() + "\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                 help="Print apimon's version and exit."),
+    no_color: bool = typer.Option(False, "--no-color", help="No colours or styles in the output (also NO_COLOR=1; "
+                                  "accepted after the command too, as in `apimon plan PLAN --no-color`)."),
+) -> None:
+    if no_color:
+        os.environ["NO_COLOR"] = "1"
 
 app.add_typer(keys.keys_app, name="keys")
 app.add_typer(billing.usage_app, name="usage")
@@ -40,15 +58,45 @@ imports.register(app)
 app.add_typer(gateway.gateway_app, name="gateway")
 
 
+def _no_color_anywhere(args: list[str]) -> list[str]:
+    """`--no-color` before or after the command (Terraform users type `apimon plan PLAN --no-color`)."""
+    stop = args.index("--") if "--" in args else len(args)
+    if "--no-color" in args[:stop]:
+        os.environ["NO_COLOR"] = "1"
+        return [a for a in args[:stop] if a != "--no-color"] + args[stop:]
+    return args
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM is handled as Ctrl-C: the command stops the way it does on an interrupt (apply reports)."""
+    raise KeyboardInterrupt
+
+
+def _json_usage_error(args: list[str], message: str) -> None:
+    """With --json, a command-line mistake is a JSON document on stdout too (CI parses stdout)."""
+    stop = args.index("--") if "--" in args else len(args)
+    if "--json" in args[:stop]:
+        import json
+
+        sys.stdout.write(json.dumps({"errors": [{"file": None, "line": None, "column": None, "field": None,
+                                                 "message": message}]}, indent=2) + "\n")
+
+
 def main() -> None:
     """Console entry point: no traceback reaches the user unless APIMON_DEBUG is set.
 
     Usage errors (a missing argument, an unknown option) exit 1, not click's 2: exit code 2 means
-    "changes present" for `plan --detailed-exitcode`, and CI must never read a typo as that."""
+    "changes present" for `plan --detailed-exitcode`, and CI must never read a typo as that.
+    Ctrl-C and SIGTERM exit 130 after "interrupted" (apply prints its report first)."""
+    import signal
+
     from typer.exceptions import Abort, TyperException  # typer vendors its own click
 
+    args = _no_color_anywhere(sys.argv[1:])
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
-        code = app(standalone_mode=False)
+        code = app(args=args, prog_name="apimon", standalone_mode=False)
     except Abort:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
@@ -56,7 +104,10 @@ def main() -> None:
         show = getattr(exc, "show", None)
         if show is not None:
             show()
-        sys.exit(0 if type(exc).__name__ == "NoArgsIsHelpError" else 1)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.exit(0)
+        _json_usage_error(args, getattr(exc, "format_message", lambda: str(exc))())
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
@@ -68,6 +119,8 @@ def main() -> None:
             "(set APIMON_DEBUG=1 for details, and please report it)\n"
         )
         sys.exit(1)
+    if code == 130:  # typer turns a KeyboardInterrupt into exit code 130 without a word
+        sys.stderr.write("interrupted\n")
     sys.exit(code if isinstance(code, int) else 0)
 
 

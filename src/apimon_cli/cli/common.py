@@ -103,3 +103,15 @@ def run_plan(out, make):
         fail(out, "the plan refers to things the gateway does not have; nothing was changed", errors=exc.problems)
     except ProviderError as exc:
         fail(out, f"error: {exc}")
+
+
+def version_text() -> str:
+    """`apimon --version`: the version of the distribution that installed apimon_cli."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    for dist in packages_distributions().get("apimon_cli", []) or ["apimon-cli", "apimon"]:
+        try:
+            return f"apimon {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return "apimon (version unknown: not installed as a distribution)"

@@ -32,8 +32,12 @@ class Output:
 
         self.mask = masker or Masker()
         self.json_mode = json_mode
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        import os
+
+        # NO_COLOR (or --no-color) means no escape codes at all: no colour, no bold, nothing for a CI log to strip
+        plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
+        self.out = Console(highlight=False, soft_wrap=True, **plain)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True, **plain)
 
     @property
     def interactive(self) -> bool:
