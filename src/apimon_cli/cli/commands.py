@@ -118,10 +118,13 @@ def apply(
     out = make_output(json_mode=json_out)
     if bool(plans) == bool(plan_file):
         fail(out, "error: give plan files or --plan-file FILE (one of the two)")
-    if plan_file:
-        run = run_plan(out, lambda: plan_from_saved(plan_file, strict=strict))
-    else:
-        run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
+    try:
+        if plan_file:
+            run = run_plan(out, lambda: plan_from_saved(plan_file, strict=strict))
+        else:
+            run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
+    except KeyboardInterrupt:  # while reading the gateway: nothing was changed
+        _interrupted(out, None, None, json_out=json_out)
     out.mask.add(*run.loaded.secrets)
     try:
         _apply_run(out, run, auto_approve=auto_approve or bool(plan_file), max_deletes=max_deletes, json_out=json_out)
@@ -135,16 +138,22 @@ def _set_force_policy(force: bool) -> None:
         os.environ["APIMON_FORCE_POLICY"] = "1"
 
 
-def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_out: bool) -> None:
+def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_out: bool,
+               command: str = "apply") -> None:
     from ..render.changes import render_apply_json, render_conflicts, render_plan
 
     cs = run.changes
-    if json_out:  # the JSON comes once apply is done
+    if json_out and not auto_approve and out.interactive:
+        # someone at a terminal is asked to approve: they see the plan (on stderr, like the prompt);
+        # stdout gets only the JSON document, once apply is done
+        render_plan(out.to_stderr(), cs, json_out=False)
+    elif json_out:  # the JSON comes once apply is done
         render_conflicts(out, cs)
     else:
         render_plan(out, cs, json_out=False)
     if cs.conflicts:
-        fail(out, "nothing was applied: resolve the conflicts above (or use --adopt)")
+        fail(out, "nothing was applied: resolve the conflicts above" + (" (or use --adopt)" if command == "apply"
+                                                                         else ""))
     from .keys import apply_key_lifecycle, print_rotations_due, rotations_due
 
     due = rotations_due(run)
@@ -161,14 +170,21 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
         return
     deletes = cs.summary["deleting"]
     if max_deletes is not None and deletes > max_deletes:
+        if command == "adopt":
+            fail(out, f"refusing to adopt: the plan also deletes {_count(deletes, 'resource')}; adopt never deletes. "
+                      "Run `apimon apply` to review deletions; nothing was changed")
         fail(
             out,
-            f"refusing to apply: the plan deletes {deletes} resource(s), more than --max-deletes "
+            f"refusing to apply: the plan deletes {_count(deletes, 'resource')}, more than --max-deletes "
             f"{max_deletes}; nothing was changed",
         )
-    if not auto_approve:
-        _confirm(out, deletes)
-    report = _apply_with_progress(out, run, show=not json_out)
+    outcomes: list = []
+    try:
+        if not auto_approve:
+            _confirm(out, deletes)
+        report = _apply_with_progress(out, run, show=not json_out, outcomes=outcomes)
+    except KeyboardInterrupt:
+        _interrupted(out, run, outcomes, json_out=json_out)
     if json_out:
         render_apply_json(out, cs, report)
     else:
@@ -184,6 +200,33 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
         raise typer.Exit(1)
 
 
+def _interrupted(out, run, outcomes: list | None, *, json_out: bool):
+    """Ctrl-C or SIGTERM: say so, report like a failure (applied / failed / not attempted), exit 130."""
+    from ..reconcile.engine import ApplyReport
+    from ..render.changes import render_apply_json, render_apply_report
+
+    out.error("interrupted")
+    if run is None:  # before the plan was made: the gateway was only read
+        out.error("Nothing was applied: apimon was still reading the gateway.")
+        if json_out:
+            out.json({"interrupted": True, "applied": [], "failed": [], "not_applied": []})
+        raise SystemExit(130)
+    done = {id(o.change) for o in outcomes or []}
+    report = ApplyReport(outcomes=list(outcomes or []),
+                         not_applied=[c for c in run.changes.changes if id(c) not in done])
+    render_apply_report(out, report, interrupted=True)
+    if json_out:
+        render_apply_json(out, run.changes, report, interrupted=True)
+    try:
+        from ..events.publish import publish_applied
+
+        if report.outcomes:
+            publish_applied(out, run, report)
+    except Exception:  # the report is what matters now; a publish problem must not hide it
+        pass
+    raise SystemExit(130)
+
+
 def _confirm(out, deletes: int) -> None:
     if not out.interactive:
         fail(
@@ -191,24 +234,29 @@ def _confirm(out, deletes: int) -> None:
             "refusing to apply without confirmation: there is no terminal to ask on; "
             "pass --auto-approve (CI) or apply a reviewed plan with --plan-file",
         )
-    warn = f" {deletes} resource(s) will be DESTROYED." if deletes else ""
+    warn = f" {_count(deletes, 'resource')} will be DESTROYED." if deletes else ""
     out.info(f"Do you want to apply these changes?{warn} Only 'yes' will be accepted.", style="bold")
-    try:
-        answer = input("  Enter a value: ")
-    except EOFError:
-        answer = ""
+    # the prompt goes to stderr, like every message: stdout is for results (`apply --json > report.json`)
+    sys.stderr.write("  Enter a value: ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()  # "" at end of input
     if answer.strip() != "yes":
         fail(out, "Apply cancelled; nothing was changed.")
 
 
-def _apply_with_progress(out, run, *, show: bool):
+def _apply_with_progress(out, run, *, show: bool, outcomes: list):
+    """Apply; every outcome is also collected in ``outcomes``, so an interrupt can still report them."""
     from ..reconcile.engine import apply_plan
     from ..render.changes import apply_progress
 
     if not show:
-        return apply_plan(run)
+        return apply_plan(run, progress=outcomes.append)
     with apply_progress(out, len(run.changes.changes)) as progress:
-        return apply_plan(run, progress=progress)
+        def both(outcome) -> None:
+            outcomes.append(outcome)
+            progress(outcome)
+
+        return apply_plan(run, progress=both)
 
 
 def adopt(
@@ -225,7 +273,7 @@ def adopt(
     run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=True))
     out.mask.add(*run.loaded.secrets)
     try:
-        _apply_run(out, run, auto_approve=auto_approve, max_deletes=0, json_out=False)
+        _apply_run(out, run, auto_approve=auto_approve, max_deletes=0, json_out=False, command="adopt")
     finally:
         run.provider.close()
 

@@ -39,6 +39,12 @@ class Output:
         self.out = Console(highlight=False, soft_wrap=True, **plain)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True, **plain)
 
+    def to_stderr(self) -> Output:
+        """The same output with results going to stderr too (the plan shown before `apply --json` asks)."""
+        view = object.__new__(Output)
+        view.mask, view.json_mode, view.out, view.err = self.mask, False, self.err, self.err
+        return view
+
     @property
     def interactive(self) -> bool:
         return sys.stdin.isatty() and self.err.is_terminal
