@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import fail, ledger_path, load_plan, make_output, open_ledger, parse_day
+from .common import JsonOpt, fail, ledger_path, load_plan, make_output, open_ledger, parse_day
 
 usage_app = typer.Typer(
     help="Usage: pull from the gateway into the ledger, show, export.",
@@ -162,11 +162,12 @@ def usage_show(
     ] = None,
     by: Annotated[str, typer.Option(help="subscriber | product | day")] = "subscriber",
     ledger: LedgerOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """A table of the ledger's counts for a period."""
     from rich.table import Table
 
-    out = make_output()
+    out = make_output(json_mode=json_out)
     if by not in ("subscriber", "product", "day"):
         fail(out, f"error: --by must be subscriber, product or day; got {by!r}")
     loaded = load_plan(out, plans)
@@ -187,6 +188,16 @@ def usage_show(
         out.warning(note)
     from ..model import METRICS
     from ..render.sparkline import sparkline
+
+    if json_out:
+        days_n = (window.end - window.start).days + 1
+        records = [{by: str(key), **{m: counts.get(m, 0) for m in METRICS},
+                    **({"calls_per_day": list(spark.get(key, [0] * days_n))} if spark is not None else {})}
+                   for key, counts in rows]
+        out.json({"period": window.label, "start": window.start.isoformat(), "end": window.end.isoformat(),
+                  "by": by, "rows": records,
+                  "total": {m: sum(counts.get(m, 0) for _k, counts in rows) for m in METRICS}})
+        return
 
     table = Table(title=f"Usage {window.label} ({window.start} .. {window.end}), by {by}")
     table.add_column(by)
@@ -296,11 +307,12 @@ def invoice(
         ),
     ] = None,
     ledger: LedgerOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Invoices for a period: the ledger's usage priced by the plan; one invoice per subscriber."""
     from ..billing.invoice import compare_invoices
 
-    out = make_output()
+    out = make_output(json_mode=json_out)
     if fmt not in ("table", "csv", "jsonl"):
         fail(out, f"error: --format must be table, csv or jsonl; got {fmt!r}")
     loaded = load_plan(out, plans)
@@ -327,9 +339,17 @@ def invoice(
             rows = compare_invoices(invoices, other_invoices)
         except ValueError as exc:
             fail(out, f"error: --compare: {exc}")
+        if json_out:
+            out.json({"period": window.label, "compared_with": compare, "subscribers": [
+                {"subscriber": r.subscriber, "current_total": str(r.old_total), "compared_total": str(r.new_total),
+                 "difference": str(r.difference), "currency": r.currency} for r in rows]})
+            return
         _render_comparison(out, rows, fmt, out_file, window, compare)
         return
     metadata_keys = list(with_metadata or [])
+    if json_out:
+        out.json(_invoices_json(invoices, window, metadata_keys))
+        return
     if fmt == "table":
         _render_invoice_table(out, invoices, window)
         if out_file:
@@ -339,6 +359,31 @@ def invoice(
         n = _write_invoices(invoices, fmt, fh, metadata_keys)
     if out_file:
         out.info(f"Wrote {len(invoices)} invoices ({n} lines) to {out_file}.")
+
+
+def _invoices_json(invoices, window, metadata_keys: list[str]) -> dict:
+    """`invoice --json`: one document; amounts as decimal strings, each with its currency."""
+    from decimal import Decimal
+
+    def text(v):
+        return None if v is None else str(v)
+
+    totals: dict[str, Decimal] = {}
+    for inv in invoices:
+        totals[inv.currency] = totals.get(inv.currency, Decimal(0)) + inv.total
+    return {
+        "period": window.label, "start": window.start.isoformat(), "end": window.end.isoformat(),
+        "invoices": [{
+            "invoice_id": inv.invoice_id, "subscriber": inv.subscriber, "product": inv.product,
+            "period_start": inv.period_start.isoformat(), "period_end": inv.period_end.isoformat(),
+            "currency": inv.currency, "total": str(inv.total),
+            **({"metadata": {k: inv.metadata.get(k, "") for k in metadata_keys}} if metadata_keys else {}),
+            "lines": [{"line_type": line.line_type, "description": line.description, "quantity": line.quantity,
+                       "unit_price": text(line.unit_price), "amount": str(line.amount), "currency": line.currency}
+                      for line in inv.lines],
+        } for inv in invoices],
+        "totals": [{"amount": str(v), "currency": c} for c, v in sorted(totals.items())],
+    }
 
 
 def _invoice_rows(invoices, metadata_keys):

@@ -8,28 +8,48 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import PlanArgs, Strict, fail, make_output, print_diagnostics, run_plan, write_private
+from .common import (
+    JsonOpt,
+    PlanArgs,
+    Strict,
+    error_entry,
+    fail,
+    json_errors,
+    make_output,
+    print_diagnostics,
+    run_plan,
+    write_private,
+)
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def validate(plans: PlanArgs, strict: Strict = False) -> None:
+def validate(plans: PlanArgs, strict: Strict = False, json_out: JsonOpt = False) -> None:
     """Check plan files offline: every problem, one line each, FILE:LINE:COL. Exit 0 valid, 1 not."""
     from ..planfile.loader import load_plans
 
     loaded = load_plans(plans, strict=strict)
-    out = make_output(loaded.secrets)
+    out = make_output(loaded.secrets, json_mode=json_out)
     print_diagnostics(out, loaded.diagnostics)
     if loaded.desired is None:
         n = len(loaded.errors)
-        fail(out, f"{n} error{'s' if n != 1 else ''}; the plan is not valid")
+        if json_out:
+            out.json({"valid": False, **json_errors(loaded.errors),
+                      "warnings": [error_entry(w) for w in loaded.warnings]})
+            raise typer.Exit(1)
+        fail(out, f"{_count(n, 'error')}; the plan is not valid")
     d = loaded.desired
     w = len(loaded.warnings)
+    if json_out:
+        out.json({"valid": True, "target": d.target.provider, "products": len(d.products),
+                  "subscribers": len(d.subscribers), "errors": [],
+                  "warnings": [error_entry(x) for x in loaded.warnings]})
+        return
     out.print(
         f"The plan is valid: {_count(len(d.products), 'product')}, {_count(len(d.subscribers), 'subscriber')}, target "
-        f"{d.target.provider}" + (f" ({w} warning{'s' if w != 1 else ''})" if w else "") + "."
+        f"{d.target.provider}" + (f" ({_count(w, 'warning')})" if w else "") + "."
     )
 
 

@@ -9,17 +9,18 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .common import fail, make_output
+from .common import JsonOpt, fail, make_output
 
 
-def _run_import(provider: str, out_file: str | None, managed_only: bool, given: dict[str, Any]) -> None:
+def _run_import(provider: str, out_file: str | None, managed_only: bool, given: dict[str, Any],
+                json_out: bool = False) -> None:
     """``given``: the provider options as parsed, by parameter name (``endpoint_url``)."""
     from ..model import Billing, DesiredState, Target
     from ..planfile.writer import plan_document
     from ..providers import ProviderError, get_provider
     from ..providers.registry import names, spec
 
-    out = make_output()
+    out = make_output(json_mode=json_out)
     if provider not in names():
         fail(out, f"error: --provider must be one of {', '.join(names())}; got {provider!r}")
     options = spec(provider).import_options
@@ -52,7 +53,10 @@ def _run_import(provider: str, out_file: str | None, managed_only: bool, given: 
         with open(out_file, "w") as fh:
             fh.write(text)
         out.info(f"Wrote {len(products)} products and {len(subscribers)} subscribers to {out_file}.")
-    else:
+    if json_out:  # what was imported; the plan itself is in the file, or in "plan" without --out
+        out.json({"file": out_file, "products": [p.id for p in products], "subscribers": [s.id for s in subscribers],
+                  "not_imported": skipped, **({} if out_file else {"plan": text})})
+    elif not out_file:
         sys.stdout.write(text)
 
 
@@ -112,6 +116,7 @@ def _import_command():
         inspect.Parameter("out_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Optional[str], typer.Option("--out", help="Write the plan here (default: stdout).")]),
         *_provider_options(),
+        inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOpt),
         inspect.Parameter("managed_only", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
             bool, typer.Option("--managed-only", help="Only resources apimon already manages (default: "
                                                       "everything, to adopt)")]),
@@ -122,7 +127,8 @@ def _import_command():
 
         Resources apimon does not manage yet are included: `apimon plan` on the file shows no changes, and
         `apimon adopt` on it lets apimon manage them."""
-        _run_import(kwargs.pop("provider"), kwargs.pop("out_file"), kwargs.pop("managed_only"), kwargs)
+        _run_import(kwargs.pop("provider"), kwargs.pop("out_file"), kwargs.pop("managed_only"), kwargs,
+                    json_out=kwargs.pop("json_out"))
 
     import_.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     import_.__annotations__ = {p.name: p.annotation for p in params}
