@@ -26,7 +26,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-from . import billing, commands, events, gateway, imports, keys, push, report  # noqa: E402 - they add to ``app``
+from . import billing, commands, events, gateway, imports, keys, push, report, show  # noqa: E402 - they add to ``app``
 from .common import version_text  # noqa: E402
 
 
@@ -54,6 +54,7 @@ app.command("report")(report.report)
 app.add_typer(report.portal_app, name="portal")
 app.add_typer(events.events_app, name="events")
 commands.register(app)
+show.register(app)
 imports.register(app)
 app.add_typer(gateway.gateway_app, name="gateway")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -53,6 +53,11 @@ def validate(plans: PlanArgs, strict: Strict = False, json_out: JsonOpt = False)
     )
 
 
+PlanFormat = Annotated[Optional[Literal["text", "json", "markdown"]], typer.Option(
+    "--format", help="text (default), json (the same as --json) or markdown (a pull-request comment: the summary "
+                     "line, then each resource in a <details> block; key values never).", show_default=False)]
+
+
 def plan(
     plans: PlanArgs,
     json_out: Annotated[
@@ -71,28 +76,43 @@ def plan(
         bool, typer.Option("--adopt", help="Plan to take over existing resources whose names match the plan.")
     ] = False,
     strict: Strict = False,
+    fmt: PlanFormat = None,
 ) -> None:
     """Show what apply would change on the gateway."""
     from ..reconcile.engine import make_plan
     from ..reconcile.saved import saved_plan
     from ..render.changes import render_plan
 
+    if fmt == "json":
+        json_out = True
+    elif fmt in ("text", "markdown") and json_out:
+        out = make_output(json_mode=True)
+        fail(out, f"error: --json and --format {fmt} contradict each other; give one")
     out = make_output(json_mode=json_out)
     run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
     out.mask.add(*run.loaded.secrets)
     try:
         from .keys import print_rotations_due, rotations_due
 
-        render_plan(out, run.changes, json_out=json_out)
+        if fmt == "markdown":
+            from ..reconcile.changes import changeset_to_json
+            from ..render.changes import render_conflicts
+            from ..render.markdown import render_markdown
+
+            sys.stdout.write(out.mask(render_markdown(changeset_to_json(run.changes))))
+            sys.stdout.flush()
+            render_conflicts(out, run.changes)
+        else:
+            render_plan(out, run.changes, json_out=json_out)
         due = rotations_due(run)
-        if not json_out:
+        if not json_out and fmt != "markdown":
             print_rotations_due(out, run, due)
         if out_file:
             import json
 
             text = out.mask(json.dumps(saved_plan(run, adopt=adopt), indent=2, default=str))
             write_private(out_file, text + "\n")
-            if not json_out:
+            if not json_out and fmt != "markdown":
                 out.info(
                     f"Saved the plan to {out_file}; apply it with `apimon apply --plan-file {out_file}`."
                 )
