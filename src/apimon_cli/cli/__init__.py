@@ -15,6 +15,59 @@ import sys
 
 import typer
 
+# help shows words, not Python types: `PLAN...`, `--out FILE`, `--format [table|csv|jsonl]` (typer alone prints
+# `<list[str]>`, `<str>`); options not listed here get their own name (`--region REGION`)
+_OPTION_WORDS = {
+    "--out": "FILE", "--ledger": "FILE", "--plan-file": "FILE", "--plan": "PLAN", "-p": "PLAN", "--compare": "PLAN",
+    "--period": "PERIOD", "--from": "DATE", "--to": "DATE", "--with-metadata": "KEY", "--max-deletes": "N",
+    "--listen": "HOST:PORT", "--state-dir": "DIR", "--endpoint-url": "URL", "--endpoint": "URL",
+}
+_ARGUMENT_WORDS = {"plans": "PLAN", "plan": "PLAN"}
+
+
+def _help_words() -> None:
+    from typer.core import TyperArgument, TyperOption
+
+    def choices(param) -> str | None:
+        desc = getattr(param, "type_descriptor", None)
+        if desc is not None and getattr(desc, "is_choice", False) and desc.choices:
+            return "[" + "|".join(str(getattr(c, "value", c)) for c in desc.choices) + "]"
+        return None
+
+    def option_word(self, ctx=None):
+        if self.metavar is not None:
+            return self.metavar
+        listed = choices(self)
+        if listed:
+            return listed
+        for opt in self.opts:
+            if opt in _OPTION_WORDS:
+                return _OPTION_WORDS[opt]
+        longest = max(self.opts, key=len).lstrip("-")
+        kind = getattr(getattr(self, "type", None), "name", "")
+        if "timeout" in longest:
+            return "SECONDS"
+        if kind == "integer":
+            return "N"
+        return longest.replace("-", "_").upper()
+
+    def argument_word(self) -> str:
+        word = self.metavar or _ARGUMENT_WORDS.get(self.name or "", (self.name or "ARG").upper())
+        return word + ("..." if self.nargs != 1 else "")
+
+    def argument_usage(self) -> str:
+        return argument_word(self) if self.required else f"[{argument_word(self)}]"
+
+    if hasattr(TyperOption, "display_type_rich"):
+        TyperOption.display_type_rich = option_word
+    if hasattr(TyperArgument, "_rich_display_name"):
+        TyperArgument._rich_display_name = argument_word
+        TyperArgument.display_type_rich = lambda self, ctx=None: None
+        TyperArgument._usage_display_name = argument_usage
+
+
+_help_words()
+
 app = typer.Typer(
     name="apimon",
     help="Declarative API monetization: products, limits, pricing and subscribers as code, for AWS API "
@@ -102,12 +155,12 @@ def main() -> None:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
     except TyperException as exc:  # usage errors; `apimon` alone prints the help
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show()
+        display = getattr(exc, "show", None)
+        if display is not None:
+            display()
         if type(exc).__name__ == "NoArgsIsHelpError":
             sys.exit(0)
-        _json_usage_error(args, getattr(exc, "format_message", lambda: str(exc))())
+        _json_usage_error(args, exc.format_message() if hasattr(exc, "format_message") else str(exc))
         sys.exit(1)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

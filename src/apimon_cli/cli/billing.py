@@ -6,7 +6,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -160,7 +160,8 @@ def usage_show(
         Optional[str],
         typer.Option(help="2026-11 (or 2026-W48 with weekly billing); default: the current period."),
     ] = None,
-    by: Annotated[str, typer.Option(help="subscriber | product | day")] = "subscriber",
+    by: Annotated[Literal["subscriber", "product", "day"],
+                  typer.Option(help="One row per subscriber, product or day.")] = "subscriber",
     ledger: LedgerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -221,11 +222,14 @@ def usage_show(
 
 @usage_app.command("export")
 def usage_export(
+    plans: Annotated[Optional[list[str]], typer.Argument(
+        help="Plan file: the ledger is the one beside it (like every command; --plan works too).",
+        show_default=False)] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="First day (YYYY-MM-DD).")] = None,
     to: Annotated[Optional[str], typer.Option("--to", help="Last day, inclusive.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv | jsonl")] = "csv",
+    fmt: Annotated[Literal["csv", "jsonl"], typer.Option("--format", help="CSV or JSON Lines.")] = "csv",
     out_file: Annotated[Optional[str], typer.Option("--out", help="File to write (default: stdout).")] = None,
-    plan: Annotated[Optional[str], typer.Option("--plan", help="Locate the ledger beside this plan.")] = None,
+    plan: Annotated[Optional[str], typer.Option("--plan", help="The same as the PLAN argument.")] = None,
     ledger: LedgerOpt = None,
 ) -> None:
     """Stream the ledger's rows as CSV or JSON Lines (constant memory)."""
@@ -243,7 +247,9 @@ def usage_export(
         fail(out, f"error: --format must be csv or jsonl; got {fmt!r}")
     start = parse_day(out, from_, "--from") if from_ else None
     end = parse_day(out, to, "--to") if to else None
-    path = ledger_path(ledger, [plan] if plan else None)
+    if plan and plans and plan not in plans:
+        fail(out, f"error: the plan is given twice ({plans[0]} and --plan {plan}); give one")
+    path = ledger_path(ledger, plans or ([plan] if plan else None))
     with open_ledger(out, path, must_exist=True) as book, _writer(out, out_file) as fh:
         rows = book.iter_rows(start, end)
         if fmt == "csv":
@@ -294,7 +300,8 @@ def invoices_for(desired, window, book, provider: str, target: str):
 def invoice(
     plans: Annotated[list[str], typer.Argument(help="Plan file(s): products' pricing and subscribers.")],
     period: Annotated[str, typer.Option(help="2026-11 (monthly billing) or 2026-W48 (weekly).")],
-    fmt: Annotated[str, typer.Option("--format", help="table | csv | jsonl")] = "table",
+    fmt: Annotated[Literal["table", "csv", "jsonl"],
+                   typer.Option("--format", help="A table, CSV or JSON Lines (--json: one document).")] = "table",
     out_file: Annotated[Optional[str], typer.Option("--out", help="File to write (default: stdout).")] = None,
     with_metadata: Annotated[
         Optional[list[str]],

@@ -221,7 +221,7 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
     outcomes: list = []
     try:
         if not auto_approve:
-            _confirm(out, deletes)
+            _confirm(out, deletes, command)
         report = _apply_with_progress(out, run, show=not json_out, outcomes=outcomes)
     except KeyboardInterrupt:
         _interrupted(out, run, outcomes, json_out=json_out)
@@ -267,12 +267,12 @@ def _interrupted(out, run, outcomes: list | None, *, json_out: bool):
     raise SystemExit(130)
 
 
-def _confirm(out, deletes: int) -> None:
+def _confirm(out, deletes: int, command: str = "apply") -> None:
     if not out.interactive:
         fail(
             out,
-            "refusing to apply without confirmation: there is no terminal to ask on; "
-            "pass --auto-approve (CI) or apply a reviewed plan with --plan-file",
+            f"refusing to {command} without confirmation: there is no terminal to ask on; pass --auto-approve (CI)"
+            + (" or apply a reviewed plan with --plan-file" if command == "apply" else ""),
         )
     warn = f" {_count(deletes, 'resource')} will be DESTROYED." if deletes else ""
     out.info(f"Do you want to apply these changes?{warn} Only 'yes' will be accepted.", style="bold")
@@ -281,7 +281,7 @@ def _confirm(out, deletes: int) -> None:
     sys.stderr.flush()
     answer = sys.stdin.readline()  # "" at end of input
     if answer.strip() != "yes":
-        fail(out, "Apply cancelled; nothing was changed.")
+        fail(out, f"{command.capitalize()} cancelled; nothing was changed.")
 
 
 def _apply_with_progress(out, run, *, show: bool, outcomes: list):

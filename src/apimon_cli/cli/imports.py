@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
@@ -112,7 +112,7 @@ def _import_command():
 
     params = [
         inspect.Parameter("provider", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
-            str, typer.Option("--provider", help=" | ".join(names()))]),
+            Literal[tuple(names())], typer.Option("--provider", help="The gateway to read.")]),
         inspect.Parameter("out_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Optional[str], typer.Option("--out", help="Write the plan here (default: stdout).")]),
         *_provider_options(),

@@ -23,11 +23,12 @@ def changeset_from_json(doc: dict):
     changes = []
     for action, listed in LISTED.items():
         for c in doc["changes"].get(listed, []):
-            fields = tuple(FieldChange(name, f.get("before"), f.get("after")) for name, f in c.get("fields", {}).items())
+            fields = tuple(FieldChange(name, f.get("before"), f.get("after"))
+                           for name, f in c.get("fields", {}).items())
             changes.append(Change(action, c["kind"], c["id"], fields, adopt=bool(c.get("adopt")),
                                   reason=c.get("reason", ""), create_before_delete=c.get("create_before_delete", True)))
-    return ChangeSet(changes=changes,
-                     unmanaged=[Unmanaged(u["kind"], u["name"], u.get("detail") or "") for u in doc.get("unmanaged", [])],
+    unmanaged = [Unmanaged(u["kind"], u["name"], u.get("detail") or "") for u in doc.get("unmanaged", [])]
+    return ChangeSet(changes=changes, unmanaged=unmanaged,
                      conflicts=list(doc.get("conflicts", [])), warnings=list(doc.get("warnings", [])),
                      notes=list(doc.get("notes", [])))
 
