@@ -166,7 +166,6 @@ def usage_show(
     json_out: JsonOpt = False,
 ) -> None:
     """A table of the ledger's counts for a period."""
-    from rich.table import Table
 
     out = make_output(json_mode=json_out)
     if by not in ("subscriber", "product", "day"):
@@ -200,24 +199,17 @@ def usage_show(
                   "total": {m: sum(counts.get(m, 0) for _k, counts in rows) for m in METRICS}})
         return
 
-    table = Table(title=f"Usage {window.label} ({window.start} .. {window.end}), by {by}")
-    table.add_column(by)
-    for m in METRICS:
-        table.add_column(m, justify="right")
-    if spark is not None:
-        table.add_column("calls per day", no_wrap=True)
+    from ..render.tables import usage_tables
+
     days = (window.end - window.start).days + 1
     sums = dict.fromkeys(METRICS, 0)
-    for key, counts in rows:
-        cells = [f"{counts.get(m, 0):,}" for m in METRICS]
-        if spark is not None:
-            cells.append(sparkline(spark.get(key, [0] * days)))
-        table.add_row(out.mask(str(key)), *cells)
+    for _key, counts in rows:
         for m in METRICS:
             sums[m] += counts.get(m, 0)
-    table.add_section()
-    table.add_row("total", *(f"{sums[m]:,}" for m in METRICS), style="bold")
-    out.rich(table)
+    lines = [(key, counts, False) for key, counts in rows] + [("total", sums, True)]
+    for table in usage_tables(out, f"Usage {window.label} ({window.start} .. {window.end}), by {by}", by, METRICS,
+                              lines, spark, days, sparkline):
+        out.rich(table)
 
 
 @usage_app.command("export")
@@ -429,27 +421,9 @@ def _money(amount, currency: str) -> str:
 
 
 def _render_invoice_table(out, invoices, window) -> None:
-    from decimal import Decimal
+    from ..render.tables import invoice_table
 
-    from rich.table import Table
-
-    currency = invoices[0].currency if invoices else ""
-    table = Table(title=f"Invoices {window.label} ({window.start} .. {window.end}), amounts in {currency}")
-    for col, justify in (("invoice", "left"), ("product", "left"), ("line", "left"), ("description", "left"),
-                         ("quantity", "right"), ("unit price", "right"), ("amount", "right")):
-        table.add_column(col, justify=justify, overflow="fold")
-    total = Decimal(0)
-    for inv in invoices:
-        for i, line in enumerate(inv.lines):
-            table.add_row(inv.invoice_id if i == 0 else "", inv.product if i == 0 else "", line.line_type,
-                          out.mask(line.description), "" if line.quantity is None else f"{line.quantity:,}",
-                          "" if line.unit_price is None else str(line.unit_price), f"{line.amount:,}")
-        table.add_row("", "", "", "invoice total", "", "", f"{inv.total:,}", style="bold")
-        table.add_section()
-        total += inv.total
-    table.add_row("TOTAL", f"{len(invoices)} invoices", "", "", "", "", f"{total:,} {currency}",
-                  style="bold green")
-    out.rich(table)
+    out.rich(invoice_table(out, invoices, window))
 
 
 def _render_comparison(out, rows, fmt: str, out_file: str | None, window, other: str) -> None:
