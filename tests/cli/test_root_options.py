@@ -62,6 +62,9 @@ def test_completion_completes_commands_and_options():
     assert _complete("apimon pl", 1) == ["plan"]
     assert set(_complete("apimon usage ", 2)) >= {"pull", "show", "export"}
     assert "--detailed-exitcode" in _complete("apimon plan --det", 2)
+    # declared choices complete too (the words after --format are empty: COMP_CWORD points past them)
+    assert _complete("apimon invoice p.yaml --format ''", 4) == ["table", "csv", "jsonl"]
+    assert _complete("apimon plan p.yaml --format m", 4) == ["markdown"]
 
 
 def test_show_completion_prints_a_script_for_the_apimon_command():

@@ -129,7 +129,10 @@ def _terminate(signum, frame) -> None:
 def _json_usage_error(args: list[str], message: str) -> None:
     """With --json, a command-line mistake is a JSON document on stdout too (CI parses stdout)."""
     stop = args.index("--") if "--" in args else len(args)
-    if "--json" in args[:stop]:
+    given = args[:stop]
+    as_json = "--json" in given or "--format=json" in given or any(
+        a == "--format" and b == "json" for a, b in zip(given, given[1:], strict=False))
+    if as_json:
         import json
 
         sys.stdout.write(json.dumps({"errors": [{"file": None, "line": None, "column": None, "field": None,
