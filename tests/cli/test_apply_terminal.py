@@ -231,3 +231,35 @@ def test_interrupt_while_reading_the_gateway_changes_nothing(azure, tmp_path):
     assert json.loads(stdout) == {"interrupted": True, "applied": [], "failed": [], "not_applied": []}
     writes = [r for r in _control(azure, "/_fake/requests", method="GET")["requests"] if r[0] != "GET"]
     assert writes == []
+
+
+def test_interrupt_during_a_local_apply_reports_exactly_what_the_state_holds(tmp_path):
+    """The report is the truth: every change it lists as applied is in the local state, and nothing else."""
+    import sqlite3
+
+    n = 1500
+    subs = "".join(f"  s{i:05d}: {{product: free}}\n" for i in range(n))
+    plan = write_plan(tmp_path / "big.yaml", "apimon: 1\ntarget: {provider: local, local: {state_dir: state}}\n"
+                      "products:\n  free: {display_name: Free, pricing: {model: free}}\nsubscribers:\n" + subs)
+    proc = subprocess.Popen([sys.executable, "-m", "apimon_cli.cli", "apply", str(plan), "--auto-approve"],
+                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outcome = re.compile(r"^\s+\+ subscriber s\d+: ")
+    seen = 0
+    for line in proc.stdout:
+        if outcome.match(line):
+            seen += 1
+            if seen >= 20:
+                break
+    proc.send_signal(signal.SIGINT)
+    _rest, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    m = re.search(r"Apply interrupted: (\d+) changes? applied, 0 failed, (\d+) not attempted\.", stderr)
+    assert m, stderr
+    applied = int(m.group(1))
+    assert int(m.group(1)) + int(m.group(2)) == n + 1 and 0 < applied < n + 1
+    reported = set(re.findall(r"^  applied:      create subscriber (s\d+)$", stderr, re.M))
+    with sqlite3.connect(tmp_path / "state" / "state.db") as conn:
+        held = {sid for (sid,) in conn.execute("SELECT id FROM subscribers")}
+    assert reported == held and len(held) == applied - 1  # and the product
+    r = run_cli("apply", str(plan), "--auto-approve", cwd=tmp_path)
+    assert r.code == 0 and f"Apply complete: {n + 1 - applied} changes applied." in r.stdout

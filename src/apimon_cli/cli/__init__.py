@@ -127,7 +127,8 @@ def _terminate(signum, frame) -> None:
 
 
 def _json_usage_error(args: list[str], message: str) -> None:
-    """With --json, a command-line mistake is a JSON document on stdout too (CI parses stdout)."""
+    """With --json, a command-line mistake (or an interrupt, or an unexpected error) is a JSON document on
+    stdout too (CI parses stdout)."""
     stop = args.index("--") if "--" in args else len(args)
     given = args[:stop]
     as_json = "--json" in given or "--format=json" in given or any(
@@ -167,6 +168,7 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
+        _json_usage_error(args, "interrupted")
         sys.exit(130)
     except Exception as exc:  # last resort: one line, not a traceback
         if os.environ.get("APIMON_DEBUG"):
@@ -175,9 +177,11 @@ def main() -> None:
             f"apimon: unexpected error: {type(exc).__name__}: {exc}\n"
             "(set APIMON_DEBUG=1 for details, and please report it)\n"
         )
+        _json_usage_error(args, f"unexpected error: {type(exc).__name__}: {exc}")
         sys.exit(1)
     if code == 130:  # typer turns a KeyboardInterrupt into exit code 130 without a word
         sys.stderr.write("interrupted\n")
+        _json_usage_error(args, "interrupted")
     sys.exit(code if isinstance(code, int) else 0)
 
 
