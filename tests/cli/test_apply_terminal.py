@@ -263,3 +263,18 @@ def test_interrupt_during_a_local_apply_reports_exactly_what_the_state_holds(tmp
     assert reported == held and len(held) == applied - 1  # and the product
     r = run_cli("apply", str(plan), "--auto-approve", cwd=tmp_path)
     assert r.code == 0 and f"Apply complete: {n + 1 - applied} changes applied." in r.stdout
+
+
+def test_interrupting_plan_json_exits_130_with_a_json_document(azure, tmp_path):
+    plan = _azure_plan(tmp_path, azure, n=2)
+    _control(azure, "/_fake/latency", {"seconds": 3})
+    proc = _apimon("plan", str(plan), "--json", cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not _control(azure, "/_fake/requests", method="GET")["requests"]:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    (err,) = json.loads(stdout)["errors"]
+    assert err["message"] == "interrupted" and err["file"] is None
