@@ -262,8 +262,8 @@ def _interrupted(out, run, outcomes: list | None, *, json_out: bool):
 
         if report.outcomes:
             publish_applied(out, run, report)
-    except Exception:  # the report is what matters now; a publish problem must not hide it
-        pass
+    except Exception as exc:  # the report above is what matters now: say it, and still exit 130
+        out.warning(f"warning: events: the applied changes' events were not published: {exc}")
     raise SystemExit(130)
 
 
