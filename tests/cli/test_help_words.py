@@ -62,6 +62,7 @@ def test_help_words_for_plans_files_and_choices():
     (["plan", "p.yaml", "--format", "xml"], "'text', 'json', 'markdown'"),
     (["show", "saved.json", "--format", "xml"], "'text', 'json', 'markdown'"),
     (["import", "--provider", "xml"], "'aws', 'azure', 'apigee', 'local'"),
+    (["import", "--provider", "azure", "--cloud", "xml"], "'public', 'china', 'usgovernment'"),
 ])
 def test_choices_are_rejected_by_the_parser_with_the_allowed_list(args, allowed, tmp_path):
     r = run_cli(*args, cwd=tmp_path)  # p.yaml does not exist: the parser refuses before anything is read

@@ -99,7 +99,8 @@ def _provider_options() -> list[inspect.Parameter]:
         helps = list(dict.fromkeys(o.help for _, o in users))
         text = "/".join(name for name, _ in users) + ": " + "; ".join(helps)
         default = option.default if len(users) == 1 and not option.multiple else None
-        kind = Optional[list[str]] if option.multiple else Optional[str]
+        value = Literal[tuple(option.choices)] if option.choices and len(users) == 1 else str
+        kind = Optional[list[value]] if option.multiple else Optional[value]
         option_type = Annotated[kind, typer.Option(flag, help=text, show_default=default is not None)]
         params.append(inspect.Parameter(_param(flag), inspect.Parameter.KEYWORD_ONLY, default=default,
                                         annotation=option_type))
