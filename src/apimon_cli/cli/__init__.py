@@ -53,7 +53,7 @@ def _help_words() -> None:
 
     def argument_word(self) -> str:
         word = self.metavar or _ARGUMENT_WORDS.get(self.name or "", (self.name or "ARG").upper())
-        return word + ("..." if self.nargs != 1 else "")
+        return word + ("..." if self.nargs != 1 and not word.endswith("...") else "")
 
     def argument_usage(self) -> str:
         return argument_word(self) if self.required else f"[{argument_word(self)}]"

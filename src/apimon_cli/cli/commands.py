@@ -201,7 +201,7 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
         print_rotations_due(out, run, due)
     if cs.empty:
         if due and not auto_approve:
-            _confirm(out, 0)
+            _confirm(out, 0, command)
         ok = apply_key_lifecycle(out, run, due, show=not json_out)
         if json_out:
             render_apply_json(out, cs, None)
