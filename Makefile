@@ -43,4 +43,4 @@ lint: $(STAMP)
 	@$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .apimon out
+	rm -rf $(VENV) .apimon plans/.apimon out

@@ -4,8 +4,9 @@
     subscribers' keys (one within its limits, one over its rate limit, one exhausting its quota)
     -> apimon usage pull -> apimon invoice (table, and CSV in out/)
 
-Run it with `make quickstart`. It starts from a fresh local state (.apimon/) every time and stops the
-processes it started on the way out, also on Ctrl-C.
+Run it with `make quickstart`. It keeps everything in one folder, plans/.apimon/ beside the plan (the local
+gateway's state and the usage ledger, where later commands find them without options), starts it fresh
+every time and stops the processes it started on the way out, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = "plans/local.yaml"
+STATE = ROOT / "plans" / ".apimon"  # the state and the ledger, together
 APIMON = [sys.executable, "-m", "apimon_cli.cli"]
 
 
@@ -126,10 +128,10 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 def main() -> None:
     os.chdir(ROOT)
-    # a fresh demo every run: the local gateway's state (target.local.state_dir) and the ledger, which by
-    # default lives in .apimon/ beside the plan, so later commands find it without --ledger
-    shutil.rmtree(ROOT / ".apimon", ignore_errors=True)
-    shutil.rmtree(ROOT / "plans" / ".apimon", ignore_errors=True)
+    # a fresh demo every run: one folder beside the plan holds the local gateway's state
+    # (target.local.state_dir) and the ledger (.apimon/ledger.db beside the plan, the default), so later
+    # commands find both without options
+    shutil.rmtree(STATE, ignore_errors=True)
     today = datetime.now(UTC).date()
     period = today.strftime("%Y-%m")
 
@@ -167,7 +169,8 @@ def main() -> None:
     csv = f"out/invoice-{period}.csv"
     apimon("invoice", PLAN, "--period", period, "--format", "csv", "--out", csv,
            "--with-metadata", "customer_id")
-    print(f"\nThe invoice CSV is {csv}. Next: `.venv/bin/apimon invoice {PLAN} --period {period}` shows the "
+    print(f"\nThe gateway's state and the ledger are in {STATE.relative_to(ROOT)}/ (state.db, ledger.db).")
+    print(f"The invoice CSV is {csv}. Next: `.venv/bin/apimon invoice {PLAN} --period {period}` shows the "
           f"invoices again; edit {PLAN} and run `.venv/bin/apimon plan {PLAN}` to see a change.")
 
 

@@ -69,7 +69,7 @@ def test_validate_plan_apply_then_no_changes(plan, tmp_path):
     r = run_cli("apply", str(plan), "--auto-approve", env=ENV)
     outputs.append(r.output)
     assert r.code == 0, r.output
-    assert "Apply complete: 5 change(s) applied." in r.stdout
+    assert "Apply complete: 5 changes applied." in r.stdout
 
     r = run_cli("plan", str(plan), "--detailed-exitcode", env=ENV)
     outputs.append(r.output)
@@ -111,7 +111,8 @@ def test_plan_json_and_exit_codes(plan, tmp_path):
     assert r.code == 1
     assert "bad.yaml:3:" in r.stderr and "display_name" in r.stderr
     errors = json.loads(r.stdout)["errors"]
-    assert any("bad.yaml:3:" in e and "display_name" in e for e in errors)
+    assert [(e["file"], e["line"], e["field"]) for e in errors] == [(str(bad), 3, "products.x.display_name")]
+    assert "required field is missing" in errors[0]["message"] and errors[0]["column"] > 0
 
 
 def test_update_and_delete_with_max_deletes(plan, tmp_path):

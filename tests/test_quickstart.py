@@ -42,6 +42,10 @@ def test_quickstart_runs_the_whole_loop(tmp_path):
     invoice = list(csv.DictReader((tmp_path / "out").glob("invoice-*.csv").__next__().open()))
     assert {r["subscriber"] for r in invoice} == {"acme", "globex", "hooli", "initech"}
     assert any(r["subscriber"] == "acme" and r["line_type"] == "minimum" for r in invoice)
-    databases = [tmp_path / ".apimon" / "state.db", tmp_path / "plans" / ".apimon" / "ledger.db"]
+    # one .apimon folder beside the plan holds the state and the ledger (README, Quick start)
+    assert not (tmp_path / ".apimon").exists()
+    assert sorted(p.name for p in (tmp_path / "plans" / ".apimon").glob("*.db")) >= ["ledger.db", "state.db"]
+    assert "plans/.apimon/ (state.db, ledger.db)" in out
+    databases = [tmp_path / "plans" / ".apimon" / "state.db", tmp_path / "plans" / ".apimon" / "ledger.db"]
     for db in databases:  # the gateway state (keys) and the ledger (customer usage): owner-only
         assert db.stat().st_mode & 0o077 == 0, db

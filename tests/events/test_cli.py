@@ -84,11 +84,11 @@ def test_unreachable_broker_apply_succeeds_then_flush_delivers(kafka, tmp_path):
     assert time.monotonic() - started < 25
     lines = [line for line in r.stderr.splitlines() if "events" in line]
     assert len(lines) == 1, r.stderr
-    assert "warning: events: 4 event(s) not delivered (kafka:" in lines[0]
+    assert "warning: events: 4 events not delivered (kafka:" in lines[0]
     assert f"wait in {tmp_path / '.apimon' / 'events-outbox.db'}" in lines[0]
     assert f"`apimon events flush {plan}`" in lines[0]
     r = run_cli("events", "flush", str(plan), env=_env(_dead()))
-    assert r.code == 1 and "error: events: 4 event(s) not delivered" in r.stderr
+    assert r.code == 1 and "error: events: 4 events not delivered" in r.stderr
     r = run_cli("events", "flush", str(plan), env=_env(kafka.bootstrap))
     assert r.code == 0, r.output
     assert "Published events: 4 to kafka." in r.stderr

@@ -112,7 +112,7 @@ def test_webhook_4xx_is_not_retried(receiver, tmp_path):
     enqueue(path, _events(1, T.KEY_REVOKED), config)
     report = deliver(Outbox(path), config, logs.append, timeout=10)
     assert len(receiver.received) == 1 and report.complete
-    assert len(logs) == 1 and "refused 1 event(s) (HTTP 400); not retried" in logs[0]
+    assert len(logs) == 1 and "refused 1 event (HTTP 400); not retried" in logs[0]
 
 
 def test_webhook_gives_up_after_a_bounded_time(receiver, tmp_path, monkeypatch):

@@ -252,7 +252,7 @@ def test_events_flush_delivers_what_a_stopped_gateway_left_and_leaves_a_running_
         assert "in use by a running gateway" in r.stderr
     finally:
         gw.stop()
-    assert "events: 25 event(s) wait in" in gw.stderr
+    assert "events: 25 events waiting in" in gw.stderr
     # the plan now names the live broker: flush delivers what the gateway left
     live = PLAN.format(up=upstream.url, bootstrap=kafka.bootstrap, webhook="")
     write_plan(plan, live)

@@ -90,7 +90,7 @@ def test_validate_plan_apply_import_round_trip(endpoint, tmp_path):
     r = run_cli("apply", str(plan), "--auto-approve", env=ENV)
     outputs.append(r.output)
     assert r.code == 0, r.output
-    assert "Apply complete: 7 change(s) applied." in r.stdout
+    assert "Apply complete: 7 changes applied." in r.stdout
 
     r = run_cli("plan", str(plan), "--detailed-exitcode", env=ENV)
     outputs.append(r.output)

@@ -141,7 +141,7 @@ def test_cli_loop_validate_plan_apply_import(fake, tmp_path):
     assert "Plan: 5 to add, 0 to change, 0 to destroy." in r.stdout
     assert "product legacy: unmanaged, left alone" in r.stdout and "subscriber loose: unmanaged" in r.stdout
     assert "display_name" not in r.stdout and "pricing" not in r.stdout  # AWS does not keep them
-    assert "Apply complete: 5 change(s) applied." in cli("apply", str(plan), "--auto-approve").stdout
+    assert "Apply complete: 5 changes applied." in cli("apply", str(plan), "--auto-approve").stdout
     assert "No changes." in cli("plan", str(plan), "--detailed-exitcode").stdout
     assert fake.throttled == 0
 

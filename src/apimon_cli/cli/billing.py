@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
-from .common import fail, ledger_path, load_plan, make_output, open_ledger, out_stream, parse_day
+from .common import JsonOpt, fail, ledger_path, load_plan, make_output, open_ledger, out_stream, parse_day
 
 usage_app = typer.Typer(
     help="Usage: pull from the gateway into the ledger, show, export.",
@@ -138,13 +138,14 @@ def usage_show(
         Optional[str],
         typer.Option(help="2026-11 (or 2026-W48 with weekly billing); default: the current period."),
     ] = None,
-    by: Annotated[str, typer.Option(help="subscriber | product | day")] = "subscriber",
+    by: Annotated[Literal["subscriber", "product", "day"],
+                  typer.Option(help="One row per subscriber, product or day.")] = "subscriber",
     ledger: LedgerOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """A table of the ledger's counts for a period."""
-    from rich.table import Table
 
-    out = make_output()
+    out = make_output(json_mode=json_out)
     if by not in ("subscriber", "product", "day"):
         fail(out, f"error: --by must be subscriber, product or day; got {by!r}")
     loaded = load_plan(out, plans)
@@ -166,33 +167,39 @@ def usage_show(
     from ..model import METRICS
     from ..render.sparkline import sparkline
 
-    table = Table(title=f"Usage {window.label} ({window.start} .. {window.end}), by {by}")
-    table.add_column(by)
-    for m in METRICS:
-        table.add_column(m, justify="right")
-    if spark is not None:
-        table.add_column("calls per day", no_wrap=True)
+    if json_out:
+        days_n = (window.end - window.start).days + 1
+        records = [{by: str(key), **{m: counts.get(m, 0) for m in METRICS},
+                    **({"calls_per_day": list(spark.get(key, [0] * days_n))} if spark is not None else {})}
+                   for key, counts in rows]
+        out.json({"period": window.label, "start": window.start.isoformat(), "end": window.end.isoformat(),
+                  "by": by, "rows": records,
+                  "total": {m: sum(counts.get(m, 0) for _k, counts in rows) for m in METRICS}})
+        return
+
+    from ..render.tables import usage_tables
+
     days = (window.end - window.start).days + 1
     sums = dict.fromkeys(METRICS, 0)
-    for key, counts in rows:
-        cells = [f"{counts.get(m, 0):,}" for m in METRICS]
-        if spark is not None:
-            cells.append(sparkline(spark.get(key, [0] * days)))
-        table.add_row(out.mask(str(key)), *cells)
+    for _key, counts in rows:
         for m in METRICS:
             sums[m] += counts.get(m, 0)
-    table.add_section()
-    table.add_row("total", *(f"{sums[m]:,}" for m in METRICS), style="bold")
-    out.rich(table)
+    lines = [(key, counts, False) for key, counts in rows] + [("total", sums, True)]
+    for table in usage_tables(out, f"Usage {window.label} ({window.start} .. {window.end}), by {by}", by, METRICS,
+                              lines, spark, days, sparkline):
+        out.rich(table)
 
 
 @usage_app.command("export")
 def usage_export(
+    plans: Annotated[Optional[list[str]], typer.Argument(
+        help="Plan file: the ledger is the one beside it (like every command; --plan works too).",
+        show_default=False)] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="First day (YYYY-MM-DD).")] = None,
     to: Annotated[Optional[str], typer.Option("--to", help="Last day, inclusive.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv | jsonl")] = "csv",
+    fmt: Annotated[Literal["csv", "jsonl"], typer.Option("--format", help="CSV or JSON Lines.")] = "csv",
     out_file: Annotated[Optional[str], typer.Option("--out", help="File to write (default: stdout).")] = None,
-    plan: Annotated[Optional[str], typer.Option("--plan", help="Locate the ledger beside this plan.")] = None,
+    plan: Annotated[Optional[str], typer.Option("--plan", help="The same as the PLAN argument.")] = None,
     ledger: LedgerOpt = None,
 ) -> None:
     """Stream the ledger's rows as CSV or JSON Lines (constant memory)."""
@@ -210,11 +217,14 @@ def usage_export(
         fail(out, f"error: --format must be csv or jsonl; got {fmt!r}")
     start = parse_day(out, from_, "--from") if from_ else None
     end = parse_day(out, to, "--to") if to else None
-    path = ledger_path(ledger, [plan] if plan else None)
-    if plan:  # the plan's values from the environment (an Azure subscription id in the target) are masked
+    if plan and plans and plan not in plans:
+        fail(out, f"error: the plan is given twice ({plans[0]} and --plan {plan}); give one")
+    plan_files = plans or ([plan] if plan else None)
+    path = ledger_path(ledger, plan_files)
+    if plan_files:  # the plan's values from the environment (an Azure subscription id in the target) are masked
         from ..planfile.loader import load_plans
 
-        out.mask.add(*load_plans([plan]).secrets)
+        out.mask.add(*load_plans(list(plan_files)).secrets)
     with open_ledger(out, path, must_exist=True) as book, _writer(out, out_file) as fh:
         rows = _masked_targets(book.iter_rows(start, end), out.mask)
         if fmt == "csv":
@@ -279,7 +289,8 @@ def invoices_for(desired, window, book, provider: str, target: str):
 def invoice(
     plans: Annotated[list[str], typer.Argument(help="Plan file(s): products' pricing and subscribers.")],
     period: Annotated[str, typer.Option(help="2026-11 (monthly billing) or 2026-W48 (weekly).")],
-    fmt: Annotated[str, typer.Option("--format", help="table | csv | jsonl")] = "table",
+    fmt: Annotated[Literal["table", "csv", "jsonl"],
+                   typer.Option("--format", help="A table, CSV or JSON Lines (--json: one document).")] = "table",
     out_file: Annotated[Optional[str], typer.Option("--out", help="File to write (default: stdout).")] = None,
     with_metadata: Annotated[
         Optional[list[str]],
@@ -292,11 +303,12 @@ def invoice(
         ),
     ] = None,
     ledger: LedgerOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Invoices for a period: the ledger's usage priced by the plan; one invoice per subscriber."""
     from ..billing.invoice import compare_invoices
 
-    out = make_output()
+    out = make_output(json_mode=json_out)
     if fmt not in ("table", "csv", "jsonl"):
         fail(out, f"error: --format must be table, csv or jsonl; got {fmt!r}")
     loaded = load_plan(out, plans)
@@ -323,9 +335,17 @@ def invoice(
             rows = compare_invoices(invoices, other_invoices)
         except ValueError as exc:
             fail(out, f"error: --compare: {exc}")
+        if json_out:
+            out.json({"period": window.label, "compared_with": compare, "subscribers": [
+                {"subscriber": r.subscriber, "current_total": str(r.old_total), "compared_total": str(r.new_total),
+                 "difference": str(r.difference), "currency": r.currency} for r in rows]})
+            return
         _render_comparison(out, rows, fmt, out_file, window, compare)
         return
     metadata_keys = list(with_metadata or [])
+    if json_out:
+        out.json(_invoices_json(invoices, window, metadata_keys, desired.secret_fields))
+        return
     if fmt == "table":
         _render_invoice_table(out, invoices, window)
         if out_file:
@@ -337,11 +357,40 @@ def invoice(
         out.info(f"Wrote {len(invoices)} invoices ({n} lines) to {out_file}.")
 
 
+def _secret_meta(inv, key: str, secret_fields) -> bool:
+    """A metadata value from the environment (${env:...}) is a secret: exports carry *** in its place."""
+    return ("subscribers", inv.subscriber, f"metadata.{key}") in secret_fields and bool(inv.metadata.get(key))
+
+
+def _invoices_json(invoices, window, metadata_keys: list[str], secret_fields=frozenset()) -> dict:
+    """`invoice --json`: one document; amounts as decimal strings, each with its currency."""
+    from decimal import Decimal
+
+    def text(v):
+        return None if v is None else str(v)
+
+    totals: dict[str, Decimal] = {}
+    for inv in invoices:
+        totals[inv.currency] = totals.get(inv.currency, Decimal(0)) + inv.total
+    return {
+        "period": window.label, "start": window.start.isoformat(), "end": window.end.isoformat(),
+        "invoices": [{
+            "invoice_id": inv.invoice_id, "subscriber": inv.subscriber, "product": inv.product,
+            "period_start": inv.period_start.isoformat(), "period_end": inv.period_end.isoformat(),
+            "currency": inv.currency, "total": str(inv.total),
+            **({"metadata": {k: "***" if _secret_meta(inv, k, secret_fields) else inv.metadata.get(k, "")
+                             for k in metadata_keys}} if metadata_keys else {}),
+            "lines": [{"line_type": line.line_type, "description": line.description, "quantity": line.quantity,
+                       "unit_price": text(line.unit_price), "amount": str(line.amount), "currency": line.currency}
+                      for line in inv.lines],
+        } for inv in invoices],
+        "totals": [{"amount": str(v), "currency": c} for c, v in sorted(totals.items())],
+    }
+
+
 def _invoice_rows(invoices, metadata_keys, secret_fields=frozenset()):
     for inv in invoices:
-        # a metadata value from the environment (${env:...}) is a secret: exports carry *** in its place
-        meta = ["***" if ("subscribers", inv.subscriber, f"metadata.{k}") in secret_fields and inv.metadata.get(k)
-                else inv.metadata.get(k, "") for k in metadata_keys]
+        meta = ["***" if _secret_meta(inv, k, secret_fields) else inv.metadata.get(k, "") for k in metadata_keys]
         for line in inv.lines:
             yield [
                 inv.invoice_id,
@@ -375,27 +424,9 @@ def _money(amount, currency: str) -> str:
 
 
 def _render_invoice_table(out, invoices, window) -> None:
-    from decimal import Decimal
+    from ..render.tables import invoice_table
 
-    from rich.table import Table
-
-    currency = invoices[0].currency if invoices else ""
-    table = Table(title=f"Invoices {window.label} ({window.start} .. {window.end}), amounts in {currency}")
-    for col, justify in (("invoice", "left"), ("product", "left"), ("line", "left"), ("description", "left"),
-                         ("quantity", "right"), ("unit price", "right"), ("amount", "right")):
-        table.add_column(col, justify=justify, overflow="fold")
-    total = Decimal(0)
-    for inv in invoices:
-        for i, line in enumerate(inv.lines):
-            table.add_row(inv.invoice_id if i == 0 else "", inv.product if i == 0 else "", line.line_type,
-                          out.mask(line.description), "" if line.quantity is None else f"{line.quantity:,}",
-                          "" if line.unit_price is None else str(line.unit_price), f"{line.amount:,}")
-        table.add_row("", "", "", "invoice total", "", "", f"{inv.total:,}", style="bold")
-        table.add_section()
-        total += inv.total
-    table.add_row("TOTAL", f"{len(invoices)} invoices", "", "", "", "", f"{total:,} {currency}",
-                  style="bold green")
-    out.rich(table)
+    out.rich(invoice_table(out, invoices, window))
 
 
 def _render_comparison(out, rows, fmt: str, out_file: str | None, window, other: str) -> None:

@@ -4,33 +4,58 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
-from .common import PlanArgs, Strict, fail, make_output, print_diagnostics, run_plan, write_private
+from .common import (
+    JsonOpt,
+    PlanArgs,
+    Strict,
+    error_entry,
+    fail,
+    json_errors,
+    make_output,
+    print_diagnostics,
+    run_plan,
+    write_private,
+)
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def validate(plans: PlanArgs, strict: Strict = False) -> None:
+def validate(plans: PlanArgs, strict: Strict = False, json_out: JsonOpt = False) -> None:
     """Check plan files offline: every problem, one line each, FILE:LINE:COL. Exit 0 valid, 1 not."""
     from ..planfile.loader import load_plans
 
     loaded = load_plans(plans, strict=strict)
-    out = make_output(loaded.secrets)
+    out = make_output(loaded.secrets, json_mode=json_out)
     print_diagnostics(out, loaded.diagnostics)
     if loaded.desired is None:
         n = len(loaded.errors)
-        fail(out, f"{n} error{'s' if n != 1 else ''}; the plan is not valid")
+        if json_out:
+            out.json({"valid": False, **json_errors(loaded.errors),
+                      "warnings": [error_entry(w) for w in loaded.warnings]})
+            raise typer.Exit(1)
+        fail(out, f"{_count(n, 'error')}; the plan is not valid")
     d = loaded.desired
     w = len(loaded.warnings)
+    if json_out:
+        out.json({"valid": True, "target": d.target.provider, "products": len(d.products),
+                  "subscribers": len(d.subscribers), "errors": [],
+                  "warnings": [error_entry(x) for x in loaded.warnings]})
+        return
     out.print(
         f"The plan is valid: {_count(len(d.products), 'product')}, {_count(len(d.subscribers), 'subscriber')}, target "
-        f"{d.target.provider}" + (f" ({w} warning{'s' if w != 1 else ''})" if w else "") + "."
+        f"{d.target.provider}" + (f" ({_count(w, 'warning')})" if w else "") + "."
     )
+
+
+PlanFormat = Annotated[Optional[Literal["text", "json", "markdown"]], typer.Option(
+    "--format", help="text (default), json (the same as --json) or markdown (a pull-request comment: the summary "
+                     "line, then each resource in a <details> block; key values never).", show_default=False)]
 
 
 def plan(
@@ -51,21 +76,36 @@ def plan(
         bool, typer.Option("--adopt", help="Plan to take over existing resources whose names match the plan.")
     ] = False,
     strict: Strict = False,
+    fmt: PlanFormat = None,
 ) -> None:
     """Show what apply would change on the gateway."""
     from ..reconcile.engine import make_plan
     from ..reconcile.saved import saved_plan
     from ..render.changes import render_plan
 
+    if fmt == "json":
+        json_out = True
+    elif fmt in ("text", "markdown") and json_out:
+        out = make_output(json_mode=True)
+        fail(out, f"error: --json and --format {fmt} contradict each other; give one")
     out = make_output(json_mode=json_out)
     run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
     out.mask.add(*run.loaded.secrets)
     try:
         from .keys import print_rotations_due, rotations_due
 
-        render_plan(out, run.changes, json_out=json_out)
+        if fmt == "markdown":
+            from ..reconcile.changes import changeset_to_json
+            from ..render.changes import render_conflicts
+            from ..render.markdown import render_markdown
+
+            sys.stdout.write(out.mask(render_markdown(changeset_to_json(run.changes))))
+            sys.stdout.flush()
+            render_conflicts(out, run.changes)
+        else:
+            render_plan(out, run.changes, json_out=json_out)
         due = rotations_due(run)
-        if not json_out:
+        if not json_out and fmt != "markdown":
             print_rotations_due(out, run, due)
         if out_file:
             import json
@@ -78,7 +118,7 @@ def plan(
                 fail(out, f"error: {exc}")
             text = out.mask(json.dumps(doc, indent=2, default=str))
             write_private(out, out_file, text + "\n")
-            if not json_out:
+            if not json_out and fmt != "markdown":
                 out.info(
                     f"Saved the plan to {out_file}; apply it with `apimon apply --plan-file {out_file}`."
                 )
@@ -124,10 +164,13 @@ def apply(
     out = make_output(json_mode=json_out)
     if bool(plans) == bool(plan_file):
         fail(out, "error: give plan files or --plan-file FILE (one of the two)")
-    if plan_file:
-        run = run_plan(out, lambda: plan_from_saved(plan_file, strict=strict))
-    else:
-        run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
+    try:
+        if plan_file:
+            run = run_plan(out, lambda: plan_from_saved(plan_file, strict=strict))
+        else:
+            run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
+    except KeyboardInterrupt:  # while reading the gateway: nothing was changed
+        _interrupted(out, None, None, json_out=json_out)
     out.mask.add(*run.loaded.secrets)
     try:
         _apply_run(out, run, auto_approve=auto_approve or bool(plan_file), max_deletes=max_deletes, json_out=json_out)
@@ -141,16 +184,22 @@ def _set_force_policy(force: bool) -> None:
         os.environ["APIMON_FORCE_POLICY"] = "1"
 
 
-def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_out: bool) -> None:
+def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_out: bool,
+               command: str = "apply") -> None:
     from ..render.changes import render_apply_json, render_conflicts, render_plan
 
     cs = run.changes
-    if json_out:  # the JSON comes once apply is done
+    if json_out and not auto_approve and out.interactive:
+        # someone at a terminal is asked to approve: they see the plan (on stderr, like the prompt);
+        # stdout gets only the JSON document, once apply is done
+        render_plan(out.to_stderr(), cs, json_out=False)
+    elif json_out:  # the JSON comes once apply is done
         render_conflicts(out, cs)
     else:
         render_plan(out, cs, json_out=False)
     if cs.conflicts:
-        fail(out, "nothing was applied: resolve the conflicts above (or use --adopt)")
+        fail(out, "nothing was applied: resolve the conflicts above" + (" (or use --adopt)" if command == "apply"
+                                                                         else ""))
     from .keys import apply_key_lifecycle, print_rotations_due, rotations_due
 
     due = rotations_due(run)
@@ -158,7 +207,7 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
         print_rotations_due(out, run, due)
     if cs.empty:
         if due and not auto_approve:
-            _confirm(out, 0)
+            _confirm(out, 0, command)
         ok = apply_key_lifecycle(out, run, due, show=not json_out)
         if json_out:
             render_apply_json(out, cs, None)
@@ -167,14 +216,21 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
         return
     deletes = cs.summary["deleting"]
     if max_deletes is not None and deletes > max_deletes:
+        if command == "adopt":
+            fail(out, f"refusing to adopt: the plan also deletes {_count(deletes, 'resource')}; adopt never deletes. "
+                      "Run `apimon apply` to review deletions; nothing was changed")
         fail(
             out,
-            f"refusing to apply: the plan deletes {deletes} resource(s), more than --max-deletes "
+            f"refusing to apply: the plan deletes {_count(deletes, 'resource')}, more than --max-deletes "
             f"{max_deletes}; nothing was changed",
         )
-    if not auto_approve:
-        _confirm(out, deletes)
-    report = _apply_with_progress(out, run, show=not json_out)
+    outcomes: list = []
+    try:
+        if not auto_approve:
+            _confirm(out, deletes, command)
+        report = _apply_with_progress(out, run, show=not json_out, outcomes=outcomes)
+    except KeyboardInterrupt:
+        _interrupted(out, run, outcomes, json_out=json_out)
     if json_out:
         render_apply_json(out, cs, report)
     else:
@@ -190,31 +246,63 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
         raise typer.Exit(1)
 
 
-def _confirm(out, deletes: int) -> None:
+def _interrupted(out, run, outcomes: list | None, *, json_out: bool):
+    """Ctrl-C or SIGTERM: say so, report like a failure (applied / failed / not attempted), exit 130."""
+    from ..reconcile.engine import ApplyReport
+    from ..render.changes import render_apply_json, render_apply_report
+
+    out.error("interrupted")
+    if run is None:  # before the plan was made: the gateway was only read
+        out.error("Nothing was applied: apimon was still reading the gateway.")
+        if json_out:
+            out.json({"interrupted": True, "applied": [], "failed": [], "not_applied": []})
+        raise SystemExit(130)
+    done = {id(o.change) for o in outcomes or []}
+    report = ApplyReport(outcomes=list(outcomes or []),
+                         not_applied=[c for c in run.changes.changes if id(c) not in done])
+    render_apply_report(out, report, interrupted=True)
+    if json_out:
+        render_apply_json(out, run.changes, report, interrupted=True)
+    try:
+        from ..events.publish import publish_applied
+
+        if report.outcomes:
+            publish_applied(out, run, report)
+    except Exception as exc:  # the report above is what matters now: say it, and still exit 130
+        out.warning(f"warning: events: the applied changes' events were not published: {exc}")
+    raise SystemExit(130)
+
+
+def _confirm(out, deletes: int, command: str = "apply") -> None:
     if not out.interactive:
         fail(
             out,
-            "refusing to apply without confirmation: there is no terminal to ask on; "
-            "pass --auto-approve (CI) or apply a reviewed plan with --plan-file",
+            f"refusing to {command} without confirmation: there is no terminal to ask on; pass --auto-approve (CI)"
+            + (" or apply a reviewed plan with --plan-file" if command == "apply" else ""),
         )
-    warn = f" {deletes} resource(s) will be DESTROYED." if deletes else ""
+    warn = f" {_count(deletes, 'resource')} will be DESTROYED." if deletes else ""
     out.info(f"Do you want to apply these changes?{warn} Only 'yes' will be accepted.", style="bold")
-    try:
-        answer = input("  Enter a value: ")
-    except EOFError:
-        answer = ""
+    # the prompt goes to stderr, like every message: stdout is for results (`apply --json > report.json`)
+    sys.stderr.write("  Enter a value: ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()  # "" at end of input
     if answer.strip() != "yes":
-        fail(out, "Apply cancelled; nothing was changed.")
+        fail(out, f"{command.capitalize()} cancelled; nothing was changed.")
 
 
-def _apply_with_progress(out, run, *, show: bool):
+def _apply_with_progress(out, run, *, show: bool, outcomes: list):
+    """Apply; every outcome is also collected in ``outcomes``, so an interrupt can still report them."""
     from ..reconcile.engine import apply_plan
     from ..render.changes import apply_progress
 
     if not show:
-        return apply_plan(run)
+        return apply_plan(run, progress=outcomes.append)
     with apply_progress(out, len(run.changes.changes)) as progress:
-        return apply_plan(run, progress=progress)
+        def both(outcome) -> None:
+            outcomes.append(outcome)
+            progress(outcome)
+
+        return apply_plan(run, progress=both)
 
 
 def adopt(
@@ -231,7 +319,7 @@ def adopt(
     run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=True))
     out.mask.add(*run.loaded.secrets)
     try:
-        _apply_run(out, run, auto_approve=auto_approve, max_deletes=0, json_out=False)
+        _apply_run(out, run, auto_approve=auto_approve, max_deletes=0, json_out=False, command="adopt")
     finally:
         run.provider.close()
 

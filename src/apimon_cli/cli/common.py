@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,17 +18,47 @@ PlanArgs = Annotated[list[str], typer.Argument(help="Plan file(s); several files
 Strict = Annotated[bool, typer.Option("--strict", help="Treat provider capability warnings as errors.")]
 
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (errors too: "
+                                                    "{\"errors\": [{file, line, column, field, message}]}).")]
+
+
 def make_output(secrets=(), json_mode: bool = False):
     from ..render.output import Masker, Output
 
     return Output(Masker(secrets), json_mode=json_mode)
 
 
-def fail(out, message: str, code: int = 1, errors: list[str] | None = None):
-    """Report and exit. In --json mode stdout still gets a JSON document, so CI always has a report."""
+_LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<column>\d+): (?:error|warning): (?P<message>.*)$", re.S)
+
+
+def error_entry(error) -> dict:
+    """One entry of `{"errors": [...]}`: ``{"file", "line", "column", "field", "message"}``; what is not known
+    (a gateway error has no file) is null. ``error``: a Diagnostic, a dict, or a message line."""
+    if isinstance(error, dict):
+        return {k: error.get(k) for k in ("file", "line", "column", "field", "message")}
+    if hasattr(error, "severity") and hasattr(error, "col"):  # planfile.diagnostics.Diagnostic
+        return {"file": error.file, "line": error.line, "column": error.col, "field": error.path or None,
+                "message": error.message}
+    text = str(error)
+    m = _LOCATED.match(text)
+    if m:
+        return {"file": m["file"], "line": int(m["line"]), "column": int(m["column"]), "field": None,
+                "message": m["message"]}
+    return {"file": None, "line": None, "column": None, "field": None,
+            "message": text[len("error: "):] if text.startswith("error: ") else text}
+
+
+def json_errors(errors) -> dict:
+    return {"errors": [error_entry(e) for e in errors]}
+
+
+def fail(out, message: str, code: int = 1, errors: list | None = None):
+    """Report and exit. In --json mode stdout still gets a JSON document, so CI always has a report:
+    ``{"errors": [{"file", "line", "column", "field", "message"}]}`` with each located problem in
+    ``errors`` (Diagnostics or lines), else ``message`` alone."""
     out.error(message)
     if out.json_mode:
-        out.json({"errors": [*(errors or []), message]})
+        out.json(json_errors(errors or [message]))
     raise typer.Exit(code)
 
 
@@ -45,7 +76,7 @@ def load_plan(out, plans: list[str], *, strict: bool = False):
         loaded = load_or_raise(plans, strict=strict)
     except PlanError as exc:
         print_diagnostics(out, exc.diagnostics)
-        fail(out, "the plan is not valid", errors=[str(d) for d in exc.diagnostics])
+        fail(out, "the plan is not valid", errors=[d for d in exc.diagnostics if d.severity == "error"])
     out.mask.add(*loaded.secrets)
     return loaded
 
@@ -119,10 +150,24 @@ def run_plan(out, make):
         return make()
     except PlanError as exc:
         print_diagnostics(out, exc.diagnostics)
-        fail(out, "the plan is not valid; nothing was read or changed", errors=[str(d) for d in exc.diagnostics])
+        fail(out, "the plan is not valid; nothing was read or changed",
+             errors=[d for d in exc.diagnostics if d.severity == "error"])
     except PlanCheckError as exc:
         for p in exc.problems:
             out.error(f"error: {p}")
-        fail(out, "the plan refers to things the gateway does not have; nothing was changed", errors=exc.problems)
+        fail(out, "the plan refers to things the gateway does not have; nothing was changed",
+             errors=list(exc.problems))
     except ProviderError as exc:
         fail(out, f"error: {exc}")
+
+
+def version_text() -> str:
+    """`apimon --version`: the version of the distribution that installed apimon_cli."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    for dist in packages_distributions().get("apimon_cli", []) or ["apimon-cli", "apimon"]:
+        try:
+            return f"apimon {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return "apimon (version unknown: not installed as a distribution)"

@@ -5,21 +5,22 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from .common import fail, make_output, write_private
+from .common import JsonOpt, fail, make_output, write_private
 
 
-def _run_import(provider: str, out_file: str | None, managed_only: bool, given: dict[str, Any]) -> None:
+def _run_import(provider: str, out_file: str | None, managed_only: bool, given: dict[str, Any],
+                json_out: bool = False) -> None:
     """``given``: the provider options as parsed, by parameter name (``endpoint_url``)."""
     from ..model import Billing, DesiredState, Target
     from ..planfile.writer import plan_document
     from ..providers import ProviderError, get_provider
     from ..providers.registry import names, spec
 
-    out = make_output()
+    out = make_output(json_mode=json_out)
     if provider not in names():
         fail(out, f"error: --provider must be one of {', '.join(names())}; got {provider!r}")
     options = spec(provider).import_options
@@ -52,7 +53,10 @@ def _run_import(provider: str, out_file: str | None, managed_only: bool, given: 
     if out_file:
         write_private(out, out_file, text)
         out.info(f"Wrote {len(products)} products and {len(subscribers)} subscribers to {out_file}.")
-    else:
+    if json_out:  # what was imported; the plan itself is in the file, or in "plan" without --out
+        out.json({"file": out_file, "products": [p.id for p in products], "subscribers": [s.id for s in subscribers],
+                  "not_imported": skipped, **({} if out_file else {"plan": text})})
+    elif not out_file:
         sys.stdout.write(text)
 
 
@@ -95,7 +99,8 @@ def _provider_options() -> list[inspect.Parameter]:
         helps = list(dict.fromkeys(o.help for _, o in users))
         text = "/".join(name for name, _ in users) + ": " + "; ".join(helps)
         default = option.default if len(users) == 1 and not option.multiple else None
-        kind = Optional[list[str]] if option.multiple else Optional[str]
+        value = Literal[tuple(option.choices)] if option.choices and len(users) == 1 else str
+        kind = Optional[list[value]] if option.multiple else Optional[value]
         option_type = Annotated[kind, typer.Option(flag, help=text, show_default=default is not None)]
         params.append(inspect.Parameter(_param(flag), inspect.Parameter.KEYWORD_ONLY, default=default,
                                         annotation=option_type))
@@ -108,10 +113,11 @@ def _import_command():
 
     params = [
         inspect.Parameter("provider", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
-            str, typer.Option("--provider", help=" | ".join(names()))]),
+            Literal[tuple(names())], typer.Option("--provider", help="The gateway to read.")]),
         inspect.Parameter("out_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Optional[str], typer.Option("--out", help="Write the plan here (default: stdout).")]),
         *_provider_options(),
+        inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOpt),
         inspect.Parameter("managed_only", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
             bool, typer.Option("--managed-only", help="Only resources apimon already manages (default: "
                                                       "everything, to adopt)")]),
@@ -122,7 +128,8 @@ def _import_command():
 
         Resources apimon does not manage yet are included: `apimon plan` on the file shows no changes, and
         `apimon adopt` on it lets apimon manage them."""
-        _run_import(kwargs.pop("provider"), kwargs.pop("out_file"), kwargs.pop("managed_only"), kwargs)
+        _run_import(kwargs.pop("provider"), kwargs.pop("out_file"), kwargs.pop("managed_only"), kwargs,
+                    json_out=kwargs.pop("json_out"))
 
     import_.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     import_.__annotations__ = {p.name: p.annotation for p in params}

@@ -108,11 +108,12 @@ def finish_after_apply(out, plans: list[str], ledger: str | None, loaded, provid
 def keys_show(
     subscriber: Annotated[str, typer.Argument(help="Subscriber id.", metavar="SUBSCRIBER")],
     plans: PlanOpt,
+    json_out: JsonOpt = False,
 ) -> None:
     """Reveal one subscriber's (current) API key, read from the gateway that holds it."""
     from ..providers import ProviderError
 
-    out = make_output()
+    out = make_output(json_mode=json_out)
     loaded, session = _session(out, plans)
     if subscriber not in loaded.desired.subscribers:
         fail(out, f"error: subscriber {subscriber} is not in the plan; apimon shows only the keys of subscribers "
@@ -124,6 +125,11 @@ def keys_show(
         fail(out, f"error: {exc}")
     if key is None:
         fail(out, f"error: subscriber {subscriber} has no key on the gateway (apply the plan first?)")
+    if json_out:  # the one output that holds a key value, on request: not masked
+        import json
+
+        sys.stdout.write(json.dumps({"subscriber": subscriber, "key": key}, indent=2) + "\n")
+        return
     sys.stdout.write(key + "\n")
 
 
@@ -197,7 +203,7 @@ def keys_rotate(
         from .common import write_private
 
         try:
-            write_private(out_file, rotated.value + "\n")
+            write_private(out, out_file, rotated.value + "\n")
         except OSError as exc:
             fail(out, f"error: cannot write {out_file}: {exc.strerror or exc}")
     ends = rotated.ends.isoformat(timespec="seconds") if rotated.ends else None

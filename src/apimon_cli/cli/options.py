@@ -23,18 +23,23 @@ def _bad(message: str) -> None:
     raise typer.Exit(1)
 
 
+AllowEndpoint = Annotated[Optional[list[str]], typer.Option(
+    "--allow-endpoint", metavar="HOST[:PORT]",
+    help="Let a plan send credentials to this host (https; loopback also over http). Repeatable; adds to "
+         "APIMON_ALLOW_ENDPOINTS.")]
+Timeout = Annotated[Optional[float], typer.Option(
+    "--timeout", metavar="SECONDS",
+    help="Give up a command that has run this long (default: APIMON_TIMEOUT, else no bound beyond the "
+         "per-call timeouts and the retry budget).")]
+Verbose = Annotated[bool, typer.Option(
+    "-v", "--verbose", help="Log one line per gateway HTTP call on stderr (same as APIMON_LOG=debug).")]
+
+
 def global_options(
     ctx: typer.Context,
-    allow_endpoint: Annotated[Optional[list[str]], typer.Option(
-        "--allow-endpoint", metavar="HOST[:PORT]",
-        help="Let a plan send credentials to this host (https; loopback also over http). Repeatable; adds to "
-             "APIMON_ALLOW_ENDPOINTS.")] = None,
-    timeout: Annotated[Optional[float], typer.Option(
-        "--timeout", metavar="SECONDS",
-        help="Give up a command that has run this long (default: APIMON_TIMEOUT, else no bound beyond the "
-             "per-call timeouts and the retry budget).")] = None,
-    verbose: Annotated[bool, typer.Option(
-        "-v", "--verbose", help="Log one line per gateway HTTP call on stderr (same as APIMON_LOG=debug).")] = False,
+    allow_endpoint: AllowEndpoint = None,
+    timeout: Timeout = None,
+    verbose: Verbose = False,
 ) -> None:
     from ..security.endpoints import ALLOW_ENV
 

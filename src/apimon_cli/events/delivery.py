@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..render.words import count
 from .config import EventsConfig
 from .outbox import KAFKA, WEBHOOK, Outbox
 
@@ -189,10 +190,10 @@ class WebhookPump:
         self.delivered += res.delivered
         url = self.sink.config.url
         if res.refused:
-            self.log(f"events: the webhook {url} refused {len(res.refused)} event(s) ({res.refused[-1]}); "
+            self.log(f"events: the webhook {url} refused {count(len(res.refused), 'event')} ({res.refused[-1]}); "
                      "not retried (4xx)")
         if res.gave_up:
-            self.log(f"events: gave up on {len(res.gave_up)} event(s) for the webhook {url} after "
+            self.log(f"events: gave up on {count(len(res.gave_up), 'event')} for the webhook {url} after "
                      f"{self.give_up:g} s of retries (last: {res.gave_up[-1]})")
         return res
 
@@ -236,7 +237,7 @@ def make_pumps(outbox: Outbox, config: EventsConfig, log: Log) -> tuple[KafkaPum
     unused = (KAFKA | WEBHOOK) & ~sink_bits(config)
     dropped = outbox.drop_sinks(unused) if unused else 0
     if dropped:
-        log(f"events: {dropped} event(s) in {outbox.path} were for a sink the plan no longer configures; dropped")
+        log(f"events: dropped {count(dropped, 'event')} in {outbox.path}: for a sink the plan no longer configures")
     kafka = KafkaPump(outbox, KafkaSink(config.kafka, message_timeout_ms=30_000)) if config.kafka else None
     webhook = WebhookPump(outbox, WebhookSink(config.webhook), log) if config.webhook else None
     return kafka, webhook

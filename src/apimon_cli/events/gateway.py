@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
 
+from ..render.words import count
 from . import types as T
 from .cloudevent import IdSequence, _dumps, _q, gateway_source, quota_threshold_data, request_body, rfc3339
 from .config import EventsConfig
@@ -132,7 +133,7 @@ class GatewayEvents:
         try:
             await self.write()
         except Exception as exc:
-            self.log(f"events: writing {len(self._buf)} queued event(s) to {self.path} failed: {exc}")
+            self.log(f"events: writing {count(len(self._buf), 'queued event')} to {self.path} failed: {exc}")
         self._stop.set()
         self._wake_kafka.set()
         self._wake_webhook.set()
@@ -144,11 +145,11 @@ class GatewayEvents:
         self._writer.shutdown(wait=True)
         self._lock.release()
         if self.dropped:
-            self.log(f"events: {self.dropped} event(s) were dropped: the outbox could not keep up")
+            self.log(f"events: {count(self.dropped, 'event')} dropped: the outbox could not keep up")
         waiting = max(self.waiting[s] for s in self.config.sinks) if self.config.sinks else 0
         if waiting:
-            self.log(f"events: {waiting} event(s) wait in {self.path}; the next `apimon gateway serve` delivers "
-                     "them first (or `apimon events flush`)")
+            self.log(f"events: {count(waiting, 'event')} waiting in {self.path}; the next `apimon gateway serve` "
+                     "delivers them first (or `apimon events flush`)")
 
     # ---------------------------------------------------------------- the hot path
     def request(self, now: float, subscriber: str, product: str, api: str | None, method: str, status: int,
@@ -264,7 +265,7 @@ class GatewayEvents:
                     busy_since = now
                     if stalled_at is not None:
                         self.log(f"events: delivery to kafka resumed after {now - stalled_at:.0f} s; "
-                                 f"{pump.waiting()} event(s) still in the outbox")
+                                 f"{count(pump.waiting(), 'event')} still in the outbox")
                         stalled_at = None
                 elif busy:
                     busy_since = busy_since or now

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..render.words import count
 from .cloudevent import CloudEvent
 from .config import EventsConfig
 from .delivery import DeliveryReport, deliver, pending_bits
@@ -76,7 +77,7 @@ def describe(report: DeliveryReport, path: Path, plan_hint: str) -> tuple[str, b
     waiting = max(report.waiting.values())
     why = "; ".join(f"{sink}: {err}" for sink, err in report.errors.items()) or "not delivered in time"
     return (
-        f"warning: events: {waiting} event(s) not delivered ({why}); they wait in {path} for the next run or "
+        f"warning: events: {count(waiting, 'event')} not delivered ({why}); they wait in {path} for the next run or "
         f"`apimon events flush {plan_hint}`" + (f" ({sent} delivered)" if sent else ""),
         True,
     )
@@ -93,14 +94,14 @@ def publish(events: Sequence[CloudEvent], config: EventsConfig | None, plan_file
             enqueue(path, events, config)
         report = deliver_file(path, config, out.warning, timeout=command_timeout())
     except OutboxError as exc:
-        out.warning(f"warning: events: {exc}; {len(events)} event(s) were not published")
+        out.warning(f"warning: events: {exc}; {count(len(events), 'event')} not published")
         return
     except Exception as exc:  # a broken sink setup must not fail a command whose changes are committed
         out.warning(f"warning: events: delivery failed ({type(exc).__name__}: {exc}); the events wait in {path} "
                     f"for `apimon events flush {hint}`")
         return
     if report is None:
-        out.info(f"Events: {len(events)} event(s) queued in {path}; another apimon process is delivering it.")
+        out.info(f"Events: {count(len(events), 'event')} queued in {path}; another apimon process is delivering it.")
         return
     for note in report.notes:
         out.warning(f"warning: events: {note}")

@@ -87,6 +87,7 @@ class ImportOption:
     required: bool = False
     multiple: bool = False  # repeatable; the setting is a list
     default: Any = None  # the setting when the option is not given (None: left out)
+    choices: tuple[str, ...] = ()  # the allowed values, checked by the parser and shown in help
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,12 @@ def run(changes: list[Change], execute: Callable[[Change], Outcome], failed: Cal
     except BaseException:
         if policy.pacing is not None:
             policy.pacing.cancel()
+        if pool is not None:  # an interrupt (Ctrl-C, SIGTERM): changes in flight finish and are reported
+            pool.shutdown(wait=True, cancel_futures=True)
+            while not results.empty():
+                _i, outcome = results.get_nowait()
+                if outcome is not None and not isinstance(outcome, _Raised):
+                    on_outcome(outcome)
         raise
     finally:
         if pool is not None:

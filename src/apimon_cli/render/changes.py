@@ -81,14 +81,15 @@ def render_conflicts(out: Output, cs: ChangeSet) -> None:
         out.error(f"error: {c}")
 
 
-def render_apply_json(out: Output, cs: ChangeSet, report: ApplyReport | None) -> None:
-    """`apply --json`: the plan and what became of each change."""
+def render_apply_json(out: Output, cs: ChangeSet, report: ApplyReport | None, *, interrupted: bool = False) -> None:
+    """`apply --json`: the plan and what became of each change (``interrupted``: Ctrl-C or SIGTERM)."""
     report = report or ApplyReport()
     out.json({
         "plan": changeset_to_json(cs),
         "applied": [change_to_json(o.change) | {"outcome": o.message} for o in report.applied],
         "failed": [change_to_json(o.change) | {"error": o.message} for o in report.failed],
         "not_applied": [change_to_json(c) for c in report.not_applied],
+        **({"interrupted": True} if interrupted else {}),
     })
 
 
@@ -119,17 +120,23 @@ def render_outcome(out: Output, o: ChangeOutcome) -> None:
         out.error(f"  ! {o.change.kind} {o.change.id}: FAILED: {o.message}")
 
 
-def render_apply_report(out: Output, report: ApplyReport) -> None:
+def _changes(n: int) -> str:
+    return f"{n} change{'' if n == 1 else 's'}"
+
+
+def render_apply_report(out: Output, report: ApplyReport, *, interrupted: bool = False) -> None:
+    """The apply's outcome; a failure (or an interrupt) lists what was applied, failed, not attempted."""
     done = report.applied
-    if not report.failed:
-        out.print(f"Apply complete: {len(done)} change(s) applied.", style="bold green")
+    if not report.failed and not interrupted:
+        out.print(f"Apply complete: {_changes(len(done))} applied.", style="bold green")
         return
-    out.error(f"Apply stopped: {len(done)} change(s) applied, {len(report.failed)} failed, "
-              f"{len(report.not_applied)} not attempted.")
+    out.error(f"Apply {'interrupted' if interrupted else 'stopped'}: {_changes(len(done))} applied, "
+              f"{len(report.failed)} failed, {len(report.not_applied)} not attempted.")
     for o in done:
         out.error(f"  applied:      {o.change.action} {o.change.kind} {o.change.id}")
     for o in report.failed:
         out.error(f"  failed:       {o.change.action} {o.change.kind} {o.change.id}: {o.message}")
     for c in report.not_applied:
         out.error(f"  not applied:  {c.action} {c.kind} {c.id}")
-    out.error("Fix the cause and run `apimon apply` again: it continues from what is live.")
+    out.error("Run `apimon apply` again: it continues from what is live." if interrupted else
+              "Fix the cause and run `apimon apply` again: it continues from what is live.")

@@ -90,8 +90,18 @@ class Output:
 
         self.mask = masker or Masker()
         self.json_mode = json_mode
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        import os
+
+        # NO_COLOR (or --no-color) means no escape codes at all: no colour, no bold, nothing for a CI log to strip
+        plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
+        self.out = Console(highlight=False, soft_wrap=True, **plain)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True, **plain)
+
+    def to_stderr(self) -> Output:
+        """The same output with results going to stderr too (the plan shown before `apply --json` asks)."""
+        view = object.__new__(Output)
+        view.mask, view.json_mode, view.out, view.err = self.mask, False, self.err, self.err
+        return view
 
     @property
     def interactive(self) -> bool:

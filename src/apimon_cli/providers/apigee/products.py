@@ -136,7 +136,7 @@ class ApigeeProducts:
         foreign = [p["name"] for p in plans if not plan_owned(p) and p.get("state") == "PUBLISHED"
                    and window(p)[1] > now]
         if foreign:
-            raise ProviderError(f"product {product.id} has published rate plan(s) apimon does not manage "
+            raise ProviderError(f"product {product.id} has published rate plans apimon does not manage "
                                 f"({', '.join(foreign)}); Apigee allows one active plan per product")
         open_plans = [p for p in published if window(p)[1] > now]
         if (len(open_plans) == 1 and window(open_plans[0])[0] <= now

@@ -42,6 +42,7 @@ from typing import Any
 
 from ...model import DesiredState, LiveState, Product, Subscriber, UsageRow
 from ...reconcile.changes import Change, ChangeSet, FieldChange
+from ...render.words import count
 from ..base import PlanNotes, Provider, ProviderError
 from .client import ApigeeClient, ApigeeError, seg, session_from_environment
 from .keys import ApigeeKeys
@@ -173,8 +174,8 @@ class ApigeeProvider(ApigeeKeys, ApigeeReading, ApigeeProducts, ApigeeSubscriber
         if not facts.monetized and priced:
             out.warnings.append(
                 f"monetization is not enabled in organization {self.org}: no rate plans are read or written and "
-                f"pricing is not compared ({len(priced)} priced product(s)); apimon's own invoices still use the "
-                "plan's pricing")
+                f"pricing is not compared ({count(len(priced), 'priced product')}); apimon's own invoices still "
+                "use the plan's pricing")
         if facts.proxies is not None:
             for pid, product in sorted(desired.products.items()):
                 missing = [a for a in product.apis if a not in facts.proxies]
@@ -192,7 +193,7 @@ class ApigeeProvider(ApigeeKeys, ApigeeReading, ApigeeProducts, ApigeeSubscriber
             change = next((c for c in changes.changes if c.kind == "product" and c.id == pid), None)
             if change is not None and change.action != "delete" and change.changed("pricing"):
                 out.conflicts.append(
-                    f"product {pid} has published rate plan(s) apimon does not manage ({', '.join(names)}); "
+                    f"product {pid} has published rate plans apimon does not manage ({', '.join(names)}); "
                     "Apigee allows one active plan per product: expire or delete them first")
         return out
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from ...model import Pricing, Product, Tier
+from ...render.words import count
 from .client import ApigeeError
 
 PLAN_MARKER = "apimon-managed"  # rate plans have no attributes: their description starts with this
@@ -93,7 +94,7 @@ def plan_summary(plan: dict | None) -> str:
         return "no rate plan"
     freq = int(plan.get("fixedFeeFrequency") or 0)
     return (f"{plan.get('currencyCode', '?')} {plan.get('billingPeriod', '?')}"
-            + (f", fee every {freq} period(s)" if freq else ""))
+            + (f", fee every {count(freq, 'period')}" if freq else ""))
 
 
 def pricing_from_rate_plan(plan: dict | None) -> Pricing:

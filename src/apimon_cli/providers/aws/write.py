@@ -13,6 +13,7 @@ from typing import Any
 
 from ...model import LiveState, Product, Subscriber
 from ...reconcile.changes import Change
+from ...render.words import count
 from ..base import ProviderError
 from .client import AwsCallError
 from .read import MANAGED_TAG, MANAGED_TAGS, KeyHandle, PlanHandle, number, owned
@@ -264,7 +265,7 @@ class AwsWriting:
         for old in handle.stale:
             self._delete_key(old)
         if handle.stale:
-            done.append(f"removed {len(handle.stale)} duplicate key(s)")
+            done.append(f"removed {count(len(handle.stale), 'duplicate key')}")
         return "; ".join(done) or "nothing to change"
 
     def replace_subscriber(self, change: Change, live: LiveState) -> str:

@@ -62,7 +62,7 @@ SPEC = ProviderSpec(
         ImportOption("--subscription-id", "subscription_id", "subscription id", required=True),
         ImportOption("--resource-group", "resource_group", "resource group", required=True),
         ImportOption("--service", "service", "API Management service name", required=True),
-        ImportOption("--cloud", "cloud", "public | china | usgovernment", default="public"),
+        ImportOption("--cloud", "cloud", "Azure cloud", default="public", choices=("public", "china", "usgovernment")),
         ImportOption("--endpoint", "endpoint", "API base URL override"),
     ),
     credential_urls=credential_urls,

@@ -15,6 +15,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from ...model import LiveState, Product, Subscriber
 from ...reconcile.changes import Change
+from ...render.words import count
 from ..base import ProviderError
 from .client import short
 from .policy import generate_policy, policies_equal
@@ -126,7 +127,7 @@ class AzureWriting:
         self._write_policy(want.id, want, None, existed=False)
         for api in want.apis:
             c.product_api.create_or_update(rg, svc, want.id, api)
-        return f"created ({limits_text(want)}; {len(want.apis)} API(s) linked)"
+        return f"created ({limits_text(want)}; {count(len(want.apis), 'API')} linked)"
 
     def update_product(self, change: Change, live: LiveState) -> str:
         from azure.mgmt.apimanagement.models import ProductUpdateParameters
