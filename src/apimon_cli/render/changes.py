@@ -3,6 +3,9 @@ before -> after; apply progress and the apply report."""
 
 from __future__ import annotations
 
+import re
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -25,21 +28,82 @@ def _value(v: object) -> str:
     return str(v)
 
 
-def render_change(out: Output, c: Change) -> None:
+# A line rich would print differently from its plain text: emoji codes (":name:"), markup-like brackets
+# and backslashes, tabs (expanded) and control characters (stripped). Those lines go through rich itself.
+_RICH_ONLY = re.compile(r"[:\\\[\t\x00-\x1f\x7f]")
+
+
+class Lines:
+    """Lines of the diff (and apply progress) written in batches, not one ``print`` per line.
+
+    When stdout is not a terminal the text is written as is (masked), byte-identical to what rich prints
+    there (no styles, no wrapping with ``soft_wrap``); the rare line rich would change is printed through
+    rich. On a terminal the lines of a batch become one ``rich.text.Text`` printed at once. A batch ends
+    at ``size`` lines or, with ``interval`` set, when that many seconds have passed (apply progress)."""
+
+    def __init__(self, out: Output, *, size: int = 2000, interval: float | None = None):
+        self.out = out
+        self.plain = not out.out.is_terminal  # asked once, not per line (isatty)
+        self.size = size
+        self.interval = interval
+        self._last = time.monotonic()
+        self._batch: list[tuple[str, str | None]] = []
+
+    def add(self, text: str, style: str | None = None) -> None:
+        self._batch.append((text, style))
+        if len(self._batch) >= self.size or (
+                self.interval is not None and time.monotonic() - self._last >= self.interval):
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self._batch = self._batch, []
+        self._last = time.monotonic()
+        if not batch:
+            return
+        mask = self.out.mask
+        if self.plain:
+            write = sys.stdout.write
+            chunk: list[str] = []
+            for text, style in batch:
+                text = mask(text)
+                if _RICH_ONLY.search(text) is None:
+                    chunk.append(text)
+                    continue
+                if chunk:
+                    write("\n".join(chunk) + "\n")
+                    chunk = []
+                self.out.print(text, style=style)  # already masked; masking again changes nothing
+            if chunk:
+                write("\n".join(chunk) + "\n")
+            sys.stdout.flush()
+            return
+        from rich.text import Text
+
+        renderable = Text()
+        for text, style in batch:
+            renderable.append_text(self.out.out.render_str(self.out._escape(mask(text)), style=style or ""))
+            renderable.append("\n")
+        self.out.out.print(renderable, end="")
+
+
+def render_change(out: Output | Lines, c: Change) -> None:
+    lines = out if isinstance(out, Lines) else Lines(out)
     sym, style = _SYMBOL[c.action]
     verb = "will be adopted (apimon takes ownership)" if c.adopt else _VERB[c.action]
-    out.print(f"  {sym} {c.kind} {c.id} {verb}", style=f"bold {style}")
+    lines.add(f"  {sym} {c.kind} {c.id} {verb}", f"bold {style}")
     if c.action == "replace":
         order = "the new one is made before the old one is removed" if c.create_before_delete else \
             "the old one is removed before the new one is made"
-        out.print(f"      # {c.reason}; {order}", style=style)
+        lines.add(f"      # {c.reason}; {order}", style)
     for f in c.fields:
         if c.action == "create":
-            out.print(f"      + {f.field} = {_value(f.after)}", style=style)
+            lines.add(f"      + {f.field} = {_value(f.after)}", style)
         elif c.action == "delete":
-            out.print(f"      - {f.field} = {_value(f.before)}", style=style)
+            lines.add(f"      - {f.field} = {_value(f.before)}", style)
         else:
-            out.print(f"      ~ {f.field}: {_value(f.before)} -> {_value(f.after)}", style=style)
+            lines.add(f"      ~ {f.field}: {_value(f.before)} -> {_value(f.after)}", style)
+    if lines is not out:
+        lines.flush()
 
 
 def summary_line(cs: ChangeSet) -> str:
@@ -50,19 +114,20 @@ def summary_line(cs: ChangeSet) -> str:
 
 
 def render_changeset(out: Output, cs: ChangeSet) -> None:
+    lines = Lines(out)
     for u in cs.unmanaged:
         detail = f" ({u.detail})" if u.detail else ""
-        out.print(f"  = {u.kind} {u.name}: unmanaged, left alone{detail}", style="dim")
+        lines.add(f"  = {u.kind} {u.name}: unmanaged, left alone{detail}", "dim")
     for c in cs.changes:
-        render_change(out, c)
+        render_change(lines, c)
     for note in cs.notes:
-        out.print(f"  note: {note}", style="cyan")
+        lines.add(f"  note: {note}", "cyan")
     if cs.empty:
-        out.print("No changes. The gateway matches the plan.", style="bold green")
+        lines.add("No changes. The gateway matches the plan.", "bold green")
     else:
-        out.print("")
-        out.print(summary_line(cs), style="bold red" if cs.summary["deleting"] or cs.summary["replacing"]
-                  else "bold")
+        lines.add("")
+        lines.add(summary_line(cs), "bold red" if cs.summary["deleting"] or cs.summary["replacing"] else "bold")
+    lines.flush()
 
 
 def render_plan(out: Output, cs: ChangeSet, *, json_out: bool) -> None:
@@ -94,28 +159,43 @@ def render_apply_json(out: Output, cs: ChangeSet, report: ApplyReport | None) ->
 
 @contextmanager
 def apply_progress(out: Output, total: int) -> Iterator[Callable[[ChangeOutcome], None]]:
-    """A progress callback for the engine: each outcome as a line, and a bar on a terminal."""
+    """A progress callback for the engine: each outcome as a line (written in batches of at most 0.1 s),
+    and a bar on a terminal."""
     if not (out.err.is_terminal and total > 1):
-        yield lambda o: render_outcome(out, o)
+        lines = Lines(out, interval=0.1)
+        try:
+            yield lambda o: render_outcome(lines, o)
+        finally:
+            lines.flush()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("Applying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out.out,
                   transient=False) as bar:
         task = bar.add_task("apply", total=total)
+        lines = Lines(out, interval=0.1)
 
         def progress(outcome: ChangeOutcome) -> None:
-            render_outcome(out, outcome)
+            render_outcome(lines, outcome)
             bar.advance(task)
 
-        yield progress
+        try:
+            yield progress
+        finally:
+            lines.flush()
 
 
-def render_outcome(out: Output, o: ChangeOutcome) -> None:
+def render_outcome(out: Output | Lines, o: ChangeOutcome) -> None:
     sym, style = _SYMBOL[o.change.action]
     if o.ok:
-        out.print(f"  {sym} {o.change.kind} {o.change.id}: {o.message}", style=style)
+        if isinstance(out, Lines):
+            out.add(f"  {sym} {o.change.kind} {o.change.id}: {o.message}", style)
+        else:
+            out.print(f"  {sym} {o.change.kind} {o.change.id}: {o.message}", style=style)
     else:
+        if isinstance(out, Lines):  # stdout so far comes first, then the failure on stderr
+            out.flush()
+            out = out.out
         out.error(f"  ! {o.change.kind} {o.change.id}: FAILED: {o.message}")
 
 
