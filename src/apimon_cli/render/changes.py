@@ -30,7 +30,7 @@ def _value(v: object) -> str:
 
 # A line rich would print differently from its plain text: emoji codes (":name:"), markup-like brackets
 # and backslashes, tabs (expanded) and control characters (stripped). Those lines go through rich itself.
-_RICH_ONLY = re.compile(r"[:\\\[\t\x00-\x1f\x7f]")
+_RICH_ONLY = re.compile(r"[\\\[\x00-\x1f\x7f]|:\S*:")
 
 
 class Lines:

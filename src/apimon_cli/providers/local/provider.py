@@ -1,9 +1,11 @@
 """The local target: a gateway state in SQLite on disk, with the same concepts as the cloud gateways.
 
 Products with limits, subscribers with generated keys, an owner marker (rows apimon did not write are
-unmanaged and never touched), usage counters written by `apimon gateway serve`. Each change is one
-transaction, so a killed apply leaves whole changes only and a re-run converges. Applies take an
-exclusive lock file: a second concurrent apply waits briefly, then fails with a clear message.
+unmanaged and never touched), usage counters written by `apimon gateway serve`. Apply commits in batches
+of whole changes (``BATCH_CHANGES`` changes or ``BATCH_SECONDS``, whichever comes first), each change in
+its own savepoint, one revision bump per batch: a killed apply leaves whole changes only and a re-run
+converges, and a running gateway reloads once per batch, not once per change. Applies take an exclusive
+lock file: a second concurrent apply waits briefly, then fails with a clear message.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from .keys import REVOKED_PREFIX, LocalKeys
 from .state import OWNER, connect_state, state_dir_of
 
 LOCK_WAIT_SECONDS = 10.0
+BATCH_CHANGES = 500  # changes per commit during apply
+BATCH_SECONDS = 0.1  # ... or the age of the open batch, whichever comes first
 
 
 def _now() -> str:
@@ -40,6 +44,10 @@ class LocalProvider(LocalKeys, Provider):
         super().__init__(desired)
         self.state_dir = state_dir_of(desired)
         self._conn: sqlite3.Connection | None = None
+        self._batching = False  # inside applying(): changes join the open batch
+        self._batch_size = 0  # changes in the open transaction (0: none open)
+        self._batch_started = 0.0
+        self._products_present: set[str] = set()  # products seen in the state during this apply
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -83,7 +91,7 @@ class LocalProvider(LocalKeys, Provider):
                 live.unmanaged.append(Unmanaged("subscriber", sid, f"owner {owner or 'unknown'}", sub))
         return live
 
-    # ---------------------------------------------------------------- apply: one transaction per change
+    # ---------------------------------------------------------------- apply: batches of whole changes
     @contextmanager
     def applying(self) -> Iterator[None]:
         """An exclusive lock over the whole apply: a second apply waits for it, then fails clearly."""
@@ -101,26 +109,59 @@ class LocalProvider(LocalKeys, Provider):
                             f"another apimon apply holds the lock on {self.state_dir} "
                             f"(waited {LOCK_WAIT_SECONDS:.0f} s); try again when it has finished") from None
                     time.sleep(0.1)
-            yield
+            self._batching = True
+            try:
+                yield
+            finally:
+                self._batching = False
+                self._commit_batch()  # the changes done so far are whole: keep them, also on Ctrl-C
         finally:
             os.close(fd)
 
     def _transaction(self, write: Callable[[sqlite3.Connection], str]) -> str:
-        """One change, one transaction (a killed apply leaves whole changes); each bumps the revision the
-        gateway polls to reload."""
+        """One change in its own savepoint inside the open batch (a failed change rolls back alone); the
+        batch commits, bumping the revision the gateway polls once, every ``BATCH_CHANGES`` changes or
+        ``BATCH_SECONDS``. Outside an apply each change commits at once."""
         conn = self.conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if not self._batch_size:
+                conn.execute("BEGIN IMMEDIATE")
+                self._batch_started = time.monotonic()
+            conn.execute("SAVEPOINT change")
             try:
                 msg = write(conn)
-                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
-                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK TO change")
+                conn.execute("RELEASE change")
+                if not self._batch_size:  # nothing else in this transaction
+                    conn.execute("ROLLBACK")
                 raise
+            conn.execute("RELEASE change")
+            self._batch_size += 1
+            if (not self._batching or self._batch_size >= BATCH_CHANGES
+                    or time.monotonic() - self._batch_started >= BATCH_SECONDS):
+                self._commit_batch()
         except sqlite3.DatabaseError as exc:
+            self._rollback_batch()
             raise ProviderError(f"local state: {exc}") from None
         return msg
+
+    def _commit_batch(self) -> None:
+        if not self._batch_size:
+            return
+        conn = self.conn
+        try:
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            self._rollback_batch()
+            raise ProviderError(f"local state: {exc}") from None
+        self._batch_size = 0
+
+    def _rollback_batch(self) -> None:
+        self._batch_size = 0
+        if self._conn is not None and self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
 
     @staticmethod
     def _owner_of(conn: sqlite3.Connection, table: str, rid: str) -> str | None | bool:
@@ -155,6 +196,7 @@ class LocalProvider(LocalKeys, Provider):
                 raise ProviderError(f"product {change.id} still has subscribers: {', '.join(others)}; "
                                     "refusing to delete it")
             conn.execute("DELETE FROM products WHERE id = ?", (change.id,))
+            self._products_present.discard(change.id)
             return "deleted"
 
         return self._transaction(delete)
@@ -170,8 +212,10 @@ class LocalProvider(LocalKeys, Provider):
         owner = self._owner_of(conn, "subscribers", change.id)
         if owner not in (False, OWNER) and not change.adopt:
             raise ProviderError(f"subscriber {change.id} exists and is not managed by apimon; left alone")
-        if self._owner_of(conn, "products", sub.product) is False:
-            raise ProviderError(f"product {sub.product} does not exist on the local gateway")
+        if sub.product not in self._products_present:
+            if self._owner_of(conn, "products", sub.product) is False:
+                raise ProviderError(f"product {sub.product} does not exist on the local gateway")
+            self._products_present.add(sub.product)
         metadata = json.dumps(dict(sub.metadata), sort_keys=True)
         now = _now()
         if owner is False:
