@@ -33,6 +33,11 @@ def validate(plans: PlanArgs, strict: Strict = False) -> None:
     )
 
 
+Full = Annotated[bool, typer.Option("--full", help="Show every change of a large plan (more than 1,000 "
+                                                   "changes are summarised: per-product counts, the first 20 "
+                                                   "of each kind).")]
+
+
 def plan(
     plans: PlanArgs,
     json_out: Annotated[
@@ -51,6 +56,7 @@ def plan(
         bool, typer.Option("--adopt", help="Plan to take over existing resources whose names match the plan.")
     ] = False,
     strict: Strict = False,
+    full: Full = False,
 ) -> None:
     """Show what apply would change on the gateway."""
     from ..reconcile.engine import make_plan
@@ -63,7 +69,7 @@ def plan(
     try:
         from .keys import print_rotations_due, rotations_due
 
-        render_plan(out, run.changes, json_out=json_out)
+        render_plan(out, run.changes, json_out=json_out, full=full)
         due = rotations_due(run)
         if not json_out:
             print_rotations_due(out, run, due)
@@ -109,6 +115,7 @@ def apply(
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan and the outcome as JSON.")] = False,
     force_policy: ForcePolicy = False,
     strict: Strict = False,
+    full: Full = False,
 ) -> None:
     """Converge the gateway to the plan, touching only what apimon owns."""
     _set_force_policy(force_policy)
@@ -124,7 +131,8 @@ def apply(
         run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
     out.mask.add(*run.loaded.secrets)
     try:
-        _apply_run(out, run, auto_approve=auto_approve or bool(plan_file), max_deletes=max_deletes, json_out=json_out)
+        _apply_run(out, run, auto_approve=auto_approve or bool(plan_file), max_deletes=max_deletes, json_out=json_out,
+                   full=full)
     finally:
         run.provider.close()
 
@@ -135,14 +143,14 @@ def _set_force_policy(force: bool) -> None:
         os.environ["APIMON_FORCE_POLICY"] = "1"
 
 
-def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_out: bool) -> None:
+def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_out: bool, full: bool = False) -> None:
     from ..render.changes import render_apply_json, render_conflicts, render_plan
 
     cs = run.changes
     if json_out:  # the JSON comes once apply is done
         render_conflicts(out, cs)
     else:
-        render_plan(out, cs, json_out=False)
+        render_plan(out, cs, json_out=False, full=full)
     if cs.conflicts:
         fail(out, "nothing was applied: resolve the conflicts above (or use --adopt)")
     from .keys import apply_key_lifecycle, print_rotations_due, rotations_due
@@ -168,7 +176,7 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
         )
     if not auto_approve:
         _confirm(out, deletes)
-    report = _apply_with_progress(out, run, show=not json_out)
+    report = _apply_with_progress(out, run, show=not json_out, full=full)
     if json_out:
         render_apply_json(out, cs, report)
     else:
@@ -201,13 +209,13 @@ def _confirm(out, deletes: int) -> None:
         fail(out, "Apply cancelled; nothing was changed.")
 
 
-def _apply_with_progress(out, run, *, show: bool):
+def _apply_with_progress(out, run, *, show: bool, full: bool = False):
     from ..reconcile.engine import apply_plan
     from ..render.changes import apply_progress
 
     if not show:
         return apply_plan(run)
-    with apply_progress(out, len(run.changes.changes)) as progress:
+    with apply_progress(out, len(run.changes.changes), full=full) as progress:
         return apply_plan(run, progress=progress)
 
 

@@ -88,14 +88,21 @@ def _header_problems(src: RowSource, columns: list[str], line: int = 1) -> list[
 def _subscribers(src: RowSource, rows: Iterable[tuple[int, list]], diags: list[Diagnostic]
                  ) -> Iterator[tuple[str, Subscriber | None]]:
     """(id, Subscriber or None when the row's problems are reported) for each row; a row whose id is
-    missing is reported and skipped."""
+    missing is reported and skipped.
+
+    The hot path of a million-row source: values many rows share (product, enabled, the metadata tuple)
+    are kept once (a dict of the ones seen), metadata columns are visited in key order (no sort per row),
+    and the error messages are built only for rows that have one."""
     cols = src.columns
     idx = {c: i for i, c in enumerate(cols)}
     i_id, i_product = idx["id"], idx["product"]
     i_email, i_enabled = idx.get("email"), idx.get("enabled")
-    meta = [(i, c[len(METADATA_PREFIX):]) for i, c in enumerate(cols) if c.startswith(METADATA_PREFIX)]
+    meta = sorted(((c[len(METADATA_PREFIX):], i) for i, c in enumerate(cols) if c.startswith(METADATA_PREFIX)))
     width = len(cols)
     file = src.file
+    seen_rows = src.rows
+    shared: dict = {}  # one object per distinct product, metadata tuple
+    shared_get = shared.setdefault
     for line, values in rows:
         if len(values) != width:
             if not any(v not in ("", None) for v in values):
@@ -107,38 +114,47 @@ def _subscribers(src: RowSource, rows: Iterable[tuple[int, list]], diags: list[D
         if sid is None or sid == "":
             diags.append(Diagnostic(file, line, i_id + 1, "error", "", "the id is empty; every row needs an id"))
             continue
-        sid = str(sid)
-        if sid in src.rows:
+        if type(sid) is not str:
+            sid = str(sid)
+        if sid in seen_rows:
             diags.append(Diagnostic(file, line, i_id + 1, "error", f"subscribers.{sid}",
                                     f"subscriber {sid!r} is defined twice in this source, here and at row "
-                                    f"{src.rows[sid]}; ids must be unique across all plan files and sources"))
+                                    f"{seen_rows[sid]}; ids must be unique across all plan files and sources"))
             continue
-        src.rows[sid] = line
-        ok = True
-        base = f"subscribers.{sid}"
+        seen_rows[sid] = line
         product = values[i_product]
         if product is None or product == "":
-            diags.append(Diagnostic(file, line, i_product + 1, "error", f"{base}.product",
+            diags.append(Diagnostic(file, line, i_product + 1, "error", f"subscribers.{sid}.product",
                                     "required field is empty; name the subscriber's product"))
-            ok = False
+            yield sid, None
+            continue
+        product = shared_get(product, product) if type(product) is str else str(product)
         email = values[i_email] if i_email is not None else None
-        if email == "":
+        if not email:
             email = None
+        elif type(email) is not str or email[0] == "'":
+            email = _uncell(email)
         enabled = True
         if i_enabled is not None:
             raw = values[i_enabled]
-            if isinstance(raw, bool):
-                enabled = raw
-            elif raw not in (None, ""):
+            if raw == "true" or raw is True or raw == "" or raw is None:
+                pass
+            elif raw == "false" or raw is False:
+                enabled = False
+            else:
                 got = _TRUE.get(str(raw).strip().lower())
                 if got is None:
-                    diags.append(Diagnostic(file, line, i_enabled + 1, "error", f"{base}.enabled",
+                    diags.append(Diagnostic(file, line, i_enabled + 1, "error", f"subscribers.{sid}.enabled",
                                             f"must be true or false; got {raw!r}"))
                 else:
                     enabled = got
-        metadata = tuple(sorted((k, _uncell(values[i])) for i, k in meta if values[i] not in (None, "")))
-        yield sid, (Subscriber(id=sid, product=str(product), email=None if email is None else _uncell(email),
-                               enabled=enabled, metadata=metadata) if ok else None)
+        if meta:
+            pairs = tuple([(k, _uncell(v) if type(v) is not str or v[0] == "'" else v)
+                           for k, i in meta if (v := values[i]) is not None and v != ""])
+            metadata = shared_get(pairs, pairs)
+        else:
+            metadata = ()
+        yield sid, Subscriber(sid, product, email, enabled, None, metadata)
 
 
 def read_csv(path: Path, shown: str, diags: list[Diagnostic]

@@ -113,13 +113,22 @@ def summary_line(cs: ChangeSet) -> str:
             f"{s['deleting'] + s['replacing']} to destroy.")
 
 
-def render_changeset(out: Output, cs: ChangeSet) -> None:
+#: A plan with more changes than this is summarised unless ``--full`` is given.
+SUMMARY_THRESHOLD = 1000
+#: How many changes of each kind and action a summary shows in full.
+SUMMARY_FIRST = 20
+
+
+def render_changeset(out: Output, cs: ChangeSet, *, full: bool = False) -> None:
     lines = Lines(out)
     for u in cs.unmanaged:
         detail = f" ({u.detail})" if u.detail else ""
         lines.add(f"  = {u.kind} {u.name}: unmanaged, left alone{detail}", "dim")
-    for c in cs.changes:
-        render_change(lines, c)
+    if full or len(cs.changes) <= SUMMARY_THRESHOLD:
+        for c in cs.changes:
+            render_change(lines, c)
+    else:
+        _render_summary(lines, cs)
     for note in cs.notes:
         lines.add(f"  note: {note}", "cyan")
     if cs.empty:
@@ -130,14 +139,50 @@ def render_changeset(out: Output, cs: ChangeSet) -> None:
     lines.flush()
 
 
-def render_plan(out: Output, cs: ChangeSet, *, json_out: bool) -> None:
-    """What `plan` and `apply` show before acting: warnings and the diff (or the JSON), then conflicts."""
+def _render_summary(lines: Lines, cs: ChangeSet) -> None:
+    """A large plan: the first ``SUMMARY_FIRST`` changes of each kind and action in full, how many more
+    there are, and the changes per product (a subscriber counts under the product it ends up on, a
+    deleted one under the product it had)."""
+    from collections import Counter
+
+    shown: Counter = Counter()
+    hidden: Counter = Counter()
+    per_product: dict[str, Counter] = {}
+    for c in cs.changes:
+        key = (c.kind, c.action)
+        if shown[key] < SUMMARY_FIRST:
+            shown[key] += 1
+            render_change(lines, c)
+        else:
+            hidden[key] += 1
+        if c.kind == "product":
+            product = c.id
+        else:
+            resource = c.desired if c.desired is not None else c.live
+            product = getattr(resource, "product", None)
+        if product is not None:
+            per_product.setdefault(product, Counter())[c.action] += 1
+    for (kind, action), n in hidden.items():
+        lines.add(f"  ... and {n:,} more {kind} change(s) ({action}); `--full` shows every change", "dim")
+    lines.add("")
+    lines.add(f"Changes per product ({len(cs.changes):,} changes, summarised; `--full` for all of them):", "bold")
+    for product in sorted(per_product):
+        counts = per_product[product]
+        parts = [f"{counts[a]:,} to {verb}" for a, verb in
+                 (("create", "create"), ("update", "update"), ("replace", "replace"), ("delete", "destroy"))
+                 if counts[a]]
+        lines.add(f"  {product}: {', '.join(parts)}")
+
+
+def render_plan(out: Output, cs: ChangeSet, *, json_out: bool, full: bool = False) -> None:
+    """What `plan` and `apply` show before acting: warnings and the diff (or the JSON, always complete),
+    then conflicts. A diff of more than ``SUMMARY_THRESHOLD`` changes is summarised unless ``full``."""
     if json_out:
         out.json(changeset_to_json(cs))
     else:
         for w in cs.warnings:
             out.warning(w)
-        render_changeset(out, cs)
+        render_changeset(out, cs, full=full)
     render_conflicts(out, cs)
 
 
@@ -158,14 +203,18 @@ def render_apply_json(out: Output, cs: ChangeSet, report: ApplyReport | None) ->
 
 
 @contextmanager
-def apply_progress(out: Output, total: int) -> Iterator[Callable[[ChangeOutcome], None]]:
+def apply_progress(out: Output, total: int, *, full: bool = False) -> Iterator[Callable[[ChangeOutcome], None]]:
     """A progress callback for the engine: each outcome as a line (written in batches of at most 0.1 s),
-    and a bar on a terminal."""
+    and a bar on a terminal. An apply of more than ``SUMMARY_THRESHOLD`` changes shows the first
+    ``SUMMARY_FIRST`` outcomes of each kind and action, then how many more were applied (every failure is
+    shown); ``full`` shows every outcome."""
+    lines = Lines(out, interval=0.1)
+    show = _outcome_filter(lines, summarise=not full and total > SUMMARY_THRESHOLD)
     if not (out.err.is_terminal and total > 1):
-        lines = Lines(out, interval=0.1)
         try:
-            yield lambda o: render_outcome(lines, o)
+            yield show
         finally:
+            show.finish()
             lines.flush()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -173,16 +222,38 @@ def apply_progress(out: Output, total: int) -> Iterator[Callable[[ChangeOutcome]
     with Progress(TextColumn("Applying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out.out,
                   transient=False) as bar:
         task = bar.add_task("apply", total=total)
-        lines = Lines(out, interval=0.1)
 
         def progress(outcome: ChangeOutcome) -> None:
-            render_outcome(lines, outcome)
+            show(outcome)
             bar.advance(task)
 
         try:
             yield progress
         finally:
+            show.finish()
             lines.flush()
+
+
+class _outcome_filter:
+    def __init__(self, lines: Lines, *, summarise: bool):
+        from collections import Counter
+
+        self.lines = lines
+        self.summarise = summarise
+        self.shown: Counter = Counter()
+        self.hidden: Counter = Counter()
+
+    def __call__(self, o: ChangeOutcome) -> None:
+        key = (o.change.kind, o.change.action)
+        if not o.ok or not self.summarise or self.shown[key] < SUMMARY_FIRST:
+            self.shown[key] += 1
+            render_outcome(self.lines, o)
+        else:
+            self.hidden[key] += 1
+
+    def finish(self) -> None:
+        for (kind, action), n in self.hidden.items():
+            self.lines.add(f"  ... and {n:,} more {kind} change(s) applied ({action}); `--full` shows each", "dim")
 
 
 def render_outcome(out: Output | Lines, o: ChangeOutcome) -> None:
