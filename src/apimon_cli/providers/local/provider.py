@@ -92,9 +92,15 @@ class LocalProvider(LocalKeys, Provider):
                 live.unmanaged.append(Unmanaged("product", pid, f"owner {owner or 'unknown'}", product))
         rows = self.conn.execute(
             "SELECT id, owner, product, email, enabled, api_key, metadata FROM subscribers ORDER BY id")
+        loads = json.loads
+        shared: dict = {}  # one object per distinct product and metadata text (most subscribers share them)
         for sid, owner, product, email, enabled, api_key, metadata in rows:
-            sub = Subscriber(id=sid, product=product, email=email, enabled=bool(enabled),
-                             metadata=tuple(sorted(json.loads(metadata or "{}").items())))
+            meta = shared.get(metadata)
+            if meta is None:
+                meta = tuple(sorted(loads(metadata or "{}").items()))
+                if len(shared) < 4096:  # bounded: metadata unique per subscriber is not kept twice
+                    shared[metadata] = meta
+            sub = Subscriber(sid, shared.setdefault(product, product), email, bool(enabled), None, meta)
             if owner == OWNER:
                 live.subscribers[sid] = sub
                 live.key_fingerprints[sid] = key_fingerprint(api_key)
