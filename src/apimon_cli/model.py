@@ -141,6 +141,7 @@ class DesiredState:
     subscribers: dict[str, Subscriber]
     files: tuple[str, ...] = ()  # plan files it was loaded from
     events: object | None = None  # events.config.EventsConfig: the plan's `events` block, if any
+    data_files: tuple[str, ...] = ()  # CSV files of subscribers_from (saved plans check them too)
 
 
 @dataclass(frozen=True)

@@ -220,3 +220,17 @@ def test_postgresql_errors_are_located_by_row_and_column(tmp_path, postgres_db):
     bad = write_plan(tmp_path / "bad.yaml", HEAD + PG_SOURCE.replace("FROM api_customers", "FROM nowhere"))
     [problem] = [str(d) for d in load_plans([str(bad)], env={"CRM_DATABASE_URL": url}).errors]
     assert problem.startswith(f"{label}:1:1: error: cannot read subscribers from PostgreSQL: relation \"nowhere\"")
+
+
+def test_a_saved_plan_applies_with_its_csv_and_is_stale_when_the_csv_changes(tmp_path):
+    _csv(tmp_path / "subs.csv", "id,product\nbob,gold\n")
+    plan = write_plan(tmp_path / "plan.yaml", HEAD + "    subscribers_from:\n      - csv: subs.csv\n")
+    saved = tmp_path / "saved.json"
+    assert run_cli("plan", "--out", str(saved), str(plan), cwd=tmp_path).code == 0
+    _csv(tmp_path / "subs.csv", "id,product\nbob,gold\ncarol,gold\n")
+    stale = run_cli("apply", "--plan-file", str(saved), cwd=tmp_path)
+    assert stale.code == 1 and "subs.csv changed since the plan was saved" in stale.stderr
+    _csv(tmp_path / "subs.csv", "id,product\nbob,gold\n")
+    r = run_cli("apply", "--plan-file", str(saved), cwd=tmp_path)
+    assert r.code == 0, r.output
+    assert "Apply complete: 2 change(s) applied." in r.stdout

@@ -150,7 +150,8 @@ def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
         billing=parts.billing,
         products=parts.products,
         subscribers=parts.subscribers,
-        files=tuple(f.src.file for f in files if getattr(f.src, "is_file", True)),
+        files=tuple(f.src.file for f in files if isinstance(f.src, Source)),
+        data_files=tuple(f.src.file for f in files if isinstance(f.src, RowSource) and f.src.is_file),
         events=events,
     )
     return LoadedPlan(desired, _sorted(diags, paths), secrets, sources)

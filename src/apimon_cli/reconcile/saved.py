@@ -25,6 +25,7 @@ def saved_plan(run: PlanRun, *, adopt: bool) -> dict:
         # paths as given (relative ones to the working directory), so a saved plan made in one checkout
         # applies in another, e.g. a CI job that downloads it as an artifact
         "files": [{"path": f, "sha256": _sha256(f)} for f in run.loaded.desired.files],
+        "data_files": [{"path": f, "sha256": _sha256(f)} for f in run.loaded.desired.data_files],
         "provider": run.loaded.desired.target.provider,
         "adopt": adopt,
         "live_fingerprint": run.fingerprint,
@@ -39,13 +40,14 @@ def plan_from_saved(saved_path: str, *, strict: bool = False) -> PlanRun:
         if not isinstance(doc, dict) or doc.get("apimon_saved_plan") != SAVED_PLAN_VERSION:
             raise ValueError("not an apimon saved plan (format 1)")
         files = [(f["path"], f["sha256"]) for f in doc["files"]]
+        data_files = [(f["path"], f["sha256"]) for f in doc.get("data_files", [])]  # subscribers_from CSV
         adopt = bool(doc.get("adopt"))
         fingerprint = doc["live_fingerprint"]
     except FileNotFoundError:
         raise ProviderError(f"{saved_path}: no such saved plan") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ProviderError(f"{saved_path}: cannot read saved plan: {exc}") from None
-    for path, digest in files:
+    for path, digest in files + data_files:
         if not Path(path).exists():
             raise ProviderError(f"saved plan is stale: plan file {path} no longer exists; run `apimon plan` again")
         if _sha256(path) != digest:

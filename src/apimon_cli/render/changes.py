@@ -209,7 +209,7 @@ def apply_progress(out: Output, total: int, *, full: bool = False) -> Iterator[C
     ``SUMMARY_FIRST`` outcomes of each kind and action, then how many more were applied (every failure is
     shown); ``full`` shows every outcome."""
     lines = Lines(out, interval=0.1)
-    show = _outcome_filter(lines, summarise=not full and total > SUMMARY_THRESHOLD)
+    show = _OutcomeFilter(lines, summarise=not full and total > SUMMARY_THRESHOLD)
     if not (out.err.is_terminal and total > 1):
         try:
             yield show
@@ -234,7 +234,7 @@ def apply_progress(out: Output, total: int, *, full: bool = False) -> Iterator[C
             lines.flush()
 
 
-class _outcome_filter:
+class _OutcomeFilter:
     def __init__(self, lines: Lines, *, summarise: bool):
         from collections import Counter
 
