@@ -70,3 +70,18 @@ def test_piped_plan_is_plain_text(tmp_path):
     assert '+ metadata.note = "[bold red]loud[/bold red]"' in r.stdout  # markup shown as written, not applied
     assert "  + subscriber acme will be created\n" in r.stdout
     assert r.stdout.endswith("Plan: 2 to add, 0 to change, 0 to destroy.\n")
+
+
+def test_apply_progress_lines_are_written_within_the_interval_without_a_further_line(capsys):
+    import time
+
+    lines = Lines(Output(Masker()), interval=0.05)
+    lines.add("  + subscriber acme: created (key generated)", "green")
+    deadline = time.monotonic() + 10
+    seen = ""
+    while time.monotonic() < deadline and not seen:
+        time.sleep(0.02)
+        seen = capsys.readouterr().out
+    assert seen == "  + subscriber acme: created (key generated)\n"  # while the apply waits for the next change
+    lines.flush()
+    assert capsys.readouterr().out == ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
-import time
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -39,25 +39,37 @@ class Lines:
     When stdout is not a terminal the text is written as is (masked), byte-identical to what rich prints
     there (no styles, no wrapping with ``soft_wrap``); the rare line rich would change is printed through
     rich. On a terminal the lines of a batch become one ``rich.text.Text`` printed at once. A batch ends
-    at ``size`` lines or, with ``interval`` set, when that many seconds have passed (apply progress)."""
+    at ``size`` lines or, with ``interval`` set (apply progress), at most that many seconds after its first
+    line: a timer writes it even while the apply waits for a slow change."""
 
     def __init__(self, out: Output, *, size: int = 2000, interval: float | None = None):
         self.out = out
         self.plain = not out.out.is_terminal  # asked once, not per line (isatty)
         self.size = size
         self.interval = interval
-        self._last = time.monotonic()
         self._batch: list[tuple[str, str | None]] = []
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
 
     def add(self, text: str, style: str | None = None) -> None:
-        self._batch.append((text, style))
-        if len(self._batch) >= self.size or (
-                self.interval is not None and time.monotonic() - self._last >= self.interval):
-            self.flush()
+        with self._lock:
+            self._batch.append((text, style))
+            if len(self._batch) >= self.size:
+                self._write()
+            elif self.interval is not None and self._timer is None:
+                self._timer = threading.Timer(self.interval, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
 
     def flush(self) -> None:
+        with self._lock:
+            self._write()
+
+    def _write(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         batch, self._batch = self._batch, []
-        self._last = time.monotonic()
         if not batch:
             return
         mask = self.out.mask
