@@ -144,6 +144,7 @@ class DesiredState:
     # fields whose value comes from the environment (${env:...}): (section, id, field), e.g. ("subscribers",
     # "acme", "metadata.customer_id"). Secrets: the diff shows them as "(sensitive)", before and after.
     secret_fields: frozenset[tuple[str, str, str]] = frozenset()
+    data_files: tuple[str, ...] = ()  # CSV files of subscribers_from (saved plans check them too)
 
 
 @dataclass(frozen=True)

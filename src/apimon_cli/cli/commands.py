@@ -56,6 +56,9 @@ def validate(plans: PlanArgs, strict: Strict = False, json_out: JsonOpt = False)
 PlanFormat = Annotated[Optional[Literal["text", "json", "markdown"]], typer.Option(
     "--format", help="text (default), json (the same as --json) or markdown (a pull-request comment: the summary "
                      "line, then each resource in a <details> block; key values never).", show_default=False)]
+Full = Annotated[bool, typer.Option("--full", help="Show every change of a large plan (more than 1,000 "
+                                                   "changes are summarised: per-product counts, the first 20 "
+                                                   "of each kind).")]
 
 
 def plan(
@@ -77,6 +80,7 @@ def plan(
     ] = False,
     strict: Strict = False,
     fmt: PlanFormat = None,
+    full: Full = False,
 ) -> None:
     """Show what apply would change on the gateway."""
     from ..reconcile.engine import make_plan
@@ -103,7 +107,7 @@ def plan(
             sys.stdout.flush()
             render_conflicts(out, run.changes)
         else:
-            render_plan(out, run.changes, json_out=json_out)
+            render_plan(out, run.changes, json_out=json_out, full=full)
         due = rotations_due(run)
         if not json_out and fmt != "markdown":
             print_rotations_due(out, run, due)
@@ -155,6 +159,7 @@ def apply(
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan and the outcome as JSON.")] = False,
     force_policy: ForcePolicy = False,
     strict: Strict = False,
+    full: Full = False,
 ) -> None:
     """Converge the gateway to the plan, touching only what apimon owns."""
     _set_force_policy(force_policy)
@@ -173,7 +178,8 @@ def apply(
         _interrupted(out, None, None, json_out=json_out)
     out.mask.add(*run.loaded.secrets)
     try:
-        _apply_run(out, run, auto_approve=auto_approve or bool(plan_file), max_deletes=max_deletes, json_out=json_out)
+        _apply_run(out, run, auto_approve=auto_approve or bool(plan_file), max_deletes=max_deletes, json_out=json_out,
+                   full=full)
     finally:
         run.provider.close()
 
@@ -185,7 +191,7 @@ def _set_force_policy(force: bool) -> None:
 
 
 def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_out: bool,
-               command: str = "apply") -> None:
+               command: str = "apply", full: bool = False) -> None:
     from ..render.changes import render_apply_json, render_conflicts, render_plan
 
     cs = run.changes
@@ -196,7 +202,7 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
     elif json_out:  # the JSON comes once apply is done
         render_conflicts(out, cs)
     else:
-        render_plan(out, cs, json_out=False)
+        render_plan(out, cs, json_out=False, full=full)
     if cs.conflicts:
         fail(out, "nothing was applied: resolve the conflicts above" + (" (or use --adopt)" if command == "apply"
                                                                          else ""))
@@ -228,7 +234,7 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
     try:
         if not auto_approve:
             _confirm(out, deletes, command)
-        report = _apply_with_progress(out, run, show=not json_out, outcomes=outcomes)
+        report = _apply_with_progress(out, run, show=not json_out, outcomes=outcomes, full=full)
     except KeyboardInterrupt:
         _interrupted(out, run, outcomes, json_out=json_out)
     if json_out:
@@ -290,14 +296,14 @@ def _confirm(out, deletes: int, command: str = "apply") -> None:
         fail(out, f"{command.capitalize()} cancelled; nothing was changed.")
 
 
-def _apply_with_progress(out, run, *, show: bool, outcomes: list):
+def _apply_with_progress(out, run, *, show: bool, outcomes: list, full: bool = False):
     """Apply; every outcome is also collected in ``outcomes``, so an interrupt can still report them."""
     from ..reconcile.engine import apply_plan
     from ..render.changes import apply_progress
 
     if not show:
         return apply_plan(run, progress=outcomes.append)
-    with apply_progress(out, len(run.changes.changes)) as progress:
+    with apply_progress(out, len(run.changes.changes), full=full) as progress:
         def both(outcome) -> None:
             outcomes.append(outcome)
             progress(outcome)

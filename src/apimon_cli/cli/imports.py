@@ -13,7 +13,7 @@ from .common import JsonOpt, fail, make_output, write_private
 
 
 def _run_import(provider: str, out_file: str | None, managed_only: bool, given: dict[str, Any],
-                json_out: bool = False) -> None:
+                json_out: bool = False, subscribers_csv: str | None = None) -> None:
     """``given``: the provider options as parsed, by parameter name (``endpoint_url``)."""
     from ..model import Billing, DesiredState, Target
     from ..planfile.writer import plan_document
@@ -47,7 +47,21 @@ def _run_import(provider: str, out_file: str | None, managed_only: bool, given: 
         "# Run `apimon adopt` on this file to let apimon manage what it does not manage yet.\n"
         + "".join(f"# not imported: {line}\n" for line in skipped)
     )
-    text = plan_document(exported["target"], products, subscribers, billing=exported.get("billing"), header=header)
+    csv_ref = None
+    if subscribers_csv:
+        from ..planfile.sources import write_csv
+
+        # the plan names the CSV relative to itself (where the loader looks for it)
+        plan_dir = os.path.dirname(os.path.abspath(out_file)) if out_file else os.getcwd()
+        csv_ref = os.path.relpath(os.path.abspath(subscribers_csv), plan_dir)
+        try:
+            with open(subscribers_csv, "w", encoding="utf-8", newline="") as fh:
+                write_csv(sorted(subscribers, key=lambda s: s.id), fh)
+        except OSError as exc:
+            fail(out, f"error: cannot write {subscribers_csv}: {exc.strerror or exc}")
+        out.info(f"Wrote {len(subscribers)} subscribers to {subscribers_csv}.")
+    text = plan_document(exported["target"], products, subscribers, billing=exported.get("billing"), header=header,
+                         subscribers_csv=csv_ref)
     for line in skipped:
         out.warning(f"warning: not imported: {line}")
     if out_file:
@@ -116,6 +130,10 @@ def _import_command():
             Literal[tuple(names())], typer.Option("--provider", help="The gateway to read.")]),
         inspect.Parameter("out_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Optional[str], typer.Option("--out", help="Write the plan here (default: stdout).")]),
+        inspect.Parameter("subscribers_csv", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[str], typer.Option("--subscribers-csv", metavar="FILE",
+                                        help="Write subscribers to this CSV file (the plan lists it in "
+                                             "subscribers_from) instead of YAML: for large gateways.")]),
         *_provider_options(),
         inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOpt),
         inspect.Parameter("managed_only", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
@@ -129,7 +147,7 @@ def _import_command():
         Resources apimon does not manage yet are included: `apimon plan` on the file shows no changes, and
         `apimon adopt` on it lets apimon manage them."""
         _run_import(kwargs.pop("provider"), kwargs.pop("out_file"), kwargs.pop("managed_only"), kwargs,
-                    json_out=kwargs.pop("json_out"))
+                    json_out=kwargs.pop("json_out"), subscribers_csv=kwargs.pop("subscribers_csv"))
 
     import_.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     import_.__annotations__ = {p.name: p.annotation for p in params}

@@ -24,6 +24,7 @@ Durability and concurrency choices:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import time
@@ -40,7 +41,7 @@ from apimon_cli.ledger import audit, stream
 from apimon_cli.model import METRICS, UsageRow
 
 #: the schema this code writes; older ledgers are migrated in place on open
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _USAGE_V2 = """
 CREATE TABLE usage (
@@ -80,6 +81,20 @@ CREATE TABLE push_sync (
     pending_at    TEXT,
     pending_destination TEXT,
     PRIMARY KEY (vendor, sink, provider, target, day, subscriber, product, metric)
+) WITHOUT ROWID
+"""
+
+# Schema 6: the digest of each window's last answer, so a repeated pull of an unchanged window writes nothing.
+_PULL_WINDOWS_V6 = """
+CREATE TABLE IF NOT EXISTS pull_windows (
+    provider  TEXT    NOT NULL,
+    target    TEXT    NOT NULL,
+    start     TEXT    NOT NULL,  -- ISO dates, inclusive
+    "end"     TEXT    NOT NULL,
+    digest    TEXT    NOT NULL,  -- BLAKE2b of the answer's rows, in the order the gateway sent them
+    rows      INTEGER NOT NULL,  -- rows in that answer
+    pulled_at TEXT    NOT NULL,  -- the last pull that confirmed the window (ISO 8601 UTC)
+    PRIMARY KEY (provider, target, start, "end")
 ) WITHOUT ROWID
 """
 
@@ -188,10 +203,16 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     conn.execute(_PUSH_SYNC_V3)
 
 
+def _migrate_5_to_6(conn: sqlite3.Connection) -> None:
+    # Adds the window digests (repeated pulls); usage rows are unchanged.
+    conn.execute(_PULL_WINDOWS_V6)
+
+
 # Schema 4: stream_offsets and stream_event_ids, for `apimon events consume` (ledger/stream.py).
 # Schema 5: key_audit, for `apimon keys` (ledger/audit.py).
+# Schema 6: pull_windows, the digest of each window's last answer (repeated pulls).
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _migrate_1_to_2, _migrate_2_to_3, stream.migrate_to_stream, audit.migrate_to_audit]
+    _migrate_1_to_2, _migrate_2_to_3, stream.migrate_to_stream, audit.migrate_to_audit, _migrate_5_to_6]
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
@@ -201,6 +222,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     conn.execute(_PUSH_SYNC_V3)
     stream.migrate_to_stream(conn)
     audit.migrate_to_audit(conn)
+    conn.execute(_PULL_WINDOWS_V6)
     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
@@ -335,6 +357,13 @@ class Ledger:
         written. Then, in one ``BEGIN IMMEDIATE`` transaction: stored rows of the window are upserted with
         the reported counts, stored rows the answer no longer contains are removed, rows outside the
         window are untouched; a row reported twice raises ValueError and nothing is committed.
+
+        A repeated pull of an unchanged window writes no usage row: the answer's digest (BLAKE2b of its
+        rows in the order received, computed while staging) equals the one recorded for exactly this
+        window by the pull that last wrote it, so every row is reported unchanged and only the window's
+        confirmation time is updated (rows keep the ``pulled_at`` of the pull that wrote them). Any pull
+        that writes drops the digests of the windows it overlaps, so a digest never vouches for rows
+        another pull changed since.
         """
         start = _as_date(start, "start")
         end = _as_date(end, "end")
@@ -360,8 +389,18 @@ class Ledger:
         conn = self._conn
         try:
             try:
-                self._stage(rows, start, end)
+                window["digest"], window["rows"] = self._stage(rows, start, end)
                 conn.execute("BEGIN IMMEDIATE")
+                if conn.execute(
+                    'SELECT 1 FROM pull_windows WHERE provider = :p AND target = :t AND start = :s AND "end" = :e'
+                    " AND digest = :digest AND rows = :rows", window,
+                ).fetchone() is not None:
+                    report.unchanged = window["rows"]  # the same answer as the pull that wrote the window
+                    conn.execute(
+                        'UPDATE pull_windows SET pulled_at = :at WHERE provider = :p AND target = :t'
+                        ' AND start = :s AND "end" = :e', window)
+                    conn.execute("COMMIT")
+                    return report
                 occupied = conn.execute(
                     "SELECT 1 FROM usage WHERE day BETWEEN :s AND :e AND provider = :p AND target = :t LIMIT 1",
                     window,
@@ -370,6 +409,13 @@ class Ledger:
                     self._insert_fresh(report, window)
                 else:
                     self._merge(report, window)
+                # the windows this pull overlaps may hold other rows now: their digests no longer vouch
+                conn.execute(
+                    'DELETE FROM pull_windows WHERE provider = :p AND target = :t AND start <= :e AND "end" >= :s',
+                    window)
+                conn.execute(
+                    'INSERT INTO pull_windows (provider, target, start, "end", digest, rows, pulled_at)'
+                    " VALUES (:p, :t, :s, :e, :digest, :rows, :at)", window)
                 conn.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
                 raise _integrity_error(exc) from None
@@ -383,7 +429,8 @@ class Ledger:
             self._clear_staging()
         return report
 
-    def _stage(self, rows: Iterable[UsageRow], start: date, end: date) -> None:
+    def _stage(self, rows: Iterable[UsageRow], start: date, end: date) -> tuple[str, int]:
+        """Stage ``rows``; returns the answer's digest and its number of rows."""
         # TEMP tables live in the connection's own temp file (temp_store=FILE: constant memory at any
         # size), so filling them takes no lock on the ledger. ``staged`` is a heap: cheapest to fill.
         # The tables are created once per connection and emptied, never dropped: DROP fails while the
@@ -402,12 +449,16 @@ class Ledger:
         conn.execute("BEGIN")
         tail: list[tuple] = []
         one = "(?, ?, ?, ?, ?)"
+        digest = hashlib.blake2b(digest_size=20)
         conn.executemany(
             f"INSERT INTO temp.staged VALUES {', '.join([one] * _BATCH)}",
-            _stage_params(_validated_chunks(rows, start, end), tail),
+            _stage_params(_validated_chunks(rows, start, end), tail, digest),
         )
         conn.executemany(f"INSERT INTO temp.staged VALUES {one}", tail)
+        digest.update(repr(tail).encode())
+        n = conn.execute("SELECT count(*) FROM temp.staged").fetchone()[0]
         conn.execute("COMMIT")
+        return digest.hexdigest(), n
 
     def _clear_staging(self) -> None:
         for table in ("temp.staged", "temp.incoming"):
@@ -699,13 +750,15 @@ def _validated_chunks(rows: Iterable[UsageRow], start: date, end: date) -> Itera
         yield chunk
 
 
-def _stage_params(chunks: Iterable[list[UsageRow]], tail: list[tuple]) -> Iterator[list]:
+def _stage_params(chunks: Iterable[list[UsageRow]], tail: list[tuple], digest) -> Iterator[list]:
     """Flat parameter lists of ``_BATCH`` rows each for a multi-row INSERT (half the cost per row of one
-    statement per row); the rows left over (fewer than ``_BATCH``) go to ``tail``."""
+    statement per row); the rows left over (fewer than ``_BATCH``) go to ``tail``. ``digest`` is fed the
+    rows in order (the repr of each flat list: C-level, unambiguous for str and int)."""
     step = _BATCH * 5
     for chunk in chunks:
         whole = len(chunk) - len(chunk) % _BATCH
         flat = list(chain.from_iterable(map(_ROW_PARAMS, chunk[:whole])))
+        digest.update(repr(flat).encode())
         for i in range(0, len(flat), step):
             yield flat[i : i + step]
         tail.extend(map(_ROW_PARAMS, chunk[whole:]))

@@ -12,6 +12,7 @@ import gc
 import os
 import re
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from ..model import (
 from . import schema as S
 from .checks import PlanParts, check_plan
 from .diagnostics import Diagnostic, PlanError, closest, dotted, suggest
+from .sources import RowSource, postgres_label, read_csv, read_postgresql, resolve_csv
 from .yamlsrc import Source, YamlProblem, parse_yaml
 
 MAX_PLAN_BYTES = 16 * 1024 * 1024
@@ -59,10 +61,11 @@ class LoadedPlan:
 class _FilePlan:
     """One file's parts after structure checks; ``None`` marks an entry whose problems are already reported."""
 
-    src: Source
+    src: Source | RowSource
     head: S.PlanHead | None
     products: dict[str, S.ProductSpec | None]
     subscribers: dict[str, S.SubscriberSpec | None]
+    rows: Iterator[tuple[str, Subscriber | None]] | None = None  # a subscribers_from source, read in _merge
 
 
 def load_plans(paths: list[str], *, strict: bool = False, env: dict[str, str] | None = None) -> LoadedPlan:
@@ -116,7 +119,14 @@ def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
         sources.append(src)
         secrets |= src.secrets
         env_diags.update(file_diags)
-        files.append(_validate_file(src, diags))
+        plan = _validate_file(src, diags)
+        files.append(plan)
+        if plan.head is not None:
+            for i, spec in enumerate(plan.head.subscribers_from):
+                source = _data_source(src, i, spec, diags)
+                if source is not None:
+                    secrets |= source.src.secrets
+                    files.append(source)
     parts = _merge(files, diags, env, complete)
     diags.extend(check_plan(parts, env, strict=strict))
     if env_diags:  # a value whose ${env:...} failed is reported once; its other problems are only noise
@@ -141,7 +151,8 @@ def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
         billing=parts.billing,
         products=parts.products,
         subscribers=parts.subscribers,
-        files=tuple(f.src.file for f in files),
+        files=tuple(f.src.file for f in files if isinstance(f.src, Source)),
+        data_files=tuple(f.src.file for f in files if isinstance(f.src, RowSource) and f.src.is_file),
         events=events,
         secret_fields=frozenset(
             (path[0], path[1], _field_name(path[2:]))
@@ -294,6 +305,33 @@ def _byte_position(raw: bytes, offset: int) -> tuple[int, int]:
     line = raw.count(b"\n", 0, offset) + 1
     start = raw.rfind(b"\n", 0, offset) + 1
     return line, len(raw[start:offset].decode("utf-8", "replace")) + 1
+
+
+# ---------------------------------------------------------------- subscribers_from: CSV and PostgreSQL
+
+
+def _data_source(src: Source, i: int, spec: S.SubscriberSourceSpec, diags: list[Diagnostic]) -> _FilePlan | None:
+    loc = ("subscribers_from", i)
+
+    def error(message: str, *at) -> None:
+        line, col = src.where(loc + at)
+        diags.append(Diagnostic(src.file, line, col, "error", dotted(loc + at), message))
+
+    if (spec.csv is None) == (spec.postgresql is None):
+        error("give one of csv: FILE or postgresql: URL (with query:)")
+        return None
+    if spec.csv is not None:
+        if spec.query is not None:
+            error("query goes with postgresql, not csv", "query")
+            return None
+        path, shown = resolve_csv(src.file, spec.csv)
+        rows_src, rows = read_csv(path, shown, diags)
+    else:
+        if not spec.query:
+            error("postgresql needs query: a SELECT returning id, product, email, enabled, metadata.<key>...")
+            return None
+        rows_src, rows = read_postgresql(spec.postgresql, spec.query, postgres_label(spec.postgresql), diags)
+    return _FilePlan(rows_src, None, {}, {}, rows)
 
 
 # ---------------------------------------------------------------- structure and types
@@ -506,6 +544,14 @@ def _merge(files: list[_FilePlan], diags: list[Diagnostic], env: dict[str, str],
             if spec is not None:
                 parts.products[pid] = _product(pid, spec)
                 parts.product_specs[pid] = spec
+        for sid, sub in f.rows or ():
+            if ("subscribers", sid) in parts.owner:
+                _dup(diags, "subscribers", sid, parts.owner[("subscribers", sid)], src)
+                continue
+            parts.owner[("subscribers", sid)] = src
+            if sub is not None:
+                parts.subscribers[sid] = sub
+                parts.subscriber_specs[sid] = _DATA_SPEC
         for sid, spec in f.subscribers.items():
             if ("subscribers", sid) in parts.owner:
                 _dup(diags, "subscribers", sid, parts.owner[("subscribers", sid)], src)
@@ -563,6 +609,7 @@ def _merge(files: list[_FilePlan], diags: list[Diagnostic], env: dict[str, str],
 
 
 _METADATA_PREFIX = "metadata."
+_DATA_SPEC = S.SubscriberSpec(product="-")  # what the checks ask of a data source's row: it names no key
 
 
 def _push_sinks(src: Source, spec: S.PushSpec | None, env: dict[str, str]) -> tuple[PushSink, ...]:

@@ -340,6 +340,34 @@ class SubscriberSpec(_Strict):
     metadata: dict[str, MetaValue] = Field(default_factory=dict)
 
 
+class SubscriberSourceSpec(_Strict):
+    """One entry of ``subscribers_from``: a CSV file or a PostgreSQL query whose rows are subscribers.
+
+    Columns (the CSV header, or the query's result columns): ``id`` (required), ``product`` (required),
+    ``email`` (empty: none), ``enabled`` (true/false; empty: true), ``metadata.<key>`` (one column per
+    metadata key; empty: no such key). Errors are located ``file.csv:ROW:COLUMN`` (the header is row 1)."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True,
+        json_schema_extra={"x-apimon-columns": {
+            "id": "subscriber id (required): 1-63 characters of a-z, 0-9 and '-'",
+            "product": "product id (required)",
+            "email": "contact email (optional; empty: none)",
+            "enabled": "true or false (optional; empty: true)",
+            "metadata.<key>": "one column per metadata key (optional; empty: the subscriber has no such key)",
+        }},
+    )
+
+    csv: Text | None = Field(None, description=(
+        "A CSV file, relative to the plan file; UTF-8, header row: id, product, email, enabled, "
+        "metadata.<key>... (id and product required)."))
+    postgresql: Text | None = Field(None, description=(
+        'A PostgreSQL connection URL, e.g. "${env:CRM_DATABASE_URL}"; needs `query`.'))
+    query: Text | None = Field(None, description=(
+        "With postgresql: a SELECT whose result columns are id, product, email, enabled, metadata.<key>... "
+        "(read with a server-side cursor)."))
+
+
 def _target_spec() -> type[BaseModel]:
     """``target``: ``provider`` plus one optional settings block per provider of the registry, each the
     provider's own model (``providers/<name>/settings.py``)."""
@@ -438,6 +466,7 @@ class PlanHead(_Strict):
     events: EventsSpec = None  # type: ignore[assignment]
     products: dict[str, Any] = Field(default_factory=dict)
     subscribers: dict[str, Any] = Field(default_factory=dict)
+    subscribers_from: list[SubscriberSourceSpec] = Field(default_factory=list)
 
 
 class PlanFile(_Strict):
@@ -451,6 +480,10 @@ class PlanFile(_Strict):
     events: EventsSpec = Field(None, description="CloudEvents to Kafka and a webhook.")  # type: ignore[assignment]
     products: dict[str, ProductSpec] = Field(default_factory=dict)
     subscribers: dict[str, SubscriberSpec] = Field(default_factory=dict)
+    subscribers_from: list[SubscriberSourceSpec] = Field(
+        default_factory=list,
+        description=("Subscribers kept as data: CSV files and PostgreSQL queries, merged with `subscribers` "
+                     "(an id defined twice is an error naming both places)."))
 
 
 def json_schema() -> dict:

@@ -79,14 +79,19 @@ def subscriber_to_plan(s: Subscriber, *, key_env: str | None = None) -> dict:
 
 
 def plan_document(
-    target: dict, products: list[Product], subscribers: list[Subscriber], billing: dict | None = None, header: str = ""
+    target: dict, products: list[Product], subscribers: list[Subscriber], billing: dict | None = None, header: str = "",
+    subscribers_csv: str | None = None,
 ) -> str:
-    """A complete plan file as YAML text."""
+    """A complete plan file as YAML text (subscribers listed in ``subscribers_from`` when they were written
+    to ``subscribers_csv``)."""
     doc: dict = {"apimon": 1, "target": target}
     if billing:
         doc["billing"] = billing
     doc["products"] = {p.id: product_to_plan(p) for p in sorted(products, key=lambda p: p.id)}
-    doc["subscribers"] = {s.id: subscriber_to_plan(s) for s in sorted(subscribers, key=lambda s: s.id)}
+    if subscribers_csv is not None:
+        doc["subscribers_from"] = [{"csv": subscribers_csv}]
+    else:
+        doc["subscribers"] = {s.id: subscriber_to_plan(s) for s in sorted(subscribers, key=lambda s: s.id)}
     text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=False)
     # `apimon schema > apimon-plan.schema.json` beside the file gives editors completion for it
     schema_line = "# yaml-language-server: $schema=./apimon-plan.schema.json\n"

@@ -69,8 +69,13 @@ class Provider(ABC):
 
     # ---- what the gateway can hold (reconcile.diff.Rules)
     def stores(self, kind: str, field: str) -> bool:
-        """Whether the gateway keeps this field; fields it does not are never compared."""
-        return self.spec.capabilities.stores(kind, field)
+        """Whether the gateway keeps this field; fields it does not are never compared. Asked once per
+        field of every resource the diff compares: answered from a per-instance memo after the first time."""
+        memo = self.__dict__.setdefault("_stores_memo", {})
+        known = memo.get((kind, field))
+        if known is None:
+            known = memo[(kind, field)] = self.spec.capabilities.stores(kind, field)
+        return known
 
     def replacement(self, kind: str, fields: Iterable[str]) -> Replacement | None:
         """The replacement a change to these fields needs (the gateway cannot make it in place), if any."""

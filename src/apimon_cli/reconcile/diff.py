@@ -157,6 +157,8 @@ def _field_changes(k: Kind, rules: Rules, have: Any, want: Any, secret: set[str]
         return k.fields(rules.canonical(k.name, resource) if canonical else resource)
 
     before, after = flat(have, True), flat(want, True)
+    if before == after:  # the common case of a converged plan: every field equal, so none differs by meaning
+        return []
     shown_before, shown_after = flat(have, False), flat(want, False)
     out = []
     for name in sorted(set(before) | set(after)):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from dataclasses import replace as _with
+from functools import cached_property
 
 from ..model import DesiredState, LiveState
 from ..planfile.loader import LoadedPlan, load_or_raise
@@ -55,7 +56,12 @@ class PlanRun:
     provider: Provider
     live: LiveState
     changes: ChangeSet
-    fingerprint: str
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of what the plan read (saved plans compare it): computed when asked, since serialising
+        a large live state is a good part of a converged plan's time (1M subscribers)."""
+        return live_fingerprint(self.live)
 
 
 # ---------------------------------------------------------------- plan
@@ -73,7 +79,7 @@ def make_plan(paths: list[str], *, strict: bool = False, adopt: bool = False) ->
     except BaseException:
         provider.close()
         raise
-    return PlanRun(loaded, provider, live, changes, live_fingerprint(live))
+    return PlanRun(loaded, provider, live, changes)
 
 
 def plan_changes(provider: Provider, desired: DesiredState, live: LiveState, *, adopt: bool = False,

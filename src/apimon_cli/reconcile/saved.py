@@ -59,6 +59,10 @@ def saved_plan(run: PlanRun, *, adopt: bool, saved_path: str = "saved-plan.json"
         "files": [{"path": rel, "sha256": _sha256(f)}
                   for f, rel in zip(run.loaded.desired.files, plan_file_paths(run.loaded.desired.files, saved_path),
                                     strict=True)],
+        # subscribers_from CSV files: checked the same way
+        "data_files": [{"path": rel, "sha256": _sha256(f)}
+                       for f, rel in zip(run.loaded.desired.data_files,
+                                         plan_file_paths(run.loaded.desired.data_files, saved_path), strict=True)],
         "provider": run.loaded.desired.target.provider,
         "adopt": adopt,
         "live_fingerprint": run.fingerprint,
@@ -102,17 +106,17 @@ def _read_saved(saved_path: str) -> dict:
     return doc
 
 
-def _saved_files(doc: dict, saved_path: str) -> list[tuple[str, str]]:
-    """(path to load, sha256) per plan file, each resolved against the saved plan's directory and kept
-    inside it."""
-    files = doc.get("files")
-    if not isinstance(files, list) or not files:
-        raise SavedPlanError(f"{saved_path}: not an apimon saved plan (`files` must list the plan files)")
+def _saved_files(doc: dict, saved_path: str, key: str = "files") -> list[tuple[str, str]]:
+    """(path to load, sha256) per plan file (``data_files``: subscribers_from CSV files), each resolved
+    against the saved plan's directory and kept inside it."""
+    files = doc.get(key, [] if key == "data_files" else None)
+    if not isinstance(files, list) or (not files and key == "files"):
+        raise SavedPlanError(f"{saved_path}: not an apimon saved plan (`{key}` must list the plan files)")
     base = _base(saved_path)
     out = []
     for i, f in enumerate(files):
         if not (isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)):
-            raise SavedPlanError(f"{saved_path}: not an apimon saved plan (files[{i}] needs a path and a sha256)")
+            raise SavedPlanError(f"{saved_path}: not an apimon saved plan ({key}[{i}] needs a path and a sha256)")
         rel = f["path"]
         parts = rel.replace("\\", "/").split("/")
         why = None
@@ -138,11 +142,12 @@ def plan_from_saved(saved_path: str, *, strict: bool = False) -> PlanRun:
     """Re-plan from a saved plan; refuse (changing nothing) if the files or the live state moved."""
     doc = _read_saved(saved_path)
     files = _saved_files(doc, saved_path)
+    data_files = _saved_files(doc, saved_path, "data_files")
     adopt = bool(doc.get("adopt"))
     fingerprint = doc.get("live_fingerprint")
     if not isinstance(fingerprint, str):
         raise SavedPlanError(f"{saved_path}: not an apimon saved plan (no live_fingerprint)")
-    for path, digest in files:
+    for path, digest in files + data_files:
         if not os.path.isfile(path):
             raise SavedPlanError(f"saved plan is stale: plan file {path} (from {saved_path}) no longer exists; run "
                                  "`apimon plan --out` again")
