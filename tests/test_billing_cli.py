@@ -129,6 +129,38 @@ def test_invoice_with_no_usage_applies_minimum(plan):
     assert ("fee", "199.00") in acme and ("minimum", "51.00") in acme
 
 
+def test_removed_subscriber_usage_is_invoiced(plan, tmp_path):
+    pull(plan)
+    # globex churned in November and was taken out of the plan: its usage is still billed, priced by starter
+    write_plan(plan, PLAN.replace("  globex: {product: starter, metadata: {customer_id: cus_456}}\n", ""))
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "csv")
+    assert r.code == 0, r.output
+    rows = [(x["invoice_id"], x["line_type"], x["amount"]) for x in csv.DictReader(io.StringIO(r.stdout))]
+    assert [x for x in rows if x[0] == "2026-11-globex"] == [
+        ("2026-11-globex", "fee", "29.00"), ("2026-11-globex", "setup_fee", "10.00"),
+        ("2026-11-globex", "usage", "5.00")]
+    assert "no longer in the plan" in r.stderr and "globex (starter)" in r.stderr
+
+    # its product is gone too: nothing prices the usage -> listed as unpriced, exit 1 unless allowed
+    no_starter = PLAN.replace("  globex: {product: starter, metadata: {customer_id: cus_456}}\n", "")
+    no_starter = no_starter.replace(
+        '  starter:\n    display_name: Starter\n    pricing: {model: per_unit, fee: "29.00", included: 10000, '
+        'unit_price: "0.001", setup_fee: "10.00"}\n', "")
+    assert "starter" not in no_starter.split("subscribers:")[0]
+    write_plan(plan, no_starter)
+    out = tmp_path / "inv.csv"
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "csv", "--out", str(out))
+    assert r.code == 1 and not out.exists() and r.stdout == ""
+    assert "unpriced usage: subscriber globex" in r.stderr and "15,000 billable units" in r.stderr
+    assert "--allow-unpriced" in r.stderr
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "csv", "--allow-unpriced")
+    assert r.code == 0, r.output
+    assert "unpriced usage" in r.stderr
+    globex = [(x["line_type"], x["quantity"], x["amount"]) for x in csv.DictReader(io.StringIO(r.stdout))
+              if x["subscriber"] == "globex"]
+    assert globex == [("unpriced", "15000", "0.00")]
+
+
 def test_compare_shows_revenue_impact(plan, tmp_path):
     pull(plan)
     other = write_plan(tmp_path / "new-pricing.yaml", PLAN.replace('unit_price: "0.0008"', 'unit_price: "0.0009"'))

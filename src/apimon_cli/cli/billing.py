@@ -277,7 +277,33 @@ def invoices_for(desired, window, book, provider: str, target: str):
     earlier = book.seen_before(window.start, provider, target)
     first = {sid: window.start for (sid, _pid), n in usage.items() if n > 0 and sid not in earlier}
     first.update(dict.fromkeys(earlier, window.start - timedelta(days=1)))
-    return build_invoices(desired, usage, window, first)
+    gone = {sid for (sid, _pid), n in usage.items() if n > 0 and sid not in desired.subscribers}
+    recorded = book.latest_products(window.start, window.end, gone, provider, target) if gone else {}
+    return build_invoices(desired, usage, window, first, recorded)
+
+
+def check_unpriced(out, invoices, window, allow: bool, flag: str = "--allow-unpriced") -> None:
+    """Say which removed subscribers are invoiced; warn about unpriced usage, and fail on it unless allowed."""
+    removed = [inv for inv in invoices if not inv.in_plan]
+    priced = [inv for inv in removed if not inv.unpriced]
+    if priced:
+        names = ", ".join(f"{inv.subscriber} ({inv.product})" for inv in priced[:20])
+        more = f" and {len(priced) - 20} more" if len(priced) > 20 else ""
+        out.warning(f"note: {len(priced)} subscriber(s) no longer in the plan have billable usage in "
+                    f"{window.label} and are invoiced by the product recorded with it: {names}{more}")
+    unpriced = [(inv, line) for inv in removed for line in inv.unpriced]
+    if not unpriced:
+        return
+    for inv, line in unpriced[:50]:
+        why = line.description.removeprefix("Unpriced usage: ")
+        out.warning(f"warning: unpriced usage: subscriber {inv.subscriber} (no longer in the plan): "
+                    f"{line.quantity:,} billable units in {window.label}; {why}")
+    if len(unpriced) > 50:
+        out.warning(f"warning: ... and {len(unpriced) - 50} more unpriced usage lines")
+    if not allow:
+        fail(out, f"error: {len(unpriced)} unpriced usage line(s) in {window.label}: no product of the plan prices "
+                  f"them; nothing was written. Put the product back in the plan (or the subscriber, on a product "
+                  f"of the plan), or pass {flag} to invoice without them (listed as unpriced, amount 0)")
 
 
 def invoice(
@@ -295,9 +321,18 @@ def invoice(
             "--compare", help="Another plan file: what the same usage would cost under its pricing."
         ),
     ] = None,
+    allow_unpriced: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unpriced",
+            help="Invoice even when a removed subscriber's usage is on a product no longer in the plan "
+            "(listed as unpriced usage, amount 0).",
+        ),
+    ] = False,
     ledger: LedgerOpt = None,
 ) -> None:
-    """Invoices for a period: the ledger's usage priced by the plan; one invoice per subscriber."""
+    """Invoices for a period: the ledger's usage priced by the plan; one invoice per subscriber, plus one per
+    subscriber removed from the plan that has billable usage in the period."""
     from ..billing.invoice import compare_invoices
 
     out = make_output()
@@ -322,6 +357,7 @@ def invoice(
                     f"{desired.billing.currency}; compare plans of one currency",
                 )
             other_invoices = invoices_for(other, window, book, provider, target)
+    check_unpriced(out, invoices, window, allow_unpriced)
     if compare:
         try:
             rows = compare_invoices(invoices, other_invoices)

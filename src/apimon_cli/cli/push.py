@@ -96,7 +96,10 @@ def _np_json(n) -> dict:
 @billing_app.command("push")
 def push(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: PeriodOpt = None,
          dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be sent; send nothing.")] = False,
-         json_out: JsonOpt = False, ledger: LedgerOpt = None) -> None:
+         json_out: JsonOpt = False, ledger: LedgerOpt = None,
+         allow_unpriced: Annotated[bool, typer.Option(
+             "--allow-unpriced", help="Exit 0 even when a subscriber removed from the plan has usage that cannot "
+                                      "be pushed (never pushed before: no customer known).")] = False) -> None:
     """Send the ledger's billable usage that a billing platform does not have yet; revised days as corrections."""
     from ..billing.push import PushAborted, plan_push, run_push
 
@@ -134,6 +137,13 @@ def push(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: Perio
     else:
         for kind, sink, r in results:
             (_render_plan if kind == "plan" else _render_report)(out, sink, r, start, end)
+    unbilled = [(sink, n) for _kind, sink, r in results for n in r.not_pushable if n.removed]
+    if unbilled and not allow_unpriced:
+        subs = sorted({n.row[3] for _s, n in unbilled})
+        out.error(f"error: {len(unbilled)} row(s) of subscribers no longer in the plan ({', '.join(subs[:20])}"
+                  f"{' ...' if len(subs) > 20 else ''}) cannot be pushed: never pushed before, so no customer is "
+                  "known; put them back in the plan with their billing metadata, or pass --allow-unpriced")
+        failed = True
     if failed:
         raise typer.Exit(1)
 

@@ -539,6 +539,27 @@ class Ledger:
         sql = f"SELECT subscriber, min(day) FROM usage WHERE {where} AND count > 0 GROUP BY subscriber"
         return {sub: date.fromisoformat(day) for sub, day in self._conn.execute(sql, params)}
 
+    def latest_products(
+        self,
+        start: date,
+        end: date,
+        subscribers: Iterable[str],
+        provider: str | None = None,
+        target: str | None = None,
+    ) -> dict[str, str]:
+        """subscriber -> the product of its latest usage (a count above zero) in days [start, end], for the
+        given subscribers (those no longer in the plan: their usage is priced by the product recorded with it)."""
+        wanted = set(subscribers)
+        if not wanted:
+            return {}
+        where, params = _filters(start, end, provider, target)
+        sql = f"SELECT subscriber, product, max(day) FROM usage WHERE {where} AND count > 0 GROUP BY subscriber, product"
+        best: dict[str, tuple[str, str]] = {}
+        for sub, prod, day in self._conn.execute(sql, params):
+            if sub in wanted and (sub not in best or (day, prod) > best[sub]):
+                best[sub] = (day, prod)
+        return {sub: prod for sub, (_day, prod) in best.items()}
+
     def seen_before(self, day: date, provider: str | None = None, target: str | None = None) -> set[str]:
         """Subscribers with usage recorded (a count above zero) on some day before ``day``. Scans only the
         days before it (the table is keyed by day first), unlike ``first_days``."""
