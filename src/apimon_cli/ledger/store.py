@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import NamedTuple, Self
 
 from apimon_cli.ledger import audit, stream
+from apimon_cli.ledger.tx import rollback_quietly as _rollback_quietly
 from apimon_cli.model import METRICS, UsageRow
 
 #: the schema this code writes; older ledgers are migrated in place on open
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _USAGE_V2 = """
 CREATE TABLE usage (
@@ -80,6 +81,22 @@ CREATE TABLE push_sync (
     pending_at    TEXT,
     pending_destination TEXT,
     PRIMARY KEY (vendor, sink, provider, target, day, subscriber, product, metric)
+) WITHOUT ROWID
+"""
+
+# Schema 6: when each subscriber was first seen using each product (the setup fee's "first recorded usage").
+# Persisted, so it survives revised or removed rows and carries what the gateway's history knew before the
+# ledger's first pulled window (``usage pull``; see ``Ledger.record_first_seen``). Never moves later.
+_FIRST_SEEN_V6 = """
+CREATE TABLE first_seen (
+    provider    TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    subscriber  TEXT NOT NULL,
+    product     TEXT NOT NULL,
+    first_day   TEXT NOT NULL,  -- earliest UTC day with usage (a count above zero), ISO date
+    source      TEXT NOT NULL,  -- 'ledger' (a stored row) | 'gateway' (the gateway's own history)
+    recorded_at TEXT,           -- ISO 8601 UTC; NULL for rows backfilled by the migration
+    PRIMARY KEY (provider, target, subscriber, product)
 ) WITHOUT ROWID
 """
 
@@ -188,10 +205,25 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     conn.execute(_PUSH_SYNC_V3)
 
 
+def _migrate_5_to_6(conn: sqlite3.Connection) -> None:
+    # Adds first_seen, backfilled from every stored row (pulled and stream-fed alike); usage, push_sync, the
+    # stream tables and key_audit are unchanged.
+    conn.execute(_FIRST_SEEN_V6.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
+    conn.execute(
+        "INSERT INTO first_seen (provider, target, subscriber, product, first_day, source, recorded_at)"
+        " SELECT provider, target, subscriber, product, min(day), 'ledger', NULL FROM usage WHERE count > 0"
+        " GROUP BY provider, target, subscriber, product"
+        " ON CONFLICT (provider, target, subscriber, product) DO UPDATE SET first_day = excluded.first_day"
+        " WHERE excluded.first_day < first_day"
+    )
+
+
 # Schema 4: stream_offsets and stream_event_ids, for `apimon events consume` (ledger/stream.py).
 # Schema 5: key_audit, for `apimon keys` (ledger/audit.py).
+# Schema 6: first_seen.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _migrate_1_to_2, _migrate_2_to_3, stream.migrate_to_stream, audit.migrate_to_audit]
+    _migrate_1_to_2, _migrate_2_to_3, stream.migrate_to_stream, audit.migrate_to_audit, _migrate_5_to_6
+]
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
@@ -201,6 +233,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     conn.execute(_PUSH_SYNC_V3)
     stream.migrate_to_stream(conn)
     audit.migrate_to_audit(conn)
+    conn.execute(_FIRST_SEEN_V6)
     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
@@ -298,8 +331,7 @@ class Ledger:
                 conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback_quietly(conn)
             raise
 
     def close(self) -> None:
@@ -326,6 +358,7 @@ class Ledger:
         pulled_at: datetime | str | None = None,
         *,
         detail_limit: int = _DETAIL_LIMIT,
+        history: Iterable[tuple[str, str, date | str]] = (),
     ) -> PullReport:
         """Make the gateway's answer ``rows`` the truth for days [start, end] of provider+target.
 
@@ -370,14 +403,16 @@ class Ledger:
                     self._insert_fresh(report, window)
                 else:
                     self._merge(report, window)
+                self._note_first_seen(window)
+                if history:
+                    self._upsert_first_seen(provider, target, history, "gateway", pulled_at)
                 conn.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
                 raise _integrity_error(exc) from None
             except sqlite3.OperationalError as exc:
                 raise _operational_error(exc, self.path) from None
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback_quietly(conn)
             raise
         finally:
             self._clear_staging()
@@ -415,6 +450,82 @@ class Ledger:
                 self._conn.execute(f"DELETE FROM {table}")
             except sqlite3.OperationalError:
                 pass  # not created yet (or the connection is unusable, which the caller already reports)
+
+    def _note_first_seen(self, window: dict) -> None:
+        # the pulled rows' earliest day per subscriber and product, in the pull's transaction; only ever earlier
+        self._conn.execute(
+            "INSERT INTO first_seen (provider, target, subscriber, product, first_day, source, recorded_at)"
+            " SELECT :p, :t, subscriber, product, min(day), 'ledger', :at FROM temp.staged WHERE count > 0"
+            " GROUP BY subscriber, product"
+            " ON CONFLICT (provider, target, subscriber, product) DO UPDATE SET first_day = excluded.first_day,"
+            " source = excluded.source, recorded_at = excluded.recorded_at WHERE excluded.first_day < first_day",
+            window,
+        )
+
+    def record_first_seen(
+        self,
+        provider: str,
+        target: str,
+        seen: Iterable[tuple[str, str, date | str]],
+        source: str = "gateway",
+    ) -> int:
+        """Record (subscriber, product, first day) the gateway's history knows (usage older than any pulled
+        window), in one transaction; a stored date only ever moves earlier. Returns the entries that did."""
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            changed = self._upsert_first_seen(provider, target, seen, source, at)
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            _rollback_quietly(conn)
+            raise _operational_error(exc, self.path) from None
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
+        return changed
+
+    def _upsert_first_seen(self, provider: str, target: str, seen: Iterable, source: str, at: str) -> int:
+        params = [
+            (provider, target, sub, prod, _as_date(day, "day").isoformat(), source, at) for sub, prod, day in seen
+        ]
+        before = self._conn.total_changes
+        self._conn.executemany(
+            "INSERT INTO first_seen (provider, target, subscriber, product, first_day, source, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (provider, target, subscriber, product) DO UPDATE SET"
+            " first_day = excluded.first_day, source = excluded.source, recorded_at = excluded.recorded_at"
+            " WHERE excluded.first_day < first_day OR (excluded.first_day = first_day AND source <> excluded.source)",
+            params,
+        )
+        return self._conn.total_changes - before
+
+    def has_history(self, provider: str, target: str) -> bool:
+        """Whether a pull recorded the gateway's own usage history (``usage_history``) for provider+target."""
+        return self._conn.execute(
+            "SELECT 1 FROM first_seen WHERE provider = ? AND target = ? AND source = 'gateway' LIMIT 1",
+            (provider, target),
+        ).fetchone() is not None
+
+    def first_seen(
+        self, provider: str | None = None, target: str | None = None
+    ) -> dict[tuple[str, str], tuple[date, str]]:
+        """(subscriber, product) -> (first day with usage, source), from the persisted record and every
+        stored row (stream-fed rows included), whichever is earlier."""
+        where, params = _filters(None, None, provider, target)
+        out: dict[tuple[str, str], tuple[date, str]] = {}
+        for sub, prod, day, source in self._conn.execute(
+            f"SELECT subscriber, product, min(first_day), source FROM first_seen WHERE {where}"
+            " GROUP BY subscriber, product", params
+        ):
+            out[(sub, prod)] = (date.fromisoformat(day), source)
+        for sub, prod, day in self._conn.execute(
+            f"SELECT subscriber, product, min(day) FROM usage WHERE {where} AND count > 0 GROUP BY subscriber, product",
+            params,
+        ):
+            d = date.fromisoformat(day)
+            if (sub, prod) not in out or d < out[(sub, prod)][0]:
+                out[(sub, prod)] = (d, "ledger")
+        return out
 
     def _insert_fresh(self, report: PullReport, window: dict) -> None:
         # Fast path: nothing stored in the window, so every row is new; one INSERT ... SELECT (the
@@ -534,10 +645,38 @@ class Ledger:
         return {(sub, prod): n for sub, prod, n in self._conn.execute(sql, {**params, "metric": metric})}
 
     def first_days(self, provider: str | None = None, target: str | None = None) -> dict[str, date]:
-        """subscriber -> earliest day with usage recorded (a count above zero, any metric or product)."""
+        """subscriber -> earliest day with usage recorded (a count above zero, any metric or product), from the
+        stored rows and the persisted first-seen record."""
+        out: dict[str, date] = {}
+        for (sub, _prod), (day, _source) in self.first_seen(provider, target).items():
+            if sub not in out or day < out[sub]:
+                out[sub] = day
+        return out
+
+    def has_usage(
+        self,
+        start: date | None,
+        end: date | None,
+        provider: str | None = None,
+        target: str | None = None,
+        *,
+        first_seen: bool = False,
+    ) -> bool:
+        """Whether any row with a count above zero is stored for days [start, end] (``None``: open); with
+        ``first_seen``, also whether the first-seen record knows of usage in that range."""
+        where, params = _filters(start, end, provider, target)
+        if self._conn.execute(f"SELECT 1 FROM usage WHERE {where} AND count > 0 LIMIT 1", params).fetchone():
+            return True
+        if not first_seen:
+            return False
         where, params = _filters(None, None, provider, target)
-        sql = f"SELECT subscriber, min(day) FROM usage WHERE {where} AND count > 0 GROUP BY subscriber"
-        return {sub: date.fromisoformat(day) for sub, day in self._conn.execute(sql, params)}
+        if start is not None:
+            where += " AND first_day >= :start"
+            params["start"] = _as_date(start, "start").isoformat()
+        if end is not None:
+            where += " AND first_day <= :end"
+            params["end"] = _as_date(end, "end").isoformat()
+        return self._conn.execute(f"SELECT 1 FROM first_seen WHERE {where} LIMIT 1", params).fetchone() is not None
 
     def latest_products(
         self,
@@ -565,7 +704,14 @@ class Ledger:
         days before it (the table is keyed by day first), unlike ``first_days``."""
         where, params = _filters(None, _as_date(day, "day") - timedelta(days=1), provider, target)
         sql = f"SELECT DISTINCT subscriber FROM usage WHERE {where} AND count > 0"
-        return {sub for (sub,) in self._conn.execute(sql, params)}
+        seen = {sub for (sub,) in self._conn.execute(sql, params)}
+        # and what the persisted first-seen record knows (usage from before the ledger's rows, e.g. the
+        # gateway's history, or rows a later pull removed)
+        where, params = _filters(None, None, provider, target)
+        params["before"] = _as_date(day, "day").isoformat()
+        sql = f"SELECT DISTINCT subscriber FROM first_seen WHERE {where} AND first_day < :before"
+        seen.update(sub for (sub,) in self._conn.execute(sql, params))
+        return seen
 
     def iter_rows(
         self,

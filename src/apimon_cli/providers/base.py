@@ -147,6 +147,13 @@ class Provider(ABC):
     def pull_usage(self, start: date, end: date) -> Iterable[UsageRow]:
         raise ProviderError(f"usage pull is not supported for provider {self.name} yet")
 
+    def usage_history(self) -> Iterable[tuple[str, str, str]]:
+        """(subscriber, product, ISO day) of each subscriber's first usage of each product as far back as the
+        gateway keeps usage: `usage pull` persists it as the ledger's first-seen record (the setup fee's "first
+        recorded usage"), so a new ledger does not make every customer look new. Empty where the gateway keeps
+        no history beyond what a pull returns."""
+        return ()
+
     # ---- import: the live gateway as plan-file data
     def export_plan(self, *, include_unmanaged: bool = True) -> dict:
         """The live gateway as plan data: {"target": {...}, "products": [Product], "subscribers":

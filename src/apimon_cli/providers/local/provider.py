@@ -239,6 +239,13 @@ class LocalProvider(LocalKeys, Provider):
         for subscriber, product, day, metric, count in rows:
             yield UsageRow(subscriber, product, day, metric, count)
 
+    def usage_history(self) -> Iterable[tuple[str, str, str]]:
+        """The state keeps every day the gateway metered: each (subscriber, product)'s first day with calls."""
+        if not self.exists:
+            return []
+        return self.conn.execute(
+            "SELECT subscriber, product, min(day) FROM usage WHERE count > 0 GROUP BY subscriber, product").fetchall()
+
     def export_plan(self, *, include_unmanaged: bool = True) -> dict:
         live = self.read_live_state()
         products = list(live.products.values())
