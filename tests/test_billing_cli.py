@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from datetime import date
+from decimal import Decimal
 import io
 import json
 import sqlite3
@@ -267,3 +268,29 @@ def test_a_failed_pull_leaves_no_new_ledger_and_an_existing_one_unchanged(plan, 
     r = pull(plan)
     assert r.code == 1 and "unusable usage" in r.stderr and "the ledger was not changed" in r.stderr
     assert ledger.exists() and dump() == before
+
+
+def test_readme_maximum_example_caps_the_fee(tmp_path):
+    """The README's published `maximum` example, run as written: fee 100, maximum 60 invoices 60.00."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- example: maximum -->", 1)[1]
+    pricing = re.search(r"```yaml\n(pricing: .*)\n```", block)[1]
+    table = re.findall(r"^\| (\w+) \| ([^|]+) \| (-?[\d.]+) \|$", block, re.M)[:3]
+    plan = write_plan(tmp_path / "plan.yaml", f"""
+        apimon: 1
+        target: {{provider: local, local: {{state_dir: state}}}}
+        products:
+          capped: {{display_name: Capped, {pricing}}}
+        subscribers:
+          acme: {{product: capped}}
+        """)
+    assert run_cli("apply", str(plan), "--auto-approve").code == 0
+    seed(tmp_path, [("acme", "capped", "2026-10-02", "success", 1), ("acme", "capped", "2026-11-02", "success", 500)])
+    assert pull(plan).code == 0
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "csv")
+    assert r.code == 0, r.output
+    lines = [(x["line_type"], x["description"], x["amount"]) for x in csv.DictReader(io.StringIO(r.stdout))]
+    assert lines == [(t, d.strip(), a) for t, d, a in table]
+    assert sum(Decimal(a) for _t, _d, a in lines) == Decimal("60.00")
