@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import csv
-from datetime import date
-from decimal import Decimal
 import io
 import json
 import sqlite3
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -221,7 +220,8 @@ def test_metric_total_bills_every_call_except_blocked_ones(tmp_path):
 def test_setup_fee_does_not_repeat_on_a_fresh_ledger(plan, tmp_path):
     # globex has used the gateway since October; this run starts a new ledger and pulls November only
     seed(tmp_path, [("globex", "starter", "2026-10-12", "success", 300),
-                    ("globex", "starter", "2026-11-03", "success", 15_000), ("acme", "pro", "2026-11-02", "success", 9)])
+                    ("globex", "starter", "2026-11-03", "success", 15_000),
+                    ("acme", "pro", "2026-11-02", "success", 9)])
     ledger = tmp_path / "fresh" / "ledger.db"
     r = run_cli("usage", "pull", str(plan), "--from", "2026-11-01", "--to", "2026-11-30", "--ledger", str(ledger))
     assert r.code == 0, r.output

@@ -10,9 +10,10 @@ Rules this module settles (where Stripe's and Lago's published semantics leave t
   products still in the plan, ``recorded_product`` (the product of its latest usage) picks the one that
   prices the invoice, the others are priced as for a product change below. When none of its products is in
   the plan any more, the invoice lists that usage as ``unpriced`` lines (amount 0): the caller warns and
-  refuses unless told to allow it (``invoice --allow-unpriced``). A disabled subscriber (``enabled: false``) is invoiced exactly like an
-  enabled one: ``enabled`` only switches its key off at the gateway, and usage it made before that, the
-  recurring fee (charged in full, no proration in format 1) and any minimum are still due.
+  refuses unless told to allow it (``invoice --allow-unpriced``). A disabled subscriber (``enabled: false``)
+  is invoiced exactly like an enabled one: ``enabled`` only switches its key off at the gateway, and usage
+  it made before that, the recurring fee (charged in full, no proration in format 1) and any minimum are
+  still due.
 - **Product changes within a window.** The invoice is for the subscriber's current product: its fee,
   setup fee, minimum and maximum apply. Usage the ledger recorded under another product id for the same
   subscriber in the window is priced under *that* product's pricing when the product is still in the plan,
@@ -38,26 +39,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation
-from typing import Literal
 
 from apimon_cli.model import DesiredState
 
-from .currency import quantize
+from .currency import quantize, quantum
+from .lines import InvoiceLine, LineType
 from .periods import BillingWindow
+from .pricing import apply_bounds, base_lines, compile_pricing
 
-LineType = Literal["fee", "setup_fee", "usage", "minimum", "maximum", "unpriced"]
+__all__ = ["ComparisonRow", "Invoice", "InvoiceLine", "LineType", "build_invoices", "compare_invoices"]
 
 _EXACT = Context(prec=100, rounding=ROUND_HALF_UP, traps=[Inexact, InvalidOperation])
-
-
-@dataclass(frozen=True, slots=True)
-class InvoiceLine:
-    line_type: LineType
-    description: str
-    quantity: int | None  # units the unit_price applies to (packages for the package model)
-    unit_price: Decimal | None
-    amount: Decimal  # rounded to the currency's minor unit; negative for a maximum discount
-    currency: str
 
 
 @dataclass(slots=True)
@@ -108,9 +100,6 @@ def build_invoices(
     subscriber to the earliest day of usage recorded for it; ``recorded_product`` maps a subscriber that is
     not in the plan to the product of its latest usage (see the module docstring for the rules).
     """
-    from .currency import quantum
-    from .pricing import compile_pricing  # pricing imports InvoiceLine from here: import late
-
     currency = desired.billing.currency
     q = quantum(currency)  # ValueError for an unknown currency
     products = desired.products
@@ -162,8 +151,6 @@ def _invoice_all(
     currency: str,
     q: Decimal,
 ) -> list[Invoice]:
-    from .pricing import apply_bounds, base_lines
-
     subscribers = desired.subscribers
     start, end, label = window.start, window.end, window.label
     invoices: list[Invoice] = []

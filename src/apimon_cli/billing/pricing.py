@@ -42,7 +42,7 @@ from decimal import (
 from typing import NamedTuple
 
 from apimon_cli.billing.currency import quantum
-from apimon_cli.billing.invoice import InvoiceLine
+from apimon_cli.billing.lines import InvoiceLine
 from apimon_cli.model import Pricing
 
 # Exact arithmetic: anything that would need rounding raises instead of silently losing a digit.

@@ -692,7 +692,10 @@ class Ledger:
         if not wanted:
             return {}
         where, params = _filters(start, end, provider, target)
-        sql = f"SELECT subscriber, product, max(day) FROM usage WHERE {where} AND count > 0 GROUP BY subscriber, product"
+        sql = (
+            f"SELECT subscriber, product, max(day) FROM usage WHERE {where} AND count > 0"
+            " GROUP BY subscriber, product"
+        )
         best: dict[str, tuple[str, str]] = {}
         for sub, prod, day in self._conn.execute(sql, params):
             if sub in wanted and (sub not in best or (day, prod) > best[sub]):
