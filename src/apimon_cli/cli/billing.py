@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import date
 from typing import Annotated, Optional
 
@@ -262,8 +262,8 @@ def usage_export(
     start = parse_day(out, from_, "--from") if from_ else None
     end = parse_day(out, to, "--to") if to else None
     path = ledger_path(ledger, [plan] if plan else None)
-    with open_ledger(out, path, must_exist=True) as book, _writer(out, out_file) as fh:
-        rows = book.iter_rows(start, end)
+    with open_ledger(out, path, must_exist=True) as book, _writer(out, out_file) as fh, \
+            closing(book.iter_rows(start, end)) as rows:  # the rows end before the ledger closes, error or not
         if fmt == "csv":
             n = write_csv(usage_records(rows), USAGE_COLUMNS, fh, USAGE_NUMERIC_COLUMNS)
         else:

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import NamedTuple, Self
 
 from apimon_cli.ledger import audit, stream
-from apimon_cli.ledger.tx import rollback_quietly as _rollback_quietly
 from apimon_cli.model import METRICS, UsageRow
+from apimon_cli.sqlitetx import rollback_quietly as _rollback_quietly
 
 #: the schema this code writes; older ledgers are migrated in place on open
 SCHEMA_VERSION = 6
@@ -738,7 +738,10 @@ class Ledger:
             while batch := cur.fetchmany():
                 yield from map(make, batch)
         finally:
-            cur.close()
+            try:
+                cur.close()
+            except sqlite3.ProgrammingError:
+                pass  # the ledger was closed first (a reader that stopped early): nothing left to release
 
     def summary(
         self,

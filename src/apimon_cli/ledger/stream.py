@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
 
-from .tx import rollback_quietly
+from ..sqlitetx import rollback_quietly
 
 DEDUP_DAYS = 7
 STREAM_PROVIDER = "local"

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import NamedTuple
 
+from ..sqlitetx import rollback_quietly
 from .store import Ledger, LedgerError, _operational_error
-from .tx import rollback_quietly
 
 RowKey = tuple[str, str, str, str, str, str]  # provider, target, day, subscriber, product, metric
 

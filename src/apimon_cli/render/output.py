@@ -24,6 +24,12 @@ class Masker:
         return text
 
 
+def _raise_broken_pipe() -> None:
+    import errno
+
+    raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
 class Output:
     """stdout for results (tables, JSON), stderr for messages and diagnostics."""
 
@@ -34,6 +40,9 @@ class Output:
         self.json_mode = json_mode
         self.out = Console(highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        # a closed pipe (`| head`): raise, for the CLI's one quiet handling (cli/pipes.py), instead of rich's
+        # own SystemExit(1)
+        self.out.on_broken_pipe = self.err.on_broken_pipe = _raise_broken_pipe
 
     @property
     def interactive(self) -> bool:

@@ -22,6 +22,7 @@ from ...model import DesiredState, LiveState, Subscriber, Unmanaged, UsageRow
 from ...planfile.writer import product_from_plan, product_to_plan
 from ...reconcile.changes import Change
 from ...reconcile.fields import key_fingerprint
+from ...sqlitetx import rollback_quietly
 from ..base import Provider, ProviderError
 from .keys import REVOKED_PREFIX, LocalKeys
 from .state import OWNER, connect_state, state_dir_of
@@ -116,7 +117,7 @@ class LocalProvider(LocalKeys, Provider):
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                rollback_quietly(conn)
                 raise
         except sqlite3.DatabaseError as exc:
             raise ProviderError(f"local state: {exc}") from None
