@@ -63,3 +63,15 @@ def test_history_given_to_a_pull_is_committed_with_it(tmp_path):
                                                   ("acme", "basic"): (date(2026, 7, 1), "gateway")}
         assert book.has_usage(None, date(2026, 10, 31), "local", "gw", first_seen=True)
         assert not book.has_usage(None, date(2026, 10, 31), "local", "gw")
+
+
+def test_events_consume_records_first_seen_and_never_moves_it_later(tmp_path):
+    target = stream_target("t")
+    with Ledger.open(tmp_path / "l.db") as book:
+        book.ingest_stream("t", [(0, 0, "e1", "2026-11-20", "acme", "pro", "success")], {0: 1})
+        book.ingest_stream("t", [(0, 1, "e2", "2026-11-02", "acme", "pro", "success"),
+                                 (0, 2, "e3", "2026-11-25", "beta", "pro", "success")], {0: 3})
+        book.ingest_stream("t", [(0, 3, "e4", "2026-11-28", "acme", "pro", "success")], {0: 4})
+        stored = book._conn.execute("SELECT subscriber, first_day FROM first_seen WHERE target = ?"
+                                    " ORDER BY subscriber", (target,)).fetchall()
+        assert stored == [("acme", "2026-11-02"), ("beta", "2026-11-25")]
