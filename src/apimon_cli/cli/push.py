@@ -90,7 +90,8 @@ def _op_json(op) -> dict:
 
 
 def _np_json(n) -> dict:
-    return {"subscriber": n.row[3], "product": n.row[4], "day": n.row[2], "count": n.count, "reason": n.reason}
+    return {"subscriber": n.row[3], "product": n.row[4], "day": n.row[2], "count": n.count, "reason": n.reason,
+            "removed": n.removed}
 
 
 @billing_app.command("push")
