@@ -73,10 +73,14 @@ def usage_pull(
     with _new_ledger_removed_on_failure(path), open_ledger(out, path) as book:
         try:
             with get_provider(loaded.desired) as provider:
+                # the gateway's own record of earlier usage, on a ledger that knows nothing of this target yet
+                # (read before the pull's write transaction: it may be network calls)
+                history = [] if book.knows(provider.name, provider.target_id) else list(
+                    provider.usage_history(start))
                 rows = _counting(out, provider.pull_usage(start, end))
                 every = {"detail_limit": EVERY_ROW} if loaded.desired.events is not None else {}
                 report = book.replace_window(provider.name, provider.target_id, start, end, rows,
-                                             history=provider.usage_history(), **every)
+                                             history=history, **every)
                 warnings = list(getattr(provider, "usage_warnings", []))
         except ProviderError as exc:
             fail(out, f"error: {exc}; the ledger was not changed")

@@ -499,6 +499,12 @@ class Ledger:
         )
         return self._conn.total_changes - before
 
+    def knows(self, provider: str, target: str) -> bool:
+        """Whether the first-seen record holds anything for provider+target (a pull recorded usage there)."""
+        return self._conn.execute(
+            "SELECT 1 FROM first_seen WHERE provider = ? AND target = ? LIMIT 1", (provider, target)
+        ).fetchone() is not None
+
     def has_history(self, provider: str, target: str) -> bool:
         """Whether a pull recorded the gateway's own usage history (``usage_history``) for provider+target."""
         return self._conn.execute(

@@ -147,11 +147,11 @@ class Provider(ABC):
     def pull_usage(self, start: date, end: date) -> Iterable[UsageRow]:
         raise ProviderError(f"usage pull is not supported for provider {self.name} yet")
 
-    def usage_history(self) -> Iterable[tuple[str, str, str]]:
-        """(subscriber, product, ISO day) of each subscriber's first usage of each product as far back as the
-        gateway keeps usage: `usage pull` persists it as the ledger's first-seen record (the setup fee's "first
-        recorded usage"), so a new ledger does not make every customer look new. Empty where the gateway keeps
-        no history beyond what a pull returns."""
+    def usage_history(self, before: date) -> Iterable[tuple[str, str, str]]:
+        """(subscriber, product, ISO day): each subscriber's earliest usage of each product that the gateway can
+        report from before the pulled window (``before`` is its first day). `usage pull` persists it as the
+        ledger's first-seen record (the setup fee's "first recorded usage"), so a new ledger does not make every
+        customer look new. Empty where the gateway cannot tell."""
         return ()
 
     # ---- import: the live gateway as plan-file data

@@ -240,7 +240,7 @@ class LocalProvider(LocalKeys, Provider):
         for subscriber, product, day, metric, count in rows:
             yield UsageRow(subscriber, product, day, metric, count)
 
-    def usage_history(self) -> Iterable[tuple[str, str, str]]:
+    def usage_history(self, before: date) -> Iterable[tuple[str, str, str]]:
         """The state keeps every day the gateway metered: each (subscriber, product)'s first day with calls."""
         if not self.exists:
             return []
