@@ -242,7 +242,7 @@ def test_setup_fee_on_a_ledger_that_knows_nothing_earlier_is_warned(plan, tmp_pa
         conn.execute("UPDATE first_seen SET source = 'ledger'")
     r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "csv")
     assert r.code == 0, r.output
-    assert "warning: 1 setup fee(s) charged in 2026-11 (globex)" in r.stderr and "new ledger" in r.stderr
+    assert "warning: 1 setup fee charged in 2026-11 (globex)" in r.stderr and "new ledger" in r.stderr
 
 
 def test_a_failed_pull_leaves_no_new_ledger_and_an_existing_one_unchanged(plan, tmp_path):

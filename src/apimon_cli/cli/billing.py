@@ -315,6 +315,10 @@ def invoices_for(desired, window, book, provider: str, target: str):
     return build_invoices(desired, usage, window, first, recorded)
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 USAGE_PRICED_MODELS = frozenset({"per_unit", "package", "graduated", "volume", "stairstep"})
 
 
@@ -348,7 +352,7 @@ def warn_fresh_ledger(out, invoices, window, book, provider: str, target: str) -
         None, window.start - timedelta(days=1), provider, target, first_seen=True
     ):
         return  # the gateway's history was recorded, or the ledger knows earlier usage: first usage is known
-    out.warning(f"warning: {len(charged)} setup fee(s) charged in {window.label} ({', '.join(charged[:10])}"
+    out.warning(f"warning: {_n(len(charged), 'setup fee')} charged in {window.label} ({', '.join(charged[:10])}"
                 f"{' ...' if len(charged) > 10 else ''}) while the ledger {book.path} holds no usage before "
                 f"{window.start}: if it is a new ledger, these customers may not be new. Keep the ledger between "
                 "runs (it records each customer's first usage), or pull the earlier periods first")
@@ -361,8 +365,10 @@ def check_unpriced(out, invoices, window, allow: bool, flag: str = "--allow-unpr
     if priced:
         names = ", ".join(f"{inv.subscriber} ({inv.product})" for inv in priced[:20])
         more = f" and {len(priced) - 20} more" if len(priced) > 20 else ""
-        out.warning(f"note: {len(priced)} subscriber(s) no longer in the plan have billable usage in "
-                    f"{window.label} and are invoiced by the product recorded with it: {names}{more}")
+        one = len(priced) == 1
+        out.warning(f"note: {_n(len(priced), 'subscriber')} no longer in the plan {'has' if one else 'have'} "
+                    f"billable usage in {window.label} and {'is' if one else 'are'} invoiced by the product "
+                    f"recorded with it: {names}{more}")
     unpriced = [(inv, line) for inv in removed for line in inv.unpriced]
     if not unpriced:
         return
@@ -373,7 +379,7 @@ def check_unpriced(out, invoices, window, allow: bool, flag: str = "--allow-unpr
     if len(unpriced) > 50:
         out.warning(f"warning: ... and {len(unpriced) - 50} more unpriced usage lines")
     if not allow:
-        fail(out, f"error: {len(unpriced)} unpriced usage line(s) in {window.label}: no product of the plan prices "
+        fail(out, f"error: {_n(len(unpriced), 'unpriced usage line')} in {window.label}: no product of the plan prices "
                   f"them; nothing was written. Put the product back in the plan (or the subscriber, on a product "
                   f"of the plan), or pass {flag} to invoice without them (listed as unpriced, amount 0)")
 

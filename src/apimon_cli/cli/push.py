@@ -141,7 +141,8 @@ def push(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: Perio
     unbilled = [(sink, n) for _kind, sink, r in results for n in r.not_pushable if n.removed]
     if unbilled and not allow_unpriced:
         subs = sorted({n.row[3] for _s, n in unbilled})
-        out.error(f"error: {len(unbilled)} row(s) of subscribers no longer in the plan ({', '.join(subs[:20])}"
+        rows = f"{len(unbilled):,} {'row' if len(unbilled) == 1 else 'rows'}"
+        out.error(f"error: {rows} of subscribers no longer in the plan ({', '.join(subs[:20])}"
                   f"{' ...' if len(subs) > 20 else ''}) cannot be pushed: never pushed before, so no customer is "
                   "known; put them back in the plan with their billing metadata, or pass --allow-unpriced")
         failed = True
