@@ -176,7 +176,8 @@ def test_usage_history_reports_usage_from_before_the_window(gateway):
     gateway.record_usage("acme", "pro", date(2026, 2, 20), 3)
     with get_provider(planned(path).loaded.desired) as provider:
         history = list(provider.usage_history(date(2026, 3, 1)))
-    if gateway.name in ("azure", "apigee"):  # their usage reports are asked per window: no history kept here
-        assert history == []
-    else:
-        assert history == [("acme", "pro", "2026-02-10")]
+    assert history == [("acme", "pro", "2026-02-10")]
+    with get_provider(planned(path).loaded.desired) as provider:
+        later = list(provider.usage_history(date(2026, 6, 1)))
+    # the local state keeps every day; the clouds are asked for the 90 days before the window only
+    assert later == ([("acme", "pro", "2026-02-10")] if gateway.name == "local" else [])

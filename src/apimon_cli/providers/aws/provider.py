@@ -217,32 +217,6 @@ class AwsProvider(AwsKeys, AwsReading, AwsWriting, Provider):
                     for metric in ("success", "total"):
                         yield UsageRow(sid, product, day.isoformat(), metric, count)
 
-    def usage_history(self, before: date) -> Iterable[tuple[str, str, str]]:
-        """GetUsage for the ``MAX_USAGE_DAYS`` (one request's span) before the pulled window: a subscriber
-        that used a plan then is not new, whatever the ledger holds (its first-seen record gets the earliest
-        such day; older usage than that is not asked for). One extra GetUsage per owned plan, and only on a
-        ledger that knows nothing of this target yet (``usage pull`` decides)."""
-        first, last = before - timedelta(days=MAX_USAGE_DAYS), before - timedelta(days=1)
-        plans = [p for p in self.api.items("GetUsagePlans") if owned(p)]
-        key_names = {k["id"]: k.get("name") or k["id"] for k in self.api.items("GetApiKeys") if owned(k)}
-        seen: dict[tuple[str, str], date] = {}
-        for plan in plans:
-            product = plan.get("name") or plan["id"]
-            for page in self.api.pages("GetUsage", usagePlanId=plan["id"], startDate=first.isoformat(),
-                                       endDate=last.isoformat()):
-                base = date.fromisoformat(page.get("startDate") or first.isoformat())
-                for key_id, days in (page.get("items") or {}).items():
-                    if key_id not in key_names:
-                        continue
-                    for i, pair in enumerate(days or []):
-                        day = base + timedelta(days=i)
-                        if pair and int(pair[0] or 0) > 0 and first <= day <= last:
-                            k = (key_names[key_id], product)
-                            if k not in seen or day < seen[k]:
-                                seen[k] = day
-                            break  # days are in order: the first with calls is the earliest
-        return [(sub, prod, day.isoformat()) for (sub, prod), day in sorted(seen.items())]
-
     def export_plan(self, *, include_unmanaged: bool = True) -> dict:
         """The live account as plan data: apimon-owned usage plans and keys (all of them with
         ``include_unmanaged``, for a first import before ``apimon adopt``). Key values are never read."""
