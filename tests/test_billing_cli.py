@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import sqlite3
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def plan(tmp_path):
         ("acme", "pro", "2026-11-02", "success", 1_200_000), ("acme", "pro", "2026-11-02", "blocked", 40),
         ("acme", "pro", "2026-11-02", "total", 1_200_040),
         ("globex", "starter", "2026-11-03", "success", 15_000), ("globex", "starter", "2026-11-03", "total", 15_000),
-        ("globex", "starter", "2026-10-31", "success", 7),  # outside the window pulled
+        ("globex", "starter", "2026-12-01", "success", 7),  # outside the window pulled
     ])
     return p
 
@@ -124,9 +125,46 @@ def test_invoice_with_no_usage_applies_minimum(plan):
     assert r.code == 1 and "no ledger at" in r.stderr and "usage pull" in r.stderr  # never a silent empty ledger
     pull(plan)  # November's usage; December has none
     r = run_cli("invoice", str(plan), "--period", "2026-12", "--format", "csv")
+    # no usage at all for the period while products are priced by usage: refused (a pull not run?)
+    assert r.code == 1 and r.stdout == "" and "has no usage at all for 2026-12" in r.stderr
+    assert "usage pull PLAN --from 2026-12-01 --to 2026-12-31" in r.stderr and "--allow-no-usage" in r.stderr
+    r = run_cli("invoice", str(plan), "--period", "2026-12", "--format", "csv", "--allow-no-usage")
+    assert r.code == 0 and "warning: the ledger" in r.stderr
     rows = list(csv.reader(io.StringIO(r.stdout)))
     acme = [(x[5], x[9]) for x in rows[1:] if x[3] == "acme"]
     assert ("fee", "199.00") in acme and ("minimum", "51.00") in acme
+
+
+def test_removed_subscriber_usage_is_invoiced(plan, tmp_path):
+    pull(plan)
+    # globex churned in November and was taken out of the plan: its usage is still billed, priced by starter
+    write_plan(plan, PLAN.replace("  globex: {product: starter, metadata: {customer_id: cus_456}}\n", ""))
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "csv")
+    assert r.code == 0, r.output
+    rows = [(x["invoice_id"], x["line_type"], x["amount"]) for x in csv.DictReader(io.StringIO(r.stdout))]
+    assert [x for x in rows if x[0] == "2026-11-globex"] == [
+        ("2026-11-globex", "fee", "29.00"), ("2026-11-globex", "setup_fee", "10.00"),
+        ("2026-11-globex", "usage", "5.00")]
+    assert "no longer in the plan" in r.stderr and "globex (starter)" in r.stderr
+
+    # its product is gone too: nothing prices the usage -> listed as unpriced, exit 1 unless allowed
+    no_starter = PLAN.replace("  globex: {product: starter, metadata: {customer_id: cus_456}}\n", "")
+    no_starter = no_starter.replace(
+        '  starter:\n    display_name: Starter\n    pricing: {model: per_unit, fee: "29.00", included: 10000, '
+        'unit_price: "0.001", setup_fee: "10.00"}\n', "")
+    assert "starter" not in no_starter.split("subscribers:")[0]
+    write_plan(plan, no_starter)
+    out = tmp_path / "inv.csv"
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "csv", "--out", str(out))
+    assert r.code == 1 and not out.exists() and r.stdout == ""
+    assert "unpriced usage: subscriber globex" in r.stderr and "15,000 billable units" in r.stderr
+    assert "--allow-unpriced" in r.stderr
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "csv", "--allow-unpriced")
+    assert r.code == 0, r.output
+    assert "unpriced usage" in r.stderr
+    globex = [(x["line_type"], x["quantity"], x["amount"]) for x in csv.DictReader(io.StringIO(r.stdout))
+              if x["subscriber"] == "globex"]
+    assert globex == [("unpriced", "15000", "0.00")]
 
 
 def test_compare_shows_revenue_impact(plan, tmp_path):
@@ -177,3 +215,82 @@ def test_metric_total_bills_every_call_except_blocked_ones(tmp_path):
              and row["subscriber"] == "globex"]
     # 16,500 seen - 500 blocked = 16,000; minus 10,000 included = 6,000 x 0.001
     assert [(u["quantity"], u["amount"]) for u in usage] == [("6000", "6.00")]
+
+
+def test_setup_fee_does_not_repeat_on_a_fresh_ledger(plan, tmp_path):
+    # globex has used the gateway since October; this run starts a new ledger and pulls November only
+    seed(tmp_path, [("globex", "starter", "2026-10-12", "success", 300),
+                    ("globex", "starter", "2026-11-03", "success", 15_000),
+                    ("acme", "pro", "2026-11-02", "success", 9)])
+    ledger = tmp_path / "fresh" / "ledger.db"
+    r = run_cli("usage", "pull", str(plan), "--from", "2026-11-01", "--to", "2026-11-30", "--ledger", str(ledger))
+    assert r.code == 0, r.output
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "csv", "--ledger", str(ledger))
+    assert r.code == 0, r.output
+    lines = {(x["subscriber"], x["line_type"]) for x in csv.DictReader(io.StringIO(r.stdout))}
+    # the gateway's history (carried by the pull into the ledger's first-seen record) says October
+    assert ("globex", "setup_fee") not in lines and ("globex", "usage") in lines
+    assert "setup fee" not in r.stderr
+    with sqlite3.connect(ledger) as conn:
+        assert conn.execute("SELECT first_day, source FROM first_seen WHERE subscriber = 'globex'").fetchall() == [
+            ("2026-10-12", "gateway")]
+
+
+def test_setup_fee_on_a_ledger_that_knows_nothing_earlier_is_warned(plan, tmp_path):
+    assert pull(plan).code == 0
+    with sqlite3.connect(tmp_path / ".apimon" / "ledger.db") as conn:  # as a gateway without usage history leaves it
+        conn.execute("UPDATE first_seen SET source = 'ledger'")
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "csv")
+    assert r.code == 0, r.output
+    assert "warning: 1 setup fee charged in 2026-11 (globex)" in r.stderr and "new ledger" in r.stderr
+
+
+def test_a_failed_pull_leaves_no_new_ledger_and_an_existing_one_unchanged(plan, tmp_path):
+    new = tmp_path / "new" / "dir" / "ledger.db"
+    broken = write_plan(tmp_path / "broken.yaml", PLAN.replace("state_dir: state", "state_dir: no-such-state"))
+    r = run_cli("usage", "pull", str(broken), "--from", "2026-11-01", "--to", "2026-11-30", "--ledger", str(new))
+    assert r.code == 1 and "the ledger was not changed" in r.stderr
+    assert not (tmp_path / "new").exists()  # no file, no -wal/-shm, no directory made for it
+    r = run_cli("usage", "pull", str(broken), "--from", "2026-11-01", "--to", "2026-11-30")
+    assert r.code == 1 and not (tmp_path / ".apimon").exists()
+    r = run_cli("invoice", str(plan), "--period", "2026-11")
+    assert r.code == 1 and "no ledger at" in r.stderr  # never fee-only invoices from an empty ledger
+
+    assert pull(plan).code == 0
+    ledger = tmp_path / ".apimon" / "ledger.db"
+
+    def dump():
+        with sqlite3.connect(ledger) as conn:
+            return list(conn.iterdump())
+
+    before = dump()
+    seed(tmp_path, [("acme", "pro", "2026-11-02", "bogus-metric", 1)])  # the gateway answers nonsense
+    r = pull(plan)
+    assert r.code == 1 and "unusable usage" in r.stderr and "the ledger was not changed" in r.stderr
+    assert ledger.exists() and dump() == before
+
+
+def test_readme_maximum_example_caps_the_fee(tmp_path):
+    """The README's published `maximum` example, run as written: fee 100, maximum 60 invoices 60.00."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- example: maximum -->", 1)[1]
+    pricing = re.search(r"```yaml\n(pricing: .*)\n```", block)[1]
+    table = re.findall(r"^\| (\w+) \| ([^|]+) \| (-?[\d.]+) \|$", block, re.M)[:3]
+    plan = write_plan(tmp_path / "plan.yaml", f"""
+        apimon: 1
+        target: {{provider: local, local: {{state_dir: state}}}}
+        products:
+          capped: {{display_name: Capped, {pricing}}}
+        subscribers:
+          acme: {{product: capped}}
+        """)
+    assert run_cli("apply", str(plan), "--auto-approve").code == 0
+    seed(tmp_path, [("acme", "capped", "2026-10-02", "success", 1), ("acme", "capped", "2026-11-02", "success", 500)])
+    assert pull(plan).code == 0
+    r = run_cli("invoice", str(plan), "--period", "2026-11", "--format", "csv")
+    assert r.code == 0, r.output
+    lines = [(x["line_type"], x["description"], x["amount"]) for x in csv.DictReader(io.StringIO(r.stdout))]
+    assert lines == [(t, d.strip(), a) for t, d, a in table]
+    assert sum(Decimal(a) for _t, _d, a in lines) == Decimal("60.00")

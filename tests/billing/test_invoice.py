@@ -44,8 +44,10 @@ def test_one_invoice_per_subscriber_sorted_with_ids_and_metadata():
     usage = {("acme", "pro"): 3_000_000, ("zeta", "starter"): 25_000, ("ghost", "starter"): 99}
     first = {"acme": date(2026, 1, 5), "beta": date(2026, 2, 1), "zeta": date(2026, 3, 1)}
     invoices = build_invoices(desired, usage, NOV, first)
-    assert [inv.invoice_id for inv in invoices] == ["2026-11-acme", "2026-11-beta", "2026-11-zeta"]
-    acme, beta, zeta = invoices
+    # ghost left the plan but has billable usage in November: invoiced too (issue 11)
+    assert [inv.invoice_id for inv in invoices] == ["2026-11-acme", "2026-11-beta", "2026-11-ghost", "2026-11-zeta"]
+    acme, beta, ghost, zeta = invoices
+    assert [inv.in_plan for inv in invoices] == [True, True, False, True]
     assert (acme.period_start, acme.period_end) == (date(2026, 11, 1), date(2026, 11, 30))
     assert (acme.subscriber, acme.product, acme.currency) == ("acme", "pro", "USD")
     assert acme.metadata == {"customer_id": "cus_123"} and beta.metadata == {}
@@ -57,6 +59,40 @@ def test_one_invoice_per_subscriber_sorted_with_ids_and_metadata():
     # 25,000 - 10,000 included = 15,000 x 0.001
     assert kinds(zeta) == [("fee", "29.00"), ("usage", "15.00")]
     assert zeta.total == D("44.00")
+
+
+def test_removed_subscriber_is_invoiced_by_the_product_recorded_with_its_usage():
+    # "gone" churned during November: its last partial period is billed, as if still on starter
+    desired = plan([Subscriber("acme", "pro")])
+    usage = {("acme", "pro"): 0, ("gone", "starter"): 25_000, ("idle", "starter"): 0}
+    invoices = build_invoices(desired, usage, NOV, {"acme": date(2026, 1, 1), "gone": date(2026, 2, 1)})
+    assert [inv.subscriber for inv in invoices] == ["acme", "gone"]  # no usage, no invoice for "idle"
+    gone = invoices[1]
+    assert (gone.invoice_id, gone.product, gone.in_plan, gone.metadata) == ("2026-11-gone", "starter", False, {})
+    assert kinds(gone) == [("fee", "29.00"), ("usage", "15.00")] and not gone.unpriced
+
+
+def test_removed_subscriber_on_several_products_uses_the_recorded_one():
+    desired = plan([Subscriber("acme", "pro")])
+    usage = {("gone", "starter"): 20_000, ("gone", "pro"): 1_000, ("gone", "legacy"): 500}
+    first = {"gone": date(2026, 1, 1)}
+    (_, inv) = build_invoices(desired, usage, NOV, first, {"gone": "starter"})
+    assert inv.product == "starter"
+    # starter: 20,500 (legacy joins it) - 10,000 included; pro's usage in its own line, pro's fee not charged
+    assert kinds(inv) == [("fee", "29.00"), ("usage", "10.50"), ("usage", "0.80")]
+    assert inv.lines[-1].description.startswith("pro: ")
+    (_, inv) = build_invoices(desired, usage, NOV, first)  # nothing recorded: the most used priced product
+    assert inv.product == "starter"
+
+
+def test_removed_subscriber_on_a_removed_product_is_unpriced():
+    desired = plan([Subscriber("acme", "pro")])
+    (_, inv) = build_invoices(desired, {("gone", "legacy"): 1_234, ("gone", "older"): 5}, NOV, {})
+    assert inv.product == "legacy" and not inv.in_plan
+    assert [(x.line_type, x.quantity, str(x.amount)) for x in inv.unpriced] == [
+        ("unpriced", 1_234, "0.00"), ("unpriced", 5, "0.00")]
+    assert inv.unpriced[0].description == "Unpriced usage: product legacy is not in the plan"
+    assert inv.total == D("0.00")
 
 
 @pytest.mark.parametrize(
@@ -162,8 +198,10 @@ def test_compare_invoices():
     subs = [Subscriber("acme", "p"), Subscriber("beta", "p")]
     usage = {("acme", "p"): 100_000, ("beta", "p"): 1_234}
     old = build_invoices(plan(subs, {"p": Pricing(model="per_unit", unit_price=D("0.001"))}), usage, NOV, {})
+    # beta invoiced on one side only (a removed subscriber with usage is invoiced too, so drop its usage)
     new = build_invoices(
-        plan(subs[:1], {"p": Pricing(model="per_unit", fee=D(5), unit_price=D("0.0008"))}), usage, NOV, {}
+        plan(subs[:1], {"p": Pricing(model="per_unit", fee=D(5), unit_price=D("0.0008"))}),
+        {("acme", "p"): 100_000}, NOV, {}
     )
     assert compare_invoices(old, new) == [
         ComparisonRow("acme", D("100.00"), D("85.00"), D("-15.00"), "USD"),

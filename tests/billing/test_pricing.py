@@ -338,11 +338,15 @@ def test_maximum_caps_usage(q, discount, expected_total):
     assert total(lines) == D(expected_total)
 
 
-def test_maximum_never_discounts_the_fee():
+def test_maximum_caps_the_fee_too():
+    # the README's contract: maximum caps fee + usage (issue 20.8: a fee above it used to be invoiced in full)
     p = Pricing(model="per_unit", fee=D(150), unit_price=D("0.01"), maximum=D(100))
     lines = lines_of(p, 1000)
-    assert summary(lines)[-1] == ("maximum", None, None, "-10.00")
-    assert total(lines) == D("150.00")
+    assert summary(lines)[-1] == ("maximum", None, None, "-60.00")
+    assert lines[-1].description == "Maximum charge 100 (fee and usage capped)"
+    assert total(lines) == D("100.00")
+    flat = Pricing(model="flat", fee=D(100), maximum=D(60))
+    assert total(lines_of(flat, 0)) == D("60.00")
 
 
 def test_maximum_with_setup_fee_in_first_period():

@@ -129,3 +129,17 @@ def test_kill_9_in_the_middle_then_rerun_vendor_totals_equal_the_ledger(tmp_path
                            "--ledger", str(ledger), "--json", allow=allow).stdout)["vendors"][0]
     assert third["sent"] == third["corrected"] == third["requests"] == 0
     assert date.fromisoformat(days[0])  # the window is a real one
+
+
+def test_removed_subscriber_never_pushed_fails_unless_allowed(world, fakes, allow):
+    plan, ledger, d0, d1, _ = world
+    window = ["--from", d0, "--to", d1, "--ledger", str(ledger), "--to", "lago"]
+    # s002 leaves the plan before its usage was ever pushed: nobody would be billed for it
+    write_plan(plan.parent, fakes, subscribers={"s000": "pro", "s001": "pro"})
+    r = run("billing", "push", str(plan), *window, allow=allow)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "lago: 8 sent" in r.stdout and "4 not pushable" in r.stdout
+    assert "no longer in the plan (s002)" in r.stderr and "--allow-unpriced" in r.stderr
+    r = run("billing", "push", str(plan), *window, "--allow-unpriced", allow=allow)
+    assert r.returncode == 0, r.stderr
+    assert "not pushable" in r.stderr  # still reported, never dropped

@@ -166,3 +166,18 @@ def test_usage_pull_reports_the_gateways_counts(gateway):
     counted = {(r.subscriber, r.product, r.day, r.metric): r.count for r in rows}
     assert counted[("acme", "pro", "2026-03-02", gateway.usage_metric)] == 42
     assert {r.subscriber for r in rows} == {"acme"} and {r.day for r in rows} == {"2026-03-02"}
+
+
+def test_usage_history_reports_usage_from_before_the_window(gateway):
+    """What `usage pull` records as first seen on a new ledger (issue 11.2): where the gateway can tell."""
+    path = write(gateway)
+    applied(path)
+    gateway.record_usage("acme", "pro", date(2026, 2, 10), 7)
+    gateway.record_usage("acme", "pro", date(2026, 2, 20), 3)
+    with get_provider(planned(path).loaded.desired) as provider:
+        history = list(provider.usage_history(date(2026, 3, 1)))
+    assert history == [("acme", "pro", "2026-02-10")]
+    with get_provider(planned(path).loaded.desired) as provider:
+        later = list(provider.usage_history(date(2026, 6, 1)))
+    # the local state keeps every day; the clouds are asked for the 90 days before the window only
+    assert later == ([("acme", "pro", "2026-02-10")] if gateway.name == "local" else [])

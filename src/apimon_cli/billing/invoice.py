@@ -3,10 +3,17 @@
 Rules this module settles (where Stripe's and Lago's published semantics leave them open):
 
 - **Who is invoiced.** Every subscriber in the plan, sorted by id, even with zero usage (the recurring fee,
-  the first tier's flat fee or a minimum commitment may still be due). Usage recorded for a subscriber that
-  is not in the plan is not invoiced. A disabled subscriber (``enabled: false``) is invoiced exactly like an
-  enabled one: ``enabled`` only switches its key off at the gateway, and usage it made before that, the
-  recurring fee (charged in full, no proration in format 1) and any minimum are still due.
+  the first tier's flat fee or a minimum commitment may still be due), and every subscriber no longer in the
+  plan that has billable usage in the window (a churned customer's last partial period; issue 11). A
+  removed subscriber is priced by the product recorded with its usage, as if it were still on it (fee in
+  full, no proration in format 1; its minimum and maximum apply): when the ledger holds usage under several
+  products still in the plan, ``recorded_product`` (the product of its latest usage) picks the one that
+  prices the invoice, the others are priced as for a product change below. When none of its products is in
+  the plan any more, the invoice lists that usage as ``unpriced`` lines (amount 0): the caller warns and
+  refuses unless told to allow it (``invoice --allow-unpriced``). A disabled subscriber (``enabled: false``)
+  is invoiced exactly like an enabled one: ``enabled`` only switches its key off at the gateway, and usage
+  it made before that, the recurring fee (charged in full, no proration in format 1) and any minimum are
+  still due.
 - **Product changes within a window.** The invoice is for the subscriber's current product: its fee,
   setup fee, minimum and maximum apply. Usage the ledger recorded under another product id for the same
   subscriber in the window is priced under *that* product's pricing when the product is still in the plan,
@@ -32,26 +39,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation
-from typing import Literal
 
 from apimon_cli.model import DesiredState
 
-from .currency import quantize
+from .currency import quantize, quantum
+from .lines import InvoiceLine, LineType
 from .periods import BillingWindow
+from .pricing import apply_bounds, base_lines, compile_pricing
 
-LineType = Literal["fee", "setup_fee", "usage", "minimum", "maximum"]
+__all__ = ["ComparisonRow", "Invoice", "InvoiceLine", "LineType", "build_invoices", "compare_invoices"]
 
 _EXACT = Context(prec=100, rounding=ROUND_HALF_UP, traps=[Inexact, InvalidOperation])
-
-
-@dataclass(frozen=True, slots=True)
-class InvoiceLine:
-    line_type: LineType
-    description: str
-    quantity: int | None  # units the unit_price applies to (packages for the package model)
-    unit_price: Decimal | None
-    amount: Decimal  # rounded to the currency's minor unit; negative for a maximum discount
-    currency: str
 
 
 @dataclass(slots=True)
@@ -64,6 +62,12 @@ class Invoice:
     currency: str
     lines: list[InvoiceLine]
     metadata: dict[str, str] = field(default_factory=dict)
+    in_plan: bool = True  # False: a subscriber removed from the plan, invoiced for its usage in the window
+
+    @property
+    def unpriced(self) -> list[InvoiceLine]:
+        """Usage no product of the plan prices (a removed subscriber on a removed product)."""
+        return [line for line in self.lines if line.line_type == "unpriced"]
 
     @property
     def total(self) -> Decimal:
@@ -88,15 +92,14 @@ def build_invoices(
     usage: Mapping[tuple[str, str], int],
     window: BillingWindow,
     first_invoiced: Mapping[str, date],
+    recorded_product: Mapping[str, str] | None = None,
 ) -> list[Invoice]:
-    """One invoice per subscriber of ``desired`` for ``window``.
+    """One invoice per subscriber of ``desired`` for ``window``, plus one per removed subscriber with usage.
 
     ``usage`` maps (subscriber, product) to the billable quantity in the window; ``first_invoiced`` maps a
-    subscriber to the earliest day of usage recorded for it (see the module docstring for the rules).
+    subscriber to the earliest day of usage recorded for it; ``recorded_product`` maps a subscriber that is
+    not in the plan to the product of its latest usage (see the module docstring for the rules).
     """
-    from .currency import quantum
-    from .pricing import compile_pricing  # pricing imports InvoiceLine from here: import late
-
     currency = desired.billing.currency
     q = quantum(currency)  # ValueError for an unknown currency
     products = desired.products
@@ -105,17 +108,33 @@ def build_invoices(
 
     # (subscriber -> [(other product, quantity)]) in one pass over the usage
     others: dict[str, list[tuple[str, int]]] = {}
+    removed: dict[str, dict[str, int]] = {}  # subscribers not in the plan -> {product: billable quantity}
     for (sid, pid), n in usage.items():
         sub = subscribers.get(sid)
-        if sub is not None and pid != sub.product and n:
+        if sub is None:
+            if n:
+                removed.setdefault(sid, {})[pid] = n
+        elif pid != sub.product and n:
             others.setdefault(sid, []).append((pid, n))
+    current_of: dict[str, str] = {}
+    for sid, by_product in removed.items():
+        priced = [pid for pid in by_product if pid in compiled]
+        recorded = (recorded_product or {}).get(sid)
+        if recorded in compiled and recorded in by_product:
+            pid = recorded
+        elif priced:
+            pid = max(priced, key=lambda p: (by_product[p], p))  # the most used product still in the plan
+        else:
+            pid = max(by_product, key=lambda p: (by_product[p], p))
+        current_of[sid] = pid
+        others[sid] = [(other, n) for other, n in by_product.items() if other != pid]
 
     # The loop allocates a few objects per subscriber and builds no reference cycles: pausing the cyclic
     # garbage collector saves about 40% of the time for 100,000 subscribers.
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _invoice_all(desired, usage, window, first_invoiced, others, compiled, currency, q)
+        return _invoice_all(desired, usage, window, first_invoiced, others, current_of, compiled, currency, q)
     finally:
         if paused:
             gc.enable()
@@ -127,21 +146,29 @@ def _invoice_all(
     window: BillingWindow,
     first_invoiced: Mapping[str, date],
     others: dict[str, list[tuple[str, int]]],
+    removed: dict[str, str],
     compiled: dict,
     currency: str,
     q: Decimal,
 ) -> list[Invoice]:
-    from .pricing import apply_bounds, base_lines
-
     subscribers = desired.subscribers
     start, end, label = window.start, window.end, window.label
     invoices: list[Invoice] = []
-    for sid in sorted(subscribers):
-        sub = subscribers[sid]
-        pid = sub.product
+    for sid in sorted(subscribers.keys() | removed.keys()) if removed else sorted(subscribers):
+        sub = subscribers.get(sid)
+        pid = sub.product if sub is not None else removed[sid]
         current = compiled.get(pid)
         if current is None:
-            raise ValueError(f"subscriber {sid!r} is on product {pid!r}, which is not in the plan")
+            if sub is not None:
+                raise ValueError(f"subscriber {sid!r} is on product {pid!r}, which is not in the plan")
+            # a removed subscriber whose every product left the plan too: nothing can price its usage
+            lines = [
+                InvoiceLine("unpriced", f"Unpriced usage: product {other} is not in the plan", n, None,
+                            quantize(Decimal(0), currency), currency)
+                for other, n in sorted([(pid, usage.get((sid, pid), 0)), *others.get(sid, ())])
+            ]
+            invoices.append(Invoice(f"{label}-{sid}", start, end, sid, pid, currency, lines, {}, False))
+            continue
         quantity = usage.get((sid, pid), 0)
         extra_lines = []
         moved = others.get(sid)
@@ -167,7 +194,10 @@ def _invoice_all(
         if extra_lines:
             lines.extend(extra_lines)
         apply_bounds(current, lines, currency, q)
-        invoices.append(Invoice(f"{label}-{sid}", start, end, sid, pid, currency, lines, dict(sub.metadata)))
+        if sub is None:
+            invoices.append(Invoice(f"{label}-{sid}", start, end, sid, pid, currency, lines, {}, False))
+        else:
+            invoices.append(Invoice(f"{label}-{sid}", start, end, sid, pid, currency, lines, dict(sub.metadata)))
     return invoices
 
 

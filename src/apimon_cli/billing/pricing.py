@@ -21,8 +21,8 @@ Lines, in this order:
   When ``included`` took units away, the first usage line says how many were used and included.
 - ``minimum``: lifts the recurring total (fee + usage; the one-off setup fee does not count toward a
   commitment) to ``minimum``.
-- ``maximum``: a negative line that takes back usage charges so that the recurring total does not exceed
-  ``maximum``; it never takes back more than the usage charges (the fee itself is not discounted).
+- ``maximum``: a negative line that brings the recurring total (fee + usage) down to ``maximum`` (the fee
+  too, when it alone exceeds it: ``fee: 100``, ``maximum: 60`` invoices 60.00); the setup fee is not capped.
 
 Descriptions are short and built from strings prepared once per pricing ("Usage 1,000,001–5,000,000 @
 0.0005", "Flat fee, tier 1–1,000", "Minimum commitment 250.00").
@@ -42,7 +42,7 @@ from decimal import (
 from typing import NamedTuple
 
 from apimon_cli.billing.currency import quantum
-from apimon_cli.billing.invoice import InvoiceLine
+from apimon_cli.billing.lines import InvoiceLine
 from apimon_cli.model import Pricing
 
 # Exact arithmetic: anything that would need rounding raises instead of silently losing a digit.
@@ -150,9 +150,12 @@ def apply_bounds(compiled: CompiledPricing, lines: list[InvoiceLine], currency: 
         elif line.line_type == "fee":
             recurring = _EXACT.add(recurring, line.amount)
     if p.maximum is not None and recurring > p.maximum:
-        discount = min(_round(_EXACT.subtract(recurring, p.maximum), q), usage)
+        # caps the whole recurring charge (fee + usage) at the maximum, as documented: a fee above the
+        # maximum is discounted too (issue 20.8); the one-off setup fee is neither counted nor capped
+        discount = _round(_EXACT.subtract(recurring, p.maximum), q)
         if discount > 0:
-            text = f"Maximum charge {_fmt(p.maximum)} (usage capped)"
+            what = "usage capped" if discount <= usage else "fee and usage capped"
+            text = f"Maximum charge {_fmt(p.maximum)} ({what})"
             lines.append(InvoiceLine("maximum", text, None, None, _EXACT.minus(discount), currency))
     elif p.minimum is not None and recurring < p.minimum:
         topup = _round(_EXACT.subtract(p.minimum, recurring), q)

@@ -1,7 +1,7 @@
 """apimon's command line: parse, call the engine, render. No provider logic lives here.
 
 Exit codes: 0 success (no changes), 1 error, 2 changes present (plan --detailed-exitcode),
-130 interrupted.
+130 interrupted, 141 stdout closed by its reader (`apimon plan | head`).
 
 Commands live in ``commands`` (validate, plan, apply, adopt, schema), ``keys``, ``imports`` (import),
 ``gateway``, ``billing`` (usage, invoice), ``push`` (billing push), ``report`` (report, portal) and
@@ -67,8 +67,10 @@ def _help_words() -> None:
 
 
 _help_words()
+from .pipes import QuietPipeGroup, exit_quietly, is_broken_pipe  # noqa: E402
 
 app = typer.Typer(
+    cls=QuietPipeGroup,  # a broken pipe (`apimon plan | head`) ends quietly: see pipes.py
     name="apimon",
     help="Declarative API monetization: products, limits, pricing and subscribers as code, for AWS API "
     "Gateway, Azure API Management, Apigee and a local gateway.",
@@ -161,6 +163,7 @@ def main() -> None:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(args=options.hoist(args), prog_name="apimon", standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe shows here, not as "Exception ignored" at exit
     except Abort:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
@@ -177,6 +180,8 @@ def main() -> None:
         _json_usage_error(args, "interrupted")
         sys.exit(130)
     except Exception as exc:  # last resort: one line, not a traceback
+        if is_broken_pipe(exc):  # the reader of stdout stopped early (`| head`): not an error, exit 141
+            exit_quietly()
         if os.environ.get("APIMON_DEBUG"):
             raise
         sys.stderr.write(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from datetime import date
 from typing import Annotated, Literal, Optional
 
@@ -47,12 +50,17 @@ def usage_pull(
         fail(out, f"error: --to ({end}) is before --from ({start})")
     loaded = load_plan(out, plans)
     path = ledger_path(ledger, plans)
-    with open_ledger(out, path) as book:
+    with _new_ledger_removed_on_failure(path), open_ledger(out, path) as book:
         try:
             with get_provider(loaded.desired) as provider:
+                # the gateway's own record of earlier usage, on a ledger that knows nothing of this target yet
+                # (read before the pull's write transaction: it may be network calls)
+                history = [] if book.knows(provider.name, provider.target_id) else list(
+                    provider.usage_history(start))
                 rows = _counting(out, provider.pull_usage(start, end))
                 every = {"detail_limit": EVERY_ROW} if loaded.desired.events is not None else {}
-                report = book.replace_window(provider.name, provider.target_id, start, end, rows, **every)
+                report = book.replace_window(provider.name, provider.target_id, start, end, rows,
+                                             history=history, **every)
                 warnings = list(getattr(provider, "usage_warnings", []))
         except ProviderError as exc:
             fail(out, f"error: {exc}; the ledger was not changed")
@@ -64,6 +72,33 @@ def usage_pull(
         out.warning(f"warning: {w}")
     _render_pull(out, report, path)
     publish_pulled(out, loaded.desired, report)
+
+
+@contextmanager
+def _new_ledger_removed_on_failure(path) -> Iterator[None]:
+    """A pull that fails (gateway error, bad rows, Ctrl-C) leaves no new ledger file behind: an empty ledger
+    would later read as "no usage" (issue 11). An existing ledger is left to its transaction (unchanged)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        yield
+        return
+    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    try:
+        yield
+    except BaseException:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.unlink(f"{path}{suffix}")
+            except OSError:
+                pass
+        for d in made:  # innermost first; only the directories this pull created, and only if empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _counting(out, rows):
@@ -225,8 +260,9 @@ def usage_export(
         from ..planfile.loader import load_plans
 
         out.mask.add(*load_plans(list(plan_files)).secrets)
-    with open_ledger(out, path, must_exist=True) as book, _writer(out, out_file) as fh:
-        rows = _masked_targets(book.iter_rows(start, end), out.mask)
+    with open_ledger(out, path, must_exist=True) as book, _writer(out, out_file) as fh, \
+            closing(book.iter_rows(start, end)) as raw:  # the rows end before the ledger closes, error or not
+        rows = _masked_targets(raw, out.mask)
         if fmt == "csv":
             n = write_csv(usage_records(rows), USAGE_COLUMNS, fh, USAGE_NUMERIC_COLUMNS)
         else:
@@ -283,7 +319,78 @@ def invoices_for(desired, window, book, provider: str, target: str):
     earlier = book.seen_before(window.start, provider, target)
     first = {sid: window.start for (sid, _pid), n in usage.items() if n > 0 and sid not in earlier}
     first.update(dict.fromkeys(earlier, window.start - timedelta(days=1)))
-    return build_invoices(desired, usage, window, first)
+    gone = {sid for (sid, _pid), n in usage.items() if n > 0 and sid not in desired.subscribers}
+    recorded = book.latest_products(window.start, window.end, gone, provider, target) if gone else {}
+    return build_invoices(desired, usage, window, first, recorded)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+USAGE_PRICED_MODELS = frozenset({"per_unit", "package", "graduated", "volume", "stairstep"})
+
+
+def check_usage_present(out, desired, window, book, provider: str, target: str, allow: bool) -> None:
+    """Refuse to invoice a period the ledger holds no usage for at all while products are priced by usage: the
+    usual cause is a pull that was not run (or a new, empty ledger), and the invoices would be fees only."""
+    usage_priced = sorted(pid for pid, p in desired.products.items() if p.pricing.model in USAGE_PRICED_MODELS)
+    if not usage_priced or book.has_usage(window.start, window.end, provider, target):
+        return
+    names = ", ".join(usage_priced[:10]) + (" ..." if len(usage_priced) > 10 else "")
+    where = f"{provider} target {target}"
+    if allow:
+        out.warning(f"warning: the ledger {book.path} has no usage at all for {window.label} ({where}); "
+                    f"products priced by usage ({names}) are invoiced for 0 units (--allow-no-usage)")
+        return
+    fail(out, f"error: the ledger {book.path} has no usage at all for {window.label} ({window.start} .. "
+              f"{window.end}, {where}) while products are priced by usage ({names}): was `apimon usage pull "
+              f"PLAN --from {window.start} --to {window.end}` run with this ledger? Pull the period first, or pass "
+              "--allow-no-usage if it really had no calls")
+
+
+def warn_fresh_ledger(out, invoices, window, book, provider: str, target: str) -> None:
+    """Setup fees charged while the ledger knows nothing before the period: a new ledger makes every customer
+    look new, so say so loudly (keep the ledger between runs: README, Usage, ledger and invoices)."""
+    charged = [inv.subscriber for inv in invoices if any(x.line_type == "setup_fee" for x in inv.lines)]
+    if not charged:
+        return
+    from datetime import timedelta
+
+    if book.has_history(provider, target) or book.has_usage(
+        None, window.start - timedelta(days=1), provider, target, first_seen=True
+    ):
+        return  # the gateway's history was recorded, or the ledger knows earlier usage: first usage is known
+    out.warning(f"warning: {_n(len(charged), 'setup fee')} charged in {window.label} ({', '.join(charged[:10])}"
+                f"{' ...' if len(charged) > 10 else ''}) while the ledger {book.path} holds no usage before "
+                f"{window.start}: if it is a new ledger, these customers may not be new. Keep the ledger between "
+                "runs (it records each customer's first usage), or pull the earlier periods first")
+
+
+def check_unpriced(out, invoices, window, allow: bool, flag: str = "--allow-unpriced") -> None:
+    """Say which removed subscribers are invoiced; warn about unpriced usage, and fail on it unless allowed."""
+    removed = [inv for inv in invoices if not inv.in_plan]
+    priced = [inv for inv in removed if not inv.unpriced]
+    if priced:
+        names = ", ".join(f"{inv.subscriber} ({inv.product})" for inv in priced[:20])
+        more = f" and {len(priced) - 20} more" if len(priced) > 20 else ""
+        one = len(priced) == 1
+        out.warning(f"note: {_n(len(priced), 'subscriber')} no longer in the plan {'has' if one else 'have'} "
+                    f"billable usage in {window.label} and {'is' if one else 'are'} invoiced by the product "
+                    f"recorded with it: {names}{more}")
+    unpriced = [(inv, line) for inv in removed for line in inv.unpriced]
+    if not unpriced:
+        return
+    for inv, line in unpriced[:50]:
+        why = line.description.removeprefix("Unpriced usage: ")
+        out.warning(f"warning: unpriced usage: subscriber {inv.subscriber} (no longer in the plan): "
+                    f"{line.quantity:,} billable units in {window.label}; {why}")
+    if len(unpriced) > 50:
+        out.warning(f"warning: ... and {len(unpriced) - 50} more unpriced usage lines")
+    if not allow:
+        fail(out, f"error: {_n(len(unpriced), 'unpriced usage line')} in {window.label}: no product of the plan prices "
+                  f"them; nothing was written. Put the product back in the plan (or the subscriber, on a product "
+                  f"of the plan), or pass {flag} to invoice without them (listed as unpriced, amount 0)")
 
 
 def invoice(
@@ -302,10 +409,27 @@ def invoice(
             "--compare", help="Another plan file: what the same usage would cost under its pricing."
         ),
     ] = None,
+    allow_unpriced: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unpriced",
+            help="Invoice even when a removed subscriber's usage is on a product no longer in the plan "
+            "(listed as unpriced usage, amount 0).",
+        ),
+    ] = False,
+    allow_no_usage: Annotated[
+        bool,
+        typer.Option(
+            "--allow-no-usage",
+            help="Invoice even when the ledger has no usage at all for the period while products are priced "
+            "by usage (a period without a single call).",
+        ),
+    ] = False,
     ledger: LedgerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Invoices for a period: the ledger's usage priced by the plan; one invoice per subscriber."""
+    """Invoices for a period: the ledger's usage priced by the plan; one invoice per subscriber, plus one per
+    subscriber removed from the plan that has billable usage in the period."""
     from ..billing.invoice import compare_invoices
 
     out = make_output(json_mode=json_out)
@@ -318,9 +442,11 @@ def invoice(
     from ..events.publish import unused_pull_note
 
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
-        invoices = invoices_for(desired, window, book, provider, target)
         if note := unused_pull_note(book, provider, target, window.start, window.end):
             out.warning(note)
+        check_usage_present(out, desired, window, book, provider, target, allow_no_usage)
+        invoices = invoices_for(desired, window, book, provider, target)
+        warn_fresh_ledger(out, invoices, window, book, provider, target)
         if compare:
             other = load_plan(out, [compare]).desired
             if other.billing.currency != desired.billing.currency:
@@ -330,6 +456,7 @@ def invoice(
                     f"{desired.billing.currency}; compare plans of one currency",
                 )
             other_invoices = invoices_for(other, window, book, provider, target)
+    check_unpriced(out, invoices, window, allow_unpriced)
     if compare:
         try:
             rows = compare_invoices(invoices, other_invoices)

@@ -90,13 +90,17 @@ def _op_json(op) -> dict:
 
 
 def _np_json(n) -> dict:
-    return {"subscriber": n.row[3], "product": n.row[4], "day": n.row[2], "count": n.count, "reason": n.reason}
+    return {"subscriber": n.row[3], "product": n.row[4], "day": n.row[2], "count": n.count, "reason": n.reason,
+            "removed": n.removed}
 
 
 @billing_app.command("push")
 def push(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: PeriodOpt = None,
          dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be sent; send nothing.")] = False,
-         json_out: JsonOpt = False, ledger: LedgerOpt = None) -> None:
+         json_out: JsonOpt = False, ledger: LedgerOpt = None,
+         allow_unpriced: Annotated[bool, typer.Option(
+             "--allow-unpriced", help="Exit 0 even when a subscriber removed from the plan has usage that cannot "
+                                      "be pushed (never pushed before: no customer known).")] = False) -> None:
     """Send the ledger's billable usage that a billing platform does not have yet; revised days as corrections."""
     from ..billing.push import PushAborted, plan_push, run_push
 
@@ -134,6 +138,14 @@ def push(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: Perio
     else:
         for kind, sink, r in results:
             (_render_plan if kind == "plan" else _render_report)(out, sink, r, start, end)
+    unbilled = [(sink, n) for _kind, sink, r in results for n in r.not_pushable if n.removed]
+    if unbilled and not allow_unpriced:
+        subs = sorted({n.row[3] for _s, n in unbilled})
+        rows = f"{len(unbilled):,} {'row' if len(unbilled) == 1 else 'rows'}"
+        out.error(f"error: {rows} of subscribers no longer in the plan ({', '.join(subs[:20])}"
+                  f"{' ...' if len(subs) > 20 else ''}) cannot be pushed: never pushed before, so no customer is "
+                  "known; put them back in the plan with their billing metadata, or pass --allow-unpriced")
+        failed = True
     if failed:
         raise typer.Exit(1)
 

@@ -27,6 +27,8 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
+from ..sqlitetx import rollback_quietly
+
 KAFKA, WEBHOOK = 1, 2
 SINK_BITS = {"kafka": KAFKA, "webhook": WEBHOOK}
 GATEWAY_OUTBOX = "events-gateway.db"
@@ -110,7 +112,7 @@ class Outbox:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
         return cur.rowcount
 
@@ -126,7 +128,7 @@ class Outbox:
                     fresh.add(a)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
         return fresh
 
@@ -171,7 +173,7 @@ class Outbox:
                 conn.execute(f"DELETE FROM events WHERE pending = 0 AND seq IN ({marks})", chunk)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
 
     def done_through(self, bit: int, last: int) -> int:
@@ -185,7 +187,7 @@ class Outbox:
                               (last,)).rowcount
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
         return n
 
@@ -206,7 +208,7 @@ class Outbox:
             conn.execute("DELETE FROM events WHERE pending = 0")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
         return n
 

@@ -327,18 +327,19 @@ class Gateway:
             if self._runner is not None:
                 await self._runner.cleanup()
             await self._close_pools()
-        lost: list[tuple] = []
-        lost_quota: list[tuple] = []
         for attempt in range(3):
             try:
                 await self.flush(raise_errors=True)
-                break
+                if not self.meter.pending:
+                    break
+                # a request the drain cancelled counted after that write: write it too
             except Exception as exc:
                 self.log.warn_once(f"final-flush:{attempt}", f"writing usage counts failed ({exc}); retrying")
                 await asyncio.sleep(0.5 * (attempt + 1))
-        else:
-            lost = usage_rows(self.meter.swap())
-            lost_quota = [(sid, win, n) for (sid, win), n in self.limits.take_pending().items()]
+        # whatever is still pending now is not in the usage table (the writes failed): the summary says so
+        # rather than counting it as written
+        lost = usage_rows(self.meter.swap())
+        lost_quota = [(sid, win, n) for (sid, win), n in self.limits.take_pending().items()]
         await self.limits.close()
         await self._close_db()
         self._exit.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..planfile.writer import product_from_plan
 from ..providers.local import connect_state
+from ..sqlitetx import rollback_quietly
 from .config import GatewayError
 from .limits import ProductLimits
 
@@ -141,8 +142,7 @@ class StateStore:
             conn.execute("COMMIT")
         except BaseException:
             self._seen = False
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
         self._seen = True
         products: dict[str, ProductLimits] = {}
@@ -205,8 +205,7 @@ class StateStore:
         except BaseException:
             # SQLite may have rolled back already (a full disk): a ROLLBACK then fails and would hide the
             # real error, so only roll back a transaction that is still open
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
 
 

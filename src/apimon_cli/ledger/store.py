@@ -39,9 +39,10 @@ from typing import NamedTuple, Self
 
 from apimon_cli.ledger import audit, stream
 from apimon_cli.model import METRICS, UsageRow
+from apimon_cli.sqlitetx import rollback_quietly as _rollback_quietly
 
 #: the schema this code writes; older ledgers are migrated in place on open
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _USAGE_V2 = """
 CREATE TABLE usage (
@@ -95,6 +96,19 @@ CREATE TABLE IF NOT EXISTS pull_windows (
     rows      INTEGER NOT NULL,  -- rows in that answer
     pulled_at TEXT    NOT NULL,  -- the last pull that confirmed the window (ISO 8601 UTC)
     PRIMARY KEY (provider, target, start, "end")
+# Schema 7: when each subscriber was first seen using each product (the setup fee's "first recorded usage").
+# Persisted, so it survives revised or removed rows and carries what the gateway's history knew before the
+# ledger's first pulled window (``usage pull``; see ``Ledger.record_first_seen``). Never moves later.
+_FIRST_SEEN_V7 = """
+CREATE TABLE first_seen (
+    provider    TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    subscriber  TEXT NOT NULL,
+    product     TEXT NOT NULL,
+    first_day   TEXT NOT NULL,  -- earliest UTC day with usage (a count above zero), ISO date
+    source      TEXT NOT NULL,  -- 'ledger' (a stored row) | 'gateway' (the gateway's own history)
+    recorded_at TEXT,           -- ISO 8601 UTC; NULL for rows backfilled by the migration
+    PRIMARY KEY (provider, target, subscriber, product)
 ) WITHOUT ROWID
 """
 
@@ -208,11 +222,25 @@ def _migrate_5_to_6(conn: sqlite3.Connection) -> None:
     conn.execute(_PULL_WINDOWS_V6)
 
 
+def _migrate_6_to_7(conn: sqlite3.Connection) -> None:
+    # Adds first_seen, backfilled from every stored row (pulled and stream-fed alike); usage, push_sync, the
+    # stream tables and key_audit are unchanged.
+    conn.execute(_FIRST_SEEN_V7.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
+    conn.execute(
+        "INSERT INTO first_seen (provider, target, subscriber, product, first_day, source, recorded_at)"
+        " SELECT provider, target, subscriber, product, min(day), 'ledger', NULL FROM usage WHERE count > 0"
+        " GROUP BY provider, target, subscriber, product"
+        " ON CONFLICT (provider, target, subscriber, product) DO UPDATE SET first_day = excluded.first_day"
+        " WHERE excluded.first_day < first_day"
+    )
+
+
 # Schema 4: stream_offsets and stream_event_ids, for `apimon events consume` (ledger/stream.py).
 # Schema 5: key_audit, for `apimon keys` (ledger/audit.py).
-# Schema 6: pull_windows, the digest of each window's last answer (repeated pulls).
+# Schema 6: pull_windows, the digest of each window's last answer (repeated pulls). Schema 7: first_seen.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _migrate_1_to_2, _migrate_2_to_3, stream.migrate_to_stream, audit.migrate_to_audit, _migrate_5_to_6]
+    _migrate_1_to_2, _migrate_2_to_3, stream.migrate_to_stream, audit.migrate_to_audit, _migrate_5_to_6,
+    _migrate_6_to_7]
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
@@ -223,6 +251,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     stream.migrate_to_stream(conn)
     audit.migrate_to_audit(conn)
     conn.execute(_PULL_WINDOWS_V6)
+    conn.execute(_FIRST_SEEN_V7)
     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
@@ -320,8 +349,7 @@ class Ledger:
                 conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback_quietly(conn)
             raise
 
     def close(self) -> None:
@@ -348,6 +376,7 @@ class Ledger:
         pulled_at: datetime | str | None = None,
         *,
         detail_limit: int = _DETAIL_LIMIT,
+        history: Iterable[tuple[str, str, date | str]] = (),
     ) -> PullReport:
         """Make the gateway's answer ``rows`` the truth for days [start, end] of provider+target.
 
@@ -399,6 +428,8 @@ class Ledger:
                     conn.execute(
                         'UPDATE pull_windows SET pulled_at = :at WHERE provider = :p AND target = :t'
                         ' AND start = :s AND "end" = :e', window)
+                    if history:
+                        self._upsert_first_seen(provider, target, history, "gateway", pulled_at)
                     conn.execute("COMMIT")
                     return report
                 occupied = conn.execute(
@@ -416,14 +447,16 @@ class Ledger:
                 conn.execute(
                     'INSERT INTO pull_windows (provider, target, start, "end", digest, rows, pulled_at)'
                     " VALUES (:p, :t, :s, :e, :digest, :rows, :at)", window)
+                self._note_first_seen(window)
+                if history:
+                    self._upsert_first_seen(provider, target, history, "gateway", pulled_at)
                 conn.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
                 raise _integrity_error(exc) from None
             except sqlite3.OperationalError as exc:
                 raise _operational_error(exc, self.path) from None
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback_quietly(conn)
             raise
         finally:
             self._clear_staging()
@@ -466,6 +499,88 @@ class Ledger:
                 self._conn.execute(f"DELETE FROM {table}")
             except sqlite3.OperationalError:
                 pass  # not created yet (or the connection is unusable, which the caller already reports)
+
+    def _note_first_seen(self, window: dict) -> None:
+        # the pulled rows' earliest day per subscriber and product, in the pull's transaction; only ever earlier
+        self._conn.execute(
+            "INSERT INTO first_seen (provider, target, subscriber, product, first_day, source, recorded_at)"
+            " SELECT :p, :t, subscriber, product, min(day), 'ledger', :at FROM temp.staged WHERE count > 0"
+            " GROUP BY subscriber, product"
+            " ON CONFLICT (provider, target, subscriber, product) DO UPDATE SET first_day = excluded.first_day,"
+            " source = excluded.source, recorded_at = excluded.recorded_at WHERE excluded.first_day < first_day",
+            window,
+        )
+
+    def record_first_seen(
+        self,
+        provider: str,
+        target: str,
+        seen: Iterable[tuple[str, str, date | str]],
+        source: str = "gateway",
+    ) -> int:
+        """Record (subscriber, product, first day) the gateway's history knows (usage older than any pulled
+        window), in one transaction; a stored date only ever moves earlier. Returns the entries that did."""
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            changed = self._upsert_first_seen(provider, target, seen, source, at)
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            _rollback_quietly(conn)
+            raise _operational_error(exc, self.path) from None
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
+        return changed
+
+    def _upsert_first_seen(self, provider: str, target: str, seen: Iterable, source: str, at: str) -> int:
+        params = [
+            (provider, target, sub, prod, _as_date(day, "day").isoformat(), source, at) for sub, prod, day in seen
+        ]
+        before = self._conn.total_changes
+        self._conn.executemany(
+            "INSERT INTO first_seen (provider, target, subscriber, product, first_day, source, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (provider, target, subscriber, product) DO UPDATE SET"
+            " first_day = excluded.first_day, source = excluded.source, recorded_at = excluded.recorded_at"
+            " WHERE excluded.first_day < first_day OR (excluded.first_day = first_day AND source <> excluded.source)",
+            params,
+        )
+        return self._conn.total_changes - before
+
+    def knows(self, provider: str, target: str) -> bool:
+        """Whether the first-seen record holds anything for provider+target (a pull recorded usage there)."""
+        return self._conn.execute(
+            "SELECT 1 FROM first_seen WHERE provider = ? AND target = ? LIMIT 1", (provider, target)
+        ).fetchone() is not None
+
+    def has_history(self, provider: str, target: str) -> bool:
+        """Whether a pull recorded the gateway's own usage history (``usage_history``) for provider+target."""
+        return self._conn.execute(
+            "SELECT 1 FROM first_seen WHERE provider = ? AND target = ? AND source = 'gateway' LIMIT 1",
+            (provider, target),
+        ).fetchone() is not None
+
+    def first_seen(
+        self, provider: str | None = None, target: str | None = None
+    ) -> dict[tuple[str, str], tuple[date, str]]:
+        """(subscriber, product) -> (first day with usage, source), from the persisted record and every
+        stored row (stream-fed rows included), whichever is earlier."""
+        where, params = _filters(None, None, provider, target)
+        out: dict[tuple[str, str], tuple[date, str]] = {}
+        for sub, prod, day, source in self._conn.execute(
+            f"SELECT subscriber, product, min(first_day), source FROM first_seen WHERE {where}"
+            " GROUP BY subscriber, product", params
+        ):
+            out[(sub, prod)] = (date.fromisoformat(day), source)
+        for sub, prod, day in self._conn.execute(
+            f"SELECT subscriber, product, min(day) FROM usage WHERE {where} AND count > 0 GROUP BY subscriber, product",
+            params,
+        ):
+            d = date.fromisoformat(day)
+            if (sub, prod) not in out or d < out[(sub, prod)][0]:
+                out[(sub, prod)] = (d, "ledger")
+        return out
 
     def _insert_fresh(self, report: PullReport, window: dict) -> None:
         # Fast path: nothing stored in the window, so every row is new; one INSERT ... SELECT (the
@@ -585,17 +700,76 @@ class Ledger:
         return {(sub, prod): n for sub, prod, n in self._conn.execute(sql, {**params, "metric": metric})}
 
     def first_days(self, provider: str | None = None, target: str | None = None) -> dict[str, date]:
-        """subscriber -> earliest day with usage recorded (a count above zero, any metric or product)."""
+        """subscriber -> earliest day with usage recorded (a count above zero, any metric or product), from the
+        stored rows and the persisted first-seen record."""
+        out: dict[str, date] = {}
+        for (sub, _prod), (day, _source) in self.first_seen(provider, target).items():
+            if sub not in out or day < out[sub]:
+                out[sub] = day
+        return out
+
+    def has_usage(
+        self,
+        start: date | None,
+        end: date | None,
+        provider: str | None = None,
+        target: str | None = None,
+        *,
+        first_seen: bool = False,
+    ) -> bool:
+        """Whether any row with a count above zero is stored for days [start, end] (``None``: open); with
+        ``first_seen``, also whether the first-seen record knows of usage in that range."""
+        where, params = _filters(start, end, provider, target)
+        if self._conn.execute(f"SELECT 1 FROM usage WHERE {where} AND count > 0 LIMIT 1", params).fetchone():
+            return True
+        if not first_seen:
+            return False
         where, params = _filters(None, None, provider, target)
-        sql = f"SELECT subscriber, min(day) FROM usage WHERE {where} AND count > 0 GROUP BY subscriber"
-        return {sub: date.fromisoformat(day) for sub, day in self._conn.execute(sql, params)}
+        if start is not None:
+            where += " AND first_day >= :start"
+            params["start"] = _as_date(start, "start").isoformat()
+        if end is not None:
+            where += " AND first_day <= :end"
+            params["end"] = _as_date(end, "end").isoformat()
+        return self._conn.execute(f"SELECT 1 FROM first_seen WHERE {where} LIMIT 1", params).fetchone() is not None
+
+    def latest_products(
+        self,
+        start: date,
+        end: date,
+        subscribers: Iterable[str],
+        provider: str | None = None,
+        target: str | None = None,
+    ) -> dict[str, str]:
+        """subscriber -> the product of its latest usage (a count above zero) in days [start, end], for the
+        given subscribers (those no longer in the plan: their usage is priced by the product recorded with it)."""
+        wanted = set(subscribers)
+        if not wanted:
+            return {}
+        where, params = _filters(start, end, provider, target)
+        sql = (
+            f"SELECT subscriber, product, max(day) FROM usage WHERE {where} AND count > 0"
+            " GROUP BY subscriber, product"
+        )
+        best: dict[str, tuple[str, str]] = {}
+        for sub, prod, day in self._conn.execute(sql, params):
+            if sub in wanted and (sub not in best or (day, prod) > best[sub]):
+                best[sub] = (day, prod)
+        return {sub: prod for sub, (_day, prod) in best.items()}
 
     def seen_before(self, day: date, provider: str | None = None, target: str | None = None) -> set[str]:
         """Subscribers with usage recorded (a count above zero) on some day before ``day``. Scans only the
         days before it (the table is keyed by day first), unlike ``first_days``."""
         where, params = _filters(None, _as_date(day, "day") - timedelta(days=1), provider, target)
         sql = f"SELECT DISTINCT subscriber FROM usage WHERE {where} AND count > 0"
-        return {sub for (sub,) in self._conn.execute(sql, params)}
+        seen = {sub for (sub,) in self._conn.execute(sql, params)}
+        # and what the persisted first-seen record knows (usage from before the ledger's rows, e.g. the
+        # gateway's history, or rows a later pull removed)
+        where, params = _filters(None, None, provider, target)
+        params["before"] = _as_date(day, "day").isoformat()
+        sql = f"SELECT DISTINCT subscriber FROM first_seen WHERE {where} AND first_day < :before"
+        seen.update(sub for (sub,) in self._conn.execute(sql, params))
+        return seen
 
     def iter_rows(
         self,
@@ -619,7 +793,10 @@ class Ledger:
             while batch := cur.fetchmany():
                 yield from map(make, batch)
         finally:
-            cur.close()
+            try:
+                cur.close()
+            except sqlite3.ProgrammingError:
+                pass  # the ledger was closed first (a reader that stopped early): nothing left to release
 
     def summary(
         self,

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
 
+from ..sqlitetx import rollback_quietly
+
 DEDUP_DAYS = 7
 STREAM_PROVIDER = "local"
 
@@ -119,6 +121,17 @@ def ingest(
             " DO UPDATE SET count = count + excluded.count, pulled_at = excluded.pulled_at",
             ((d, target, s, p, m, n, now) for (d, s, p, m), n in counts.items()),
         )
+        firsts: dict[tuple[str, str], str] = {}
+        for (d, sub, prod, _m), n in counts.items():
+            if n > 0 and (firsts.get((sub, prod)) or "9999") > d:
+                firsts[(sub, prod)] = d
+        conn.executemany(  # the first-seen record (schema 5): only ever earlier
+            "INSERT INTO first_seen (provider, target, subscriber, product, first_day, source, recorded_at)"
+            f" VALUES ('{STREAM_PROVIDER}', ?, ?, ?, ?, 'ledger', ?)"
+            " ON CONFLICT (provider, target, subscriber, product) DO UPDATE SET first_day = excluded.first_day,"
+            " recorded_at = excluded.recorded_at WHERE excluded.first_day < first_day",
+            ((target, sub, prod, d, now) for (sub, prod), d in firsts.items()),
+        )
         conn.executemany(
             'INSERT INTO stream_offsets (topic, "partition", next_offset, updated_at) VALUES (?, ?, ?, ?)'
             ' ON CONFLICT (topic, "partition") DO UPDATE SET'
@@ -127,8 +140,7 @@ def ingest(
         )
         conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        rollback_quietly(conn)
         raise
     return len(new), duplicates, replayed
 

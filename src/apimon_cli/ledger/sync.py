@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import NamedTuple
 
+from ..sqlitetx import rollback_quietly
 from .store import Ledger, LedgerError, _operational_error
 
 RowKey = tuple[str, str, str, str, str, str]  # provider, target, day, subscriber, product, metric
@@ -109,12 +110,10 @@ class PushSync:
                     owned.append(c)
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise _operational_error(exc, self.path) from None
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
         return owned
 
@@ -144,12 +143,10 @@ class PushSync:
             conn.executemany(sql, params)
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise _operational_error(exc, self.path) from None
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
 
 

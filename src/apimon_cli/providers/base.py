@@ -18,12 +18,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..model import DesiredState, LiveState, UsageRow
 from ..reconcile.changes import Change, ChangeSet, Replacement
 from ..reconcile.solver import ApplyPolicy
+
+#: days before a pulled window that ``usage pull`` asks the gateway about, on a new ledger (first-seen dates)
+HISTORY_DAYS = 90
 
 if TYPE_CHECKING:
     from ..keys.model import KeyAction, KeyInfo, Rotated
@@ -151,6 +154,23 @@ class Provider(ABC):
 
     def pull_usage(self, start: date, end: date) -> Iterable[UsageRow]:
         raise ProviderError(f"usage pull is not supported for provider {self.name} yet")
+
+    def usage_history(self, before: date) -> Iterable[tuple[str, str, str]]:
+        """(subscriber, product, ISO day): each subscriber's earliest usage of each product that the gateway can
+        report from before the pulled window (``before`` is its first day). `usage pull` persists it as the
+        ledger's first-seen record (the setup fee's "first recorded usage"), so a new ledger does not make every
+        customer look new; it asks only on a ledger that knows nothing of the target yet.
+
+        By default: the ``HISTORY_DAYS`` before the window through ``pull_usage`` (AWS: one GetUsage span per
+        usage plan; Apigee: one stats query per environment; Azure: one report per day). A customer with calls
+        then is not new; older usage is not asked for. A provider that keeps its whole history overrides it."""
+        seen: dict[tuple[str, str], str] = {}
+        for row in self.pull_usage(before - timedelta(days=HISTORY_DAYS), before - timedelta(days=1)):
+            if row.count > 0 and row.metric in ("success", "total"):
+                key = (row.subscriber, row.product)
+                if key not in seen or row.day < seen[key]:
+                    seen[key] = row.day
+        return sorted((sub, prod, day) for (sub, prod), day in seen.items())
 
     # ---- import: the live gateway as plan-file data
     def export_plan(self, *, include_unmanaged: bool = True) -> dict:

@@ -82,6 +82,12 @@ class Masker:
         return "".join(out)
 
 
+def _raise_broken_pipe() -> None:
+    import errno
+
+    raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
 class Output:
     """stdout for results (tables, JSON), stderr for messages and diagnostics."""
 
@@ -96,6 +102,9 @@ class Output:
         plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
         self.out = Console(highlight=False, soft_wrap=True, **plain)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True, **plain)
+        # a closed pipe (`| head`): raise, for the CLI's one quiet handling (cli/pipes.py), instead of rich's
+        # own SystemExit(1)
+        self.out.on_broken_pipe = self.err.on_broken_pipe = _raise_broken_pipe
 
     def to_stderr(self) -> Output:
         """The same output with results going to stderr too (the plan shown before `apply --json` asks)."""

@@ -623,7 +623,8 @@ _FIXED_LABELS = {
     "fee": "Recurring fee",
     "setup_fee": "Setup fee",
     "minimum": "Minimum commitment",
-    "maximum": "Maximum (usage capped)",
+    "maximum": "Maximum (fee + usage capped)",
+    "unpriced": "Unpriced usage",
 }
 
 

@@ -94,6 +94,7 @@ class NotPushable:
     row: RowKey
     count: int
     reason: str
+    removed: bool = False  # a subscriber no longer in the plan, never pushed: nobody is billed for it
 
 
 @dataclass
@@ -204,7 +205,8 @@ def plan_push(book: Ledger, desired: DesiredState, sink: PushSink, provider: str
             destination = remembered.get(key[3])
         if destination is None:
             plan.not_pushable.append(NotPushable(key, count - acked, f"subscriber {key[3]} is not in the plan and "
-                                                 f"was never pushed: no {DESTINATION_WHAT[vendor]} known"))
+                                                 f"was never pushed: no {DESTINATION_WHAT[vendor]} known",
+                                                 removed=True))
             continue
         revision = s.revision if s is not None else 0
         cancel, cancel_value, value = None, 0, count - acked

@@ -25,6 +25,7 @@ from ...model import DesiredState, LiveState, Subscriber, Unmanaged, UsageRow
 from ...planfile.writer import product_from_plan, product_to_plan
 from ...reconcile.changes import Change, FieldChange
 from ...reconcile.fields import key_fingerprint
+from ...sqlitetx import rollback_quietly
 from ..base import Provider, ProviderError
 from .keys import REVOKED_PREFIX, LocalKeys
 from .state import OWNER, connect_state, state_dir_of
@@ -187,10 +188,15 @@ class LocalProvider(LocalKeys, Provider):
             try:
                 msg = write(conn)
             except BaseException:
-                conn.execute("ROLLBACK TO change")
-                conn.execute("RELEASE change")
+                # quietly: SQLite may have rolled the whole transaction back already (a full disk), and a
+                # failing ROLLBACK would hide the real error
+                try:
+                    conn.execute("ROLLBACK TO change")
+                    conn.execute("RELEASE change")
+                except sqlite3.Error:
+                    pass
                 if not self._batch_size:  # nothing else in this transaction
-                    conn.execute("ROLLBACK")
+                    rollback_quietly(conn)
                 raise
             conn.execute("RELEASE change")
             self._batch_size += 1
@@ -216,8 +222,8 @@ class LocalProvider(LocalKeys, Provider):
 
     def _rollback_batch(self) -> None:
         self._batch_size = 0
-        if self._conn is not None and self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
+        if self._conn is not None:
+            rollback_quietly(self._conn)
 
     @staticmethod
     def _owner_of(conn: sqlite3.Connection, table: str, rid: str) -> str | None | bool:
@@ -340,6 +346,13 @@ class LocalProvider(LocalKeys, Provider):
             "WHERE day BETWEEN ? AND ? ORDER BY day, subscriber, product, metric",
             (start.isoformat(), end.isoformat()))
         return map(UsageTuple._make, rows)
+
+    def usage_history(self, before: date) -> Iterable[tuple[str, str, str]]:
+        """The state keeps every day the gateway metered: each (subscriber, product)'s first day with calls."""
+        if not self.exists:
+            return []
+        return self.conn.execute(
+            "SELECT subscriber, product, min(day) FROM usage WHERE count > 0 GROUP BY subscriber, product").fetchall()
 
     def export_plan(self, *, include_unmanaged: bool = True) -> dict:
         if not self.exists:
