@@ -119,14 +119,14 @@ def apply(
     if bool(plans) == bool(plan_file):
         fail(out, "error: give plan files or --plan-file FILE (one of the two)")
     if plan_file:
-        run = run_plan(out, lambda: plan_from_saved(plan_file, strict=strict))
-    else:
-        run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
+        run = run_plan(out, lambda: plan_from_saved(plan_file, strict=strict, lock=True))
+    else:  # the apply lock is taken before the gateway is read: a concurrent apply waits, then plans afresh
+        run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt, lock=True))
     out.mask.add(*run.loaded.secrets)
     try:
         _apply_run(out, run, auto_approve=auto_approve or bool(plan_file), max_deletes=max_deletes, json_out=json_out)
     finally:
-        run.provider.close()
+        run.close()
 
 
 def _set_force_policy(force: bool) -> None:
@@ -202,13 +202,17 @@ def _confirm(out, deletes: int) -> None:
 
 
 def _apply_with_progress(out, run, *, show: bool):
+    from ..providers import ProviderError
     from ..reconcile.engine import apply_plan
     from ..render.changes import apply_progress
 
-    if not show:
-        return apply_plan(run)
-    with apply_progress(out, len(run.changes.changes)) as progress:
-        return apply_plan(run, progress=progress)
+    try:
+        if not show:
+            return apply_plan(run)
+        with apply_progress(out, len(run.changes.changes)) as progress:
+            return apply_plan(run, progress=progress)
+    except ProviderError as exc:  # the lock, or a gateway that moved while planning: nothing was applied
+        fail(out, f"error: {exc}")
 
 
 def adopt(
@@ -222,12 +226,12 @@ def adopt(
     from ..reconcile.engine import make_plan
 
     out = make_output()
-    run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=True))
+    run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=True, lock=True))
     out.mask.add(*run.loaded.secrets)
     try:
         _apply_run(out, run, auto_approve=auto_approve, max_deletes=0, json_out=False)
     finally:
-        run.provider.close()
+        run.close()
 
 
 def schema() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
@@ -110,9 +110,17 @@ class Provider(ABC):
         """How the solver runs this provider's changes (workers, per-kind limits, phases, pacing)."""
         return ApplyPolicy()
 
+    # whether ``applying()`` excludes every other apimon apply on this gateway (the local state's lock file);
+    # a cloud's lock is this machine's only, so the engine re-reads the gateway under it before writing
+    lock_covers_gateway: bool = False
+
     def applying(self) -> AbstractContextManager:
-        """Held around a whole apply (the local target's lock)."""
-        return nullcontext()
+        """The apply lock, held from the read of an apply until its last write (``providers.lock``): this
+        machine's lock file for the target unless the provider has a better one."""
+        from .lock import exclusive, host_lock_path
+
+        path = host_lock_path(self.name, self.settings)
+        return exclusive(path, what=f"{self.name} target {self.target_id} ({path})")
 
     def refusals(self, changes: list[Change], live: LiveState) -> list[tuple[Change, str]]:
         """Changes this provider refuses to apply at all; any refusal stops the apply before it starts."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..providers import ProviderError
 from .changes import changeset_to_json
-from .engine import PlanRun, make_plan
+from .engine import GatewayChanged, PlanRun, make_plan
 
 SAVED_PLAN_VERSION = 1
 
@@ -32,8 +32,9 @@ def saved_plan(run: PlanRun, *, adopt: bool) -> dict:
     }
 
 
-def plan_from_saved(saved_path: str, *, strict: bool = False) -> PlanRun:
-    """Re-plan from a saved plan; refuse (changing nothing) if the files or the live state moved."""
+def plan_from_saved(saved_path: str, *, strict: bool = False, lock: bool = False) -> PlanRun:
+    """Re-plan from a saved plan; refuse (changing nothing) if the files or the live state moved. With
+    ``lock`` the gateway is read (and compared) under the apply lock, which stays held for the apply."""
     try:
         doc = json.loads(Path(saved_path).read_text())
         if not isinstance(doc, dict) or doc.get("apimon_saved_plan") != SAVED_PLAN_VERSION:
@@ -51,9 +52,10 @@ def plan_from_saved(saved_path: str, *, strict: bool = False) -> PlanRun:
         if _sha256(path) != digest:
             raise ProviderError(f"saved plan is stale: plan file {path} changed since the plan was saved; "
                                 "run `apimon plan --out` again")
-    run = make_plan([p for p, _ in files], strict=strict, adopt=adopt)
+    run = make_plan([p for p, _ in files], strict=strict, adopt=adopt, lock=lock)
     if run.fingerprint != fingerprint:
-        run.provider.close()
-        raise ProviderError("saved plan is stale: the gateway changed since the plan was saved; nothing was "
-                            "applied. Run `apimon plan --out` again and review the new plan")
+        run.close()
+        raise GatewayChanged("saved plan is stale: the gateway changed while you were planning (since the plan "
+                             "was saved); nothing was applied. Run `apimon plan --out` again and review the new "
+                             "plan")
     return run

@@ -3,19 +3,16 @@
 Products with limits, subscribers with generated keys, an owner marker (rows apimon did not write are
 unmanaged and never touched), usage counters written by `apimon gateway serve`. Each change is one
 transaction, so a killed apply leaves whole changes only and a re-run converges. Applies take an
-exclusive lock file: a second concurrent apply waits briefly, then fails with a clear message.
+exclusive lock file from their read on: a second concurrent apply waits, then plans afresh.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import secrets
 import sqlite3
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime
 
 from ...model import DesiredState, LiveState, Subscriber, Unmanaged, UsageRow
@@ -23,10 +20,9 @@ from ...planfile.writer import product_from_plan, product_to_plan
 from ...reconcile.changes import Change
 from ...reconcile.fields import key_fingerprint
 from ..base import Provider, ProviderError
+from ..lock import exclusive
 from .keys import REVOKED_PREFIX, LocalKeys
 from .state import OWNER, connect_state, state_dir_of
-
-LOCK_WAIT_SECONDS = 10.0
 
 
 def _now() -> str:
@@ -84,26 +80,12 @@ class LocalProvider(LocalKeys, Provider):
         return live
 
     # ---------------------------------------------------------------- apply: one transaction per change
-    @contextmanager
-    def applying(self) -> Iterator[None]:
-        """An exclusive lock over the whole apply: a second apply waits for it, then fails clearly."""
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.state_dir / "apply.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            deadline = time.monotonic() + LOCK_WAIT_SECONDS
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise ProviderError(
-                            f"another apimon apply holds the lock on {self.state_dir} "
-                            f"(waited {LOCK_WAIT_SECONDS:.0f} s); try again when it has finished") from None
-                    time.sleep(0.1)
-            yield
-        finally:
-            os.close(fd)
+    lock_covers_gateway = True
+
+    def applying(self) -> AbstractContextManager:
+        """An exclusive lock file in the state directory over the whole apply (from its read on): a second
+        apply waits for it (``APIMON_LOCK_TIMEOUT``), then plans against what the first one left."""
+        return exclusive(self.state_dir / "apply.lock", what=str(self.state_dir))
 
     def _transaction(self, write: Callable[[sqlite3.Connection], str]) -> str:
         """One change, one transaction (a killed apply leaves whole changes); each bumps the revision the
