@@ -108,6 +108,7 @@ def push(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: Perio
     results = []
     failed = False
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
+        target = book.resolve_target(provider, target)
         for sink in sinks:
             if dry_run:
                 plan = plan_push(book, desired, sink, provider, target, start, end, _now())
@@ -211,6 +212,7 @@ def status(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: Per
     provider, target = _target(out, desired)
     rows = []
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
+        target = book.resolve_target(provider, target)
         for sink in sinks:
             p = plan_push(book, desired, sink, provider, target, start, end, _now())
             rows.append((sink, p))

@@ -34,6 +34,12 @@ class ProviderError(Exception):
     """A failure talking to the gateway, with a message fit for the user (no traceback)."""
 
 
+def not_owned(subscriber_id: str) -> ProviderError:
+    """`keys show` on a subscriber apimon does not manage: refused, its key is not apimon's to show."""
+    return ProviderError(f"subscriber {subscriber_id} is not managed by apimon; apimon shows only the keys it "
+                         "owns (adopt it first: `apimon adopt PLAN`)")
+
+
 class PlanCheckError(ProviderError):
     """The plan refers to something the gateway does not have (an unknown API, stage, environment)."""
 
@@ -85,6 +91,12 @@ class Provider(ABC):
         """Identifies the account/org/service in the ledger (provider + target); known offline."""
         return self.spec.target_id(self.settings, self.desired.target.base_dir)
 
+    def ledger_target(self) -> str:
+        """The target `usage pull` stores rows under: the gateway's own id for the account where it can be
+        asked (AWS: the account id from STS), else ``target_id``. May call the gateway; readers of the ledger
+        map ``target_id`` to it offline (``Ledger.resolve_target``)."""
+        return self.target_id
+
     # ---- what exists
     @abstractmethod
     def read_live_state(self) -> LiveState:
@@ -132,6 +144,8 @@ class Provider(ABC):
 
     # ---- keys and usage
     def reveal_key(self, subscriber_id: str) -> str | None:
+        """The key value of a subscriber apimon owns (None: no such subscriber or key). A subscriber apimon
+        does not own raises ``not_owned(subscriber_id)``: apimon shows only the keys it owns."""
         return None
 
     # ---- key lifecycle (apimon keys rotate|finish|list|revoke; see the ``keys`` package)

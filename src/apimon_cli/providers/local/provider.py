@@ -19,7 +19,7 @@ from ...model import DesiredState, LiveState, Subscriber, Unmanaged, UsageRow
 from ...planfile.writer import product_from_plan, product_to_plan
 from ...reconcile.changes import Change
 from ...reconcile.fields import key_fingerprint
-from ..base import Provider, ProviderError
+from ..base import Provider, ProviderError, not_owned
 from ..lock import exclusive
 from .keys import REVOKED_PREFIX, LocalKeys
 from .state import OWNER, connect_state, state_dir_of
@@ -70,8 +70,17 @@ class LocalProvider(LocalKeys, Provider):
         rows = self.conn.execute(
             "SELECT id, owner, product, email, enabled, api_key, metadata FROM subscribers ORDER BY id")
         for sid, owner, product, email, enabled, api_key, metadata in rows:
-            sub = Subscriber(id=sid, product=product, email=email, enabled=bool(enabled),
-                             metadata=tuple(sorted(json.loads(metadata or "{}").items())))
+            try:
+                meta = json.loads(metadata or "{}")
+                if not isinstance(meta, dict):
+                    raise ValueError("not a JSON object")
+                sub = Subscriber(id=sid, product=product, email=email, enabled=bool(enabled),
+                                 metadata=tuple(sorted(meta.items())))
+            except (ValueError, TypeError):  # a row written by hand that is not a valid subscriber (metadata
+                # not a JSON object): shown and left alone, as unreadable product rows are
+                live.unmanaged.append(Unmanaged("subscriber", sid, "unreadable subscriber row (metadata is not a "
+                                                "JSON object)"))
+                continue
             if owner == OWNER:
                 live.subscribers[sid] = sub
                 live.key_fingerprints[sid] = key_fingerprint(api_key)
@@ -209,7 +218,9 @@ class LocalProvider(LocalKeys, Provider):
     def reveal_key(self, subscriber_id: str) -> str | None:
         if not self.exists:
             return None
-        row = self.conn.execute("SELECT api_key FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+        row = self.conn.execute("SELECT api_key, owner FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+        if row is not None and row[1] != OWNER:
+            raise not_owned(subscriber_id)
         return row[0] if row and not row[0].startswith(REVOKED_PREFIX) else None
 
     def pull_usage(self, start: date, end: date) -> Iterable[UsageRow]:
