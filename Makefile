@@ -6,11 +6,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test lint bench clean browser
+.PHONY: quickstart test lint bench clean browser dist
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip uninstall --quiet --yes apimon 2>/dev/null || true  # the distribution's old name
 	@$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
@@ -32,8 +33,12 @@ browser:
 test: $(STAMP) browser
 	@$(BIN)/python -m pytest
 
+# the wheel and sdist a plans repository installs (`pip install apimon-cli==VERSION` or the wheel file)
+dist: $(STAMP)
+	@$(BIN)/python -m build --outdir dist .
+
 lint: $(STAMP)
 	@$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .apimon out
+	rm -rf $(VENV) .apimon out dist

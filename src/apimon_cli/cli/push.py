@@ -123,7 +123,7 @@ def push(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: Perio
                 client = make_client(sink, concurrency=int(os.environ.get("APIMON_PUSH_CONCURRENCY", "4")))
             except ImportError as exc:
                 fail(out, f"error: billing.push.{sink.vendor} needs the vendor SDK ({exc.name}): "
-                          "pip install 'apimon[billing]'")
+                          "pip install 'apimon-cli[billing]'")
             except PushAborted as exc:
                 fail(out, f"{sink.where}: error: {exc}")
             report = run_push(book, desired, sink, provider, target, start, end, client)
