@@ -93,8 +93,9 @@ def make_plan(paths: list[str], *, strict: bool = False, adopt: bool = False, lo
     held: AbstractContextManager | None = None
     try:
         if lock:
-            held = provider.applying()
-            held.__enter__()
+            ctx = provider.applying()
+            ctx.__enter__()
+            held = ctx  # released below only once entered
         live = provider.read_live_state()
         changes = plan_changes(provider, desired, live, adopt=adopt, warnings=[str(d) for d in loaded.warnings])
     except BaseException:
