@@ -8,7 +8,7 @@ from datetime import date
 import pytest
 from conftest import run_cli, write_plan
 
-from apimon_cli.ledger import Ledger
+from apimon_cli.ledger import SCHEMA_VERSION, Ledger
 from apimon_cli.model import UsageRow
 
 LOCAL = """
@@ -142,22 +142,22 @@ def test_aws_usage_is_stored_under_the_account_id_and_two_accounts_never_share_r
     assert " 7 " in row + " " and "40" not in row, r.stdout
 
 
-def test_a_schema_4_ledger_keyed_by_profile_name_is_migrated_to_the_account_id(aws_fake, tmp_path):
+def test_a_schema_5_ledger_keyed_by_profile_name_is_migrated_to_the_account_id(aws_fake, tmp_path):
     env = _aws_env(aws_fake, tmp_path)
     plan = write_plan(tmp_path / "plan.yaml", AWS)
     assert run_cli("apply", str(plan), "--auto-approve", cwd=tmp_path, env=env).code == 0
-    alias = f"{aws_fake.endpoint_url}/us-east-1"  # what apimon before schema 5 stored AWS rows under
+    alias = f"{aws_fake.endpoint_url}/us-east-1"  # what apimon before schema 6 stored AWS rows under
     ledger_file = tmp_path / ".apimon" / "ledger.db"
     with Ledger.open(ledger_file) as book:
         book.replace_window("aws", alias, date(2026, 2, 1), date(2026, 2, 28),
                             [UsageRow("acme", "free", "2026-02-10", "success", 12),
                              UsageRow("acme", "free", "2026-02-10", "total", 12)])
-    conn = sqlite3.connect(ledger_file)  # make it a schema 4 ledger
-    conn.executescript("DROP TABLE target_aliases; UPDATE schema_version SET version = 4;")
+    conn = sqlite3.connect(ledger_file)  # make it a schema 5 ledger (before target_aliases)
+    conn.executescript("DROP TABLE target_aliases; UPDATE schema_version SET version = 5;")
     conn.close()
 
     with Ledger.open(ledger_file) as book:
-        assert book.schema_version == 5
+        assert book.schema_version == SCHEMA_VERSION == 6
         assert book.resolve_target("aws", alias) == alias  # not learnt yet: the old rows are still found
     r = run_cli("usage", "show", str(plan), "--period", "2026-02", cwd=tmp_path, env=env)
     assert r.code == 0 and "12" in next(x for x in r.stdout.splitlines() if "acme" in x), r.output
