@@ -7,11 +7,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test lint bench clean browser fuzz
+.PHONY: quickstart test lint bench clean browser fuzz dist
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip uninstall --quiet --yes apimon 2>/dev/null || true  # the distribution's old name
 	@$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
@@ -39,8 +40,12 @@ fuzz: $(STAMP)
 	  $(BIN)/python -m pytest tests/planfile/test_fuzz.py -n 0 -p no:cacheprovider -s -x -q \
 	  -k unexpected_error
 
+# the wheel and sdist a plans repository installs (`pip install apimon-cli==VERSION` or the wheel file)
+dist: $(STAMP)
+	@$(BIN)/python -m build --outdir dist .
+
 lint: $(STAMP)
 	@$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .apimon plans/.apimon out
+	rm -rf $(VENV) .apimon plans/.apimon out dist

@@ -196,7 +196,7 @@ def test_saved_plan_applies_and_refuses_when_the_world_moved(plan, tmp_path):
     assert run_cli("apply", str(other), "--auto-approve", env=ENV).code == 0
     before = keys(tmp_path)
     r = run_cli("apply", "--plan-file", str(saved), env=ENV)
-    assert r.code == 1 and "the gateway changed since the plan was saved" in r.stderr
+    assert r.code == 1 and "the gateway changed while you were planning" in r.stderr
     assert keys(tmp_path) == before  # nothing applied
 
     # a fresh saved plan applies, without a prompt

@@ -25,6 +25,8 @@ from apimon_cli.gateway import Gateway, GatewayConfig
 from apimon_cli.gateway.paths import PathRefused, check_rest, confined, split_target
 
 ATTACKS = [
+    "/..%2fadmin/",  # the issue's own forms (issue 20 item 1): /ngx/..%2fadmin/ and .%2e%2fadmin
+    "/.%2e%2fadmin",
     "/..%2fadmin/secret",
     "/.%2e%2fadmin/secret",
     "/%2e%2e%2fadmin/secret",

@@ -17,6 +17,7 @@ from fakes.aws_gateway import AwsFake
 
 from apimon_cli.model import Billing, DesiredState, Target
 from apimon_cli.providers.aws.provider import AwsProvider
+from apimon_cli.providers.base import ProviderError
 from apimon_cli.reconcile.engine import apply_changes, make_plan
 
 SCALE = "200"
@@ -335,7 +336,8 @@ def test_plan_reads_only_pages_and_reveal_key(fake, tmp_path, engine):
     run, _ = engine.apply(plan)
     assert run.provider.reveal_key("imported") == IMPORTED
     assert run.provider.reveal_key("bob") in key_values(fake)
-    assert run.provider.reveal_key("loose") is None  # not ours
+    with pytest.raises(ProviderError, match="loose is not managed by apimon; apimon shows only the keys it owns"):
+        run.provider.reveal_key("loose")  # not ours: refused, not revealed
     fake.reset_counts()
     assert engine.plan(plan).changes.empty
     assert dict(fake.counts) == {"GetRestApis": 1, "GetUsagePlans": 1, "GetApiKeys": 1, "GetUsagePlanKeys": 2,

@@ -55,12 +55,14 @@ def usage_pull(
             with get_provider(loaded.desired) as provider:
                 # the gateway's own record of earlier usage, on a ledger that knows nothing of this target yet
                 # (read before the pull's write transaction: it may be network calls)
-                history = [] if book.knows(provider.name, provider.target_id) else list(
-                    provider.usage_history(start))
+                # rows go under the gateway's own name for the target (AWS: the account id); the plan's
+                # offline name maps to it, and rows stored under that name before are moved to it
+                target = provider.ledger_target()
+                book.learn_target(provider.name, provider.target_id, target)
+                history = [] if book.knows(provider.name, target) else list(provider.usage_history(start))
                 rows = _counting(out, provider.pull_usage(start, end))
                 every = {"detail_limit": EVERY_ROW} if loaded.desired.events is not None else {}
-                report = book.replace_window(provider.name, provider.target_id, start, end, rows,
-                                             history=history, **every)
+                report = book.replace_window(provider.name, target, start, end, rows, history=history, **every)
                 warnings = list(getattr(provider, "usage_warnings", []))
         except ProviderError as exc:
             fail(out, f"error: {exc}; the ledger was not changed")
@@ -189,6 +191,7 @@ def usage_show(
     from ..events.publish import unused_pull_note
 
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
+        target = book.resolve_target(provider, target)
         rows = book.summary(window.start, window.end, by=by, provider=provider, target=target)
         spark = None
         if by != "day":  # calls per day of the period, one character a day
@@ -442,6 +445,7 @@ def invoice(
     from ..events.publish import unused_pull_note
 
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
+        target = book.resolve_target(provider, target)
         if note := unused_pull_note(book, provider, target, window.start, window.end):
             out.warning(note)
         check_usage_present(out, desired, window, book, provider, target, allow_no_usage)

@@ -131,7 +131,7 @@ def plan(
         if detailed_exitcode and (not run.changes.empty or due):
             raise typer.Exit(2)
     finally:
-        run.provider.close()
+        run.close()
 
 
 ForcePolicy = Annotated[bool, typer.Option("--force-policy", help="azure: replace product policies that hold "
@@ -171,9 +171,9 @@ def apply(
         fail(out, "error: give plan files or --plan-file FILE (one of the two)")
     try:
         if plan_file:
-            run = run_plan(out, lambda: plan_from_saved(plan_file, strict=strict))
-        else:
-            run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
+            run = run_plan(out, lambda: plan_from_saved(plan_file, strict=strict, lock=True))
+        else:  # the apply lock is taken before the gateway is read: a concurrent apply waits, then plans afresh
+            run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt, lock=True))
     except KeyboardInterrupt:  # while reading the gateway: nothing was changed
         _interrupted(out, None, None, json_out=json_out)
     out.mask.add(*run.loaded.secrets)
@@ -181,7 +181,7 @@ def apply(
         _apply_run(out, run, auto_approve=auto_approve or bool(plan_file), max_deletes=max_deletes, json_out=json_out,
                    full=full)
     finally:
-        run.provider.close()
+        run.close()
 
 
 def _set_force_policy(force: bool) -> None:
@@ -298,17 +298,21 @@ def _confirm(out, deletes: int, command: str = "apply") -> None:
 
 def _apply_with_progress(out, run, *, show: bool, outcomes: list, full: bool = False):
     """Apply; every outcome is also collected in ``outcomes``, so an interrupt can still report them."""
+    from ..providers import ProviderError
     from ..reconcile.engine import apply_plan
     from ..render.changes import apply_progress
 
-    if not show:
-        return apply_plan(run, progress=outcomes.append)
-    with apply_progress(out, len(run.changes.changes), full=full) as progress:
-        def both(outcome) -> None:
-            outcomes.append(outcome)
-            progress(outcome)
+    try:
+        if not show:
+            return apply_plan(run, progress=outcomes.append)
+        with apply_progress(out, len(run.changes.changes), full=full) as progress:
+            def both(outcome) -> None:
+                outcomes.append(outcome)
+                progress(outcome)
 
-        return apply_plan(run, progress=both)
+            return apply_plan(run, progress=both)
+    except ProviderError as exc:  # the lock, or a gateway that moved while planning: nothing was applied
+        fail(out, f"error: {exc}")
 
 
 def adopt(
@@ -322,12 +326,12 @@ def adopt(
     from ..reconcile.engine import make_plan
 
     out = make_output()
-    run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=True))
+    run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=True, lock=True))
     out.mask.add(*run.loaded.secrets)
     try:
         _apply_run(out, run, auto_approve=auto_approve, max_deletes=0, json_out=False, command="adopt")
     finally:
-        run.provider.close()
+        run.close()
 
 
 def schema() -> None:

@@ -112,6 +112,7 @@ def push(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: Perio
     results = []
     failed = False
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
+        target = book.resolve_target(provider, target)
         for sink in sinks:
             if dry_run:
                 plan = plan_push(book, desired, sink, provider, target, start, end, _now())
@@ -126,7 +127,7 @@ def push(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: Perio
                 client = make_client(sink, concurrency=int(os.environ.get("APIMON_PUSH_CONCURRENCY", "4")))
             except ImportError as exc:
                 fail(out, f"error: billing.push.{sink.vendor} needs the vendor SDK ({exc.name}): "
-                          "pip install 'apimon[billing]'")
+                          "pip install 'apimon-cli[billing]'")
             except PushAborted as exc:
                 fail(out, f"{sink.where}: error: {exc}")
             report = run_push(book, desired, sink, provider, target, start, end, client)
@@ -223,6 +224,7 @@ def status(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: Per
     provider, target = _target(out, desired)
     rows = []
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
+        target = book.resolve_target(provider, target)
         for sink in sinks:
             p = plan_push(book, desired, sink, provider, target, start, end, _now())
             rows.append((sink, p))

@@ -93,6 +93,7 @@ def report(
             fail(out, f"error: --compare: {compare} bills per {other.billing.period}, the plan per "
                       f"{desired.billing.period}; compare plans of one billing period")
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
+        target = book.resolve_target(provider, target)
         try:
             figures = gather(desired, book, window, provider, target, as_of=day, plan_files=list(plans),
                              compare=(os.path.basename(compare), other) if compare else None, top=top)
@@ -147,6 +148,7 @@ def portal_build(
     provider, target = _target(out, desired)
     path = ledger_path(ledger, plans)
     with open_ledger(out, path, must_exist=True) as book:
+        target = book.resolve_target(provider, target)
         try:
             files, tokens = build(desired, book, window, provider, target, tokens_file=tokens_path(path), as_of=day,
                                   title=title, quantities=example, rotate=rotate or (), mask=out.mask)

@@ -42,7 +42,7 @@ from apimon_cli.model import METRICS, UsageRow
 from apimon_cli.sqlitetx import rollback_quietly as _rollback_quietly
 
 #: the schema this code writes; older ledgers are migrated in place on open
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _USAGE_V2 = """
 CREATE TABLE usage (
@@ -109,6 +109,15 @@ CREATE TABLE first_seen (
     source      TEXT NOT NULL,  -- 'ledger' (a stored row) | 'gateway' (the gateway's own history)
     recorded_at TEXT,           -- ISO 8601 UTC; NULL for rows backfilled by the migration
     PRIMARY KEY (provider, target, subscriber, product)
+# Schema 8: a provider's offline name for a target (what a plan says: an AWS profile and region) -> the
+# target its rows are stored under (what the gateway says: the AWS account id from STS), learnt by `usage pull`.
+_TARGET_ALIASES_V8 = """
+CREATE TABLE IF NOT EXISTS target_aliases (
+    provider   TEXT NOT NULL,
+    alias      TEXT NOT NULL,  -- the provider's offline target id (e.g. "profile:prod/us-east-1")
+    target     TEXT NOT NULL,  -- the target rows are stored under (e.g. "account:123456789012/us-east-1")
+    learnt_at  TEXT NOT NULL,  -- ISO 8601 UTC of the pull that last confirmed it
+    PRIMARY KEY (provider, alias)
 ) WITHOUT ROWID
 """
 
@@ -235,12 +244,22 @@ def _migrate_6_to_7(conn: sqlite3.Connection) -> None:
     )
 
 
+
+def _migrate_7_to_8(conn: sqlite3.Connection) -> None:
+    # Adds target_aliases. Rows keep the target they were pulled under (for AWS the profile name, which cannot
+    # be turned into an account id offline); the first `usage pull` that learns an alias's account moves the
+    # alias's rows (and their push_sync rows) to it (Ledger.learn_target).
+    conn.execute(_TARGET_ALIASES_V8)
+
+
+
 # Schema 4: stream_offsets and stream_event_ids, for `apimon events consume` (ledger/stream.py).
 # Schema 5: key_audit, for `apimon keys` (ledger/audit.py).
 # Schema 6: pull_windows, the digest of each window's last answer (repeated pulls). Schema 7: first_seen.
+# Schema 8: target_aliases (Ledger.learn_target).
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_1_to_2, _migrate_2_to_3, stream.migrate_to_stream, audit.migrate_to_audit, _migrate_5_to_6,
-    _migrate_6_to_7]
+    _migrate_6_to_7, _migrate_7_to_8]
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
@@ -252,6 +271,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     audit.migrate_to_audit(conn)
     conn.execute(_PULL_WINDOWS_V6)
     conn.execute(_FIRST_SEEN_V7)
+    conn.execute(_TARGET_ALIASES_V8)
     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
@@ -364,6 +384,47 @@ class Ledger:
     @property
     def schema_version(self) -> int:
         return self._conn.execute("SELECT version FROM schema_version").fetchone()[0]
+
+    # --- targets -----------------------------------------------------------------------------------
+    def resolve_target(self, provider: str, alias: str) -> str:
+        """The target rows of a plan's offline target id are stored under: what a pull learnt, else the id."""
+        row = self._conn.execute("SELECT target FROM target_aliases WHERE provider = ? AND alias = ?",
+                                 (provider, alias)).fetchone()
+        return row[0] if row else alias
+
+    def learn_target(self, provider: str, alias: str, target: str, *, now: datetime | None = None) -> int:
+        """Record that ``alias`` (offline) names ``target`` (the gateway's own id) and move rows stored under
+        the alias to the target, with their push state, in one transaction. Returns the usage rows moved.
+        A row already present under the target is kept (the newer pull) and the alias's copy is left as is."""
+        if alias == target:
+            return 0
+        at = (now or datetime.now(UTC)).isoformat(timespec="seconds")
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO target_aliases (provider, alias, target, learnt_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (provider, alias) DO UPDATE SET target = excluded.target, learnt_at = excluded.learnt_at",
+                (provider, alias, target, at))
+            moved = conn.execute("UPDATE OR IGNORE usage SET target = ? WHERE provider = ? AND target = ?",
+                                 (target, provider, alias)).rowcount
+            conn.execute("UPDATE OR IGNORE push_sync SET target = ? WHERE provider = ? AND target = ?",
+                         (target, provider, alias))
+            # the first-seen record moves with its rows, keeping the earlier day where both have one
+            conn.execute(
+                "INSERT INTO first_seen (provider, target, subscriber, product, first_day, source, recorded_at) "
+                "SELECT provider, ?, subscriber, product, first_day, source, recorded_at FROM first_seen "
+                "WHERE provider = ? AND target = ? AND true ON CONFLICT (provider, target, subscriber, product) "
+                "DO UPDATE SET first_day = excluded.first_day WHERE excluded.first_day < first_day",
+                (target, provider, alias))
+            conn.execute("DELETE FROM first_seen WHERE provider = ? AND target = ?", (provider, alias))
+            # window digests vouch for rows under the alias: no longer
+            conn.execute("DELETE FROM pull_windows WHERE provider = ? AND target = ?", (provider, alias))
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
+        return moved
 
     # --- writing -----------------------------------------------------------------------------------
     def replace_window(

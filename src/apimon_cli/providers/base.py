@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 
 class ProviderError(Exception):
     """A failure talking to the gateway, with a message fit for the user (no traceback)."""
+
+
+def not_owned(subscriber_id: str) -> ProviderError:
+    """`keys show` on a subscriber apimon does not manage: refused, its key is not apimon's to show."""
+    return ProviderError(f"subscriber {subscriber_id} is not managed by apimon; apimon shows only the keys it "
+                         "owns (adopt it first: `apimon adopt PLAN`)")
 
 
 class PlanCheckError(ProviderError):
@@ -93,6 +99,12 @@ class Provider(ABC):
         """Identifies the account/org/service in the ledger (provider + target); known offline."""
         return self.spec.target_id(self.settings, self.desired.target.base_dir)
 
+    def ledger_target(self) -> str:
+        """The target `usage pull` stores rows under: the gateway's own id for the account where it can be
+        asked (AWS: the account id from STS), else ``target_id``. May call the gateway; readers of the ledger
+        map ``target_id`` to it offline (``Ledger.resolve_target``)."""
+        return self.target_id
+
     # ---- what exists
     @abstractmethod
     def read_live_state(self) -> LiveState:
@@ -118,9 +130,17 @@ class Provider(ABC):
         """How the solver runs this provider's changes (workers, per-kind limits, phases, pacing)."""
         return ApplyPolicy()
 
+    # whether ``applying()`` excludes every other apimon apply on this gateway (the local state's lock file);
+    # a cloud's lock is this machine's only, so the engine re-reads the gateway under it before writing
+    lock_covers_gateway: bool = False
+
     def applying(self) -> AbstractContextManager:
-        """Held around a whole apply (the local target's lock)."""
-        return nullcontext()
+        """The apply lock, held from the read of an apply until its last write (``providers.lock``): this
+        machine's lock file for the target unless the provider has a better one."""
+        from .lock import exclusive, host_lock_path
+
+        path = host_lock_path(self.name, self.settings)
+        return exclusive(path, what=f"{self.name} target {self.target_id} ({path})")
 
     def refusals(self, changes: list[Change], live: LiveState) -> list[tuple[Change, str]]:
         """Changes this provider refuses to apply at all; any refusal stops the apply before it starts."""
@@ -132,6 +152,8 @@ class Provider(ABC):
 
     # ---- keys and usage
     def reveal_key(self, subscriber_id: str) -> str | None:
+        """The key value of a subscriber apimon owns (None: no such subscriber or key). A subscriber apimon
+        does not own raises ``not_owned(subscriber_id)``: apimon shows only the keys it owns."""
         return None
 
     # ---- key lifecycle (apimon keys rotate|finish|list|revoke; see the ``keys`` package)

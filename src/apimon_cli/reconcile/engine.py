@@ -12,6 +12,7 @@ thread, in the order outcomes arrive: ``progress(outcome)`` (the CLI's printer) 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from dataclasses import replace as _with
 from functools import cached_property
@@ -50,12 +51,21 @@ Progress = Callable[[ChangeOutcome], None]
 OnApplied = Callable[[Change, ChangeOutcome], None]
 
 
+class GatewayChanged(ProviderError):
+    """The gateway moved between the plan's read and the apply: nothing was applied."""
+
+
+GATEWAY_CHANGED = ("the gateway changed while you were planning; nothing was applied. Run `apimon plan` again "
+                   "and review the new plan")
+
+
 @dataclass
 class PlanRun:
     loaded: LoadedPlan
     provider: Provider
     live: LiveState
     changes: ChangeSet
+    lock: AbstractContextManager | None = None  # the apply lock, held since the read (make_plan(lock=True))
 
     @cached_property
     def fingerprint(self) -> str:
@@ -63,23 +73,45 @@ class PlanRun:
         a large live state is a good part of a converged plan's time (1M subscribers)."""
         return live_fingerprint(self.live)
 
+    def close(self) -> None:
+        """Release the apply lock (if held) and the provider."""
+        lock, self.lock = self.lock, None
+        try:
+            if lock is not None:
+                lock.__exit__(None, None, None)
+        finally:
+            self.provider.close()
+
 
 # ---------------------------------------------------------------- plan
 
-def make_plan(paths: list[str], *, strict: bool = False, adopt: bool = False) -> PlanRun:
+def make_plan(paths: list[str], *, strict: bool = False, adopt: bool = False, lock: bool = False) -> PlanRun:
     """Validate the plan, read the gateway, compute the changes. Raises PlanError / ProviderError; the
-    provider is closed when it raises, and left open (for apply) when it returns."""
+    provider is closed when it raises, and left open (for apply) when it returns.
+
+    With ``lock`` (apply), the provider's apply lock is taken *before* the gateway is read and held until
+    ``PlanRun.close()``: a second apply waits for the first, then plans against what it left, so two applies
+    never apply diffs computed from the same stale read."""
     loaded = load_or_raise(paths, strict=strict)
     desired = loaded.desired
     assert desired is not None
     provider = get_provider(desired)
+    held: AbstractContextManager | None = None
     try:
+        if lock:
+            ctx = provider.applying()
+            ctx.__enter__()
+            held = ctx  # released below only once entered
         live = provider.read_live_state()
         changes = plan_changes(provider, desired, live, adopt=adopt, warnings=[str(d) for d in loaded.warnings])
     except BaseException:
-        provider.close()
+        try:
+            if held is not None:
+                held.__exit__(None, None, None)
+        finally:
+            provider.close()
         raise
-    return PlanRun(loaded, provider, live, changes)
+    return PlanRun(loaded, provider, live, changes, lock=held)
 
 
 def plan_changes(provider: Provider, desired: DesiredState, live: LiveState, *, adopt: bool = False,
@@ -104,13 +136,33 @@ def plan_changes(provider: Provider, desired: DesiredState, live: LiveState, *, 
 
 def apply_plan(run: PlanRun, *, progress: Progress | None = None,
                on_applied: OnApplied | None = None) -> ApplyReport:
-    return apply_changes(run.provider, run.changes.changes, run.live, progress=progress, on_applied=on_applied)
+    """Apply a plan under the apply lock. Without the lock held since the read (or with a lock that covers
+    only this machine, as on the clouds) the gateway is read again under the lock first, and a gateway that
+    moved since the plan's read refuses the apply (``GatewayChanged``, nothing written)."""
+    if run.lock is None:
+        with run.provider.applying():
+            check_unchanged(run)
+            return apply_changes(run.provider, run.changes.changes, run.live, progress=progress,
+                                 on_applied=on_applied, locked=True)
+    if not run.provider.lock_covers_gateway:
+        check_unchanged(run)
+    return apply_changes(run.provider, run.changes.changes, run.live, progress=progress, on_applied=on_applied,
+                         locked=True)
+
+
+def check_unchanged(run: PlanRun) -> None:
+    """Re-read the gateway; raise ``GatewayChanged`` if it is not what the plan was computed from."""
+    if run.changes.empty:
+        return
+    if live_fingerprint(run.provider.read_live_state()) != run.fingerprint:
+        raise GatewayChanged(GATEWAY_CHANGED)
 
 
 def apply_changes(provider: Provider, changes: list[Change], live: LiveState, *, progress: Progress | None = None,
-                  on_applied: OnApplied | None = None) -> ApplyReport:
+                  on_applied: OnApplied | None = None, locked: bool = False) -> ApplyReport:
     """Apply changes in dependency order; stop at the first failure (changes in flight finish). The report
-    has what was applied, what failed and what was not attempted."""
+    has what was applied, what failed and what was not attempted. The provider's apply lock is taken around
+    it unless the caller holds it (``locked``)."""
     report = ApplyReport()
 
     def observe(outcome: ChangeOutcome) -> None:
@@ -126,7 +178,7 @@ def apply_changes(provider: Provider, changes: list[Change], live: LiveState, *,
         observe(ChangeOutcome(first, False, " | ".join(m for _, m in refused) + "; nothing was applied"))
         report.not_applied = [c for c in changes if c is not first]
         return report
-    with provider.applying():
+    with nullcontext() if locked else provider.applying():
         attempted = solver.run(changes, lambda c: _attempt(provider, c, live), lambda o: not o.ok,
                                provider.apply_policy(), observe)
     report.not_applied = [c for i, c in enumerate(changes) if i not in attempted]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..providers import ProviderError
 from .changes import changeset_to_json
-from .engine import PlanRun, make_plan
+from .engine import GatewayChanged, PlanRun, make_plan
 
 SAVED_PLAN_VERSION = 1
 MAX_SAVED_PLAN_BYTES = 512 * 1024 * 1024  # far beyond any real plan; bounds what a crafted --plan-file costs
@@ -138,8 +138,9 @@ def _saved_files(doc: dict, saved_path: str, key: str = "files") -> list[tuple[s
     return out
 
 
-def plan_from_saved(saved_path: str, *, strict: bool = False) -> PlanRun:
-    """Re-plan from a saved plan; refuse (changing nothing) if the files or the live state moved."""
+def plan_from_saved(saved_path: str, *, strict: bool = False, lock: bool = False) -> PlanRun:
+    """Re-plan from a saved plan; refuse (changing nothing) if the files or the live state moved. With
+    ``lock`` the gateway is read (and compared) under the apply lock, which stays held for the apply."""
     doc = _read_saved(saved_path)
     files = _saved_files(doc, saved_path)
     data_files = _saved_files(doc, saved_path, "data_files")
@@ -159,9 +160,10 @@ def plan_from_saved(saved_path: str, *, strict: bool = False) -> PlanRun:
         if actual != digest:
             raise SavedPlanError(f"saved plan is stale: plan file {path} changed since the plan was saved; "
                                  "run `apimon plan --out` again")
-    run = make_plan([p for p, _ in files], strict=strict, adopt=adopt)
+    run = make_plan([p for p, _ in files], strict=strict, adopt=adopt, lock=lock)
     if run.fingerprint != fingerprint:
-        run.provider.close()
-        raise SavedPlanError("saved plan is stale: the gateway changed since the plan was saved; nothing was "
-                             "applied. Run `apimon plan --out` again and review the new plan")
+        run.close()
+        raise GatewayChanged("saved plan is stale: the gateway changed while you were planning (since the plan "
+                             "was saved); nothing was applied. Run `apimon plan --out` again and review the new "
+                             "plan")
     return run

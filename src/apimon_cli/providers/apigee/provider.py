@@ -43,7 +43,7 @@ from typing import Any
 from ...model import DesiredState, LiveState, Product, Subscriber, UsageRow
 from ...reconcile.changes import Change, ChangeSet, FieldChange
 from ...render.words import count
-from ..base import PlanNotes, Provider, ProviderError
+from ..base import PlanNotes, Provider, ProviderError, not_owned
 from .client import ApigeeClient, ApigeeError, seg, session_from_environment
 from .keys import ApigeeKeys
 from .products import ApigeeProducts
@@ -199,10 +199,13 @@ class ApigeeProvider(ApigeeKeys, ApigeeReading, ApigeeProducts, ApigeeSubscriber
 
     # ---------------------------------------------------------------- keys, usage, import
     def reveal_key(self, subscriber_id: str) -> str | None:
-        for app in self.list_apps():
-            if app.name == subscriber_id and managed(app.raw):
+        apps = [app for app in self.list_apps() if app.name == subscriber_id]
+        for app in apps:
+            if managed(app.raw):
                 cred = primary_credential(app.raw, None, self.now_ms())
                 return cred.get("consumerKey") if cred else None
+        if apps:
+            raise not_owned(subscriber_id)
         return None
 
     def pull_usage(self, start: date, end: date) -> Iterable[UsageRow]:

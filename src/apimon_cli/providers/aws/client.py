@@ -64,6 +64,32 @@ def _track_request(request: Any, **_: Any) -> None:
         call.method, call.url, call.label = request.method, request.url, ""
 
 
+def caller_account(region: str | None, profile: str | None, endpoint_url: str | None) -> str:
+    """The account id of the credentials in use (STS GetCallerIdentity), with apimon's timeouts and a few
+    retries. An ``endpoint_url`` override (LocalStack, moto) is asked too: it serves STS on the same port."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
+    config = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=TIMEOUTS.connect,
+                    read_timeout=TIMEOUTS.read, user_agent_extra="apimon")
+    try:
+        session = boto3.session.Session(profile_name=profile, region_name=region)
+        sts = session.client("sts", endpoint_url=endpoint_url, config=config)
+        account = sts.get_caller_identity().get("Account")
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise ProviderError(f"no usable AWS credentials ({exc}); configure the standard AWS chain "
+                            "or target.aws.profile") from None
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        raise ProviderError(f"STS GetCallerIdentity: {err.get('Code', '?')}: {err.get('Message', '')}") from None
+    except (BotoCoreError, ValueError) as exc:
+        raise ProviderError(f"STS GetCallerIdentity: {exc}") from None
+    if not account:
+        raise ProviderError("STS GetCallerIdentity answered without an account id")
+    return str(account)
+
+
 def configured_endpoint(region: str | None, profile: str | None) -> str | None:
     """The endpoint boto3 is configured with (AWS_ENDPOINT_URL, the profile's endpoint_url), if not AWS's."""
     url = make_client(region, profile, None).meta.endpoint_url

@@ -52,7 +52,7 @@ from typing import Any
 from ...model import DesiredState, LiveState, Product, RateLimit, Subscriber, UsageRow
 from ...reconcile.changes import Change, ChangeSet
 from ...reconcile.solver import ApplyPolicy
-from ..base import PlanNotes, Provider, ProviderError
+from ..base import PlanNotes, Provider, ProviderError, not_owned
 from .client import AwsClient
 from .keys import AwsKeys
 from .read import READ_THREADS, AwsReading, owned, rotating_out, subscriber_of
@@ -184,10 +184,23 @@ class AwsProvider(AwsKeys, AwsReading, AwsWriting, Provider):
         return ApplyPolicy(workers=APPLY_THREADS, pacing=self.quotas)
 
     # ---------------------------------------------------------------- keys, usage, import
+    def ledger_target(self) -> str:
+        """``account:<id>/<region>`` (the account from STS GetCallerIdentity), so two accounts behind one
+        profile name never share ledger rows; prefixed by the endpoint when one is configured (LocalStack and
+        moto answer one account id for everybody)."""
+        from .client import caller_account, configured_endpoint
+
+        account = caller_account(self.region, self.profile, self.endpoint_url)
+        endpoint = self.endpoint_url or configured_endpoint(self.region, self.profile)
+        name = f"account:{account}/{self.region}"
+        return f"{endpoint.rstrip('/')}/{name}" if endpoint else name
+
     def reveal_key(self, subscriber_id: str) -> str | None:
-        mine = [k for k in self.api.items("GetApiKeys")
-                if subscriber_of(k) == subscriber_id and owned(k) and not rotating_out(k)]
+        named = [k for k in self.api.items("GetApiKeys") if subscriber_of(k) == subscriber_id]
+        mine = [k for k in named if owned(k) and not rotating_out(k)]
         if not mine:
+            if any(not owned(k) for k in named):
+                raise not_owned(subscriber_id)
             return None
         newest = max(mine, key=lambda k: (str(k.get("createdDate") or ""), k["id"]))
         return self.api.call("GetApiKey", apiKey=newest["id"], includeValue=True).get("value")

@@ -5,14 +5,12 @@ unmanaged and never touched), usage counters written by `apimon gateway serve`. 
 of whole changes (``BATCH_CHANGES`` changes or ``BATCH_SECONDS``, whichever comes first), each change in
 its own savepoint, one revision bump per batch: a killed apply leaves whole changes only and a re-run
 converges, and a running gateway reloads once per batch, not once per change. Applies take an exclusive
-lock file: a second concurrent apply waits briefly, then fails with a clear message.
+lock file from their read on: a second concurrent apply waits, then plans afresh.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import secrets
 import sqlite3
 import time
@@ -26,11 +24,11 @@ from ...planfile.writer import product_from_plan, product_to_plan
 from ...reconcile.changes import Change, FieldChange
 from ...reconcile.fields import key_fingerprint
 from ...sqlitetx import rollback_quietly
-from ..base import Provider, ProviderError
+from ..base import Provider, ProviderError, not_owned
+from ..lock import exclusive
 from .keys import REVOKED_PREFIX, LocalKeys
 from .state import OWNER, connect_state, state_dir_of
 
-LOCK_WAIT_SECONDS = 10.0
 BILLING_FIELDS = ("currency", "period", "metric")
 BATCH_CHANGES = 500  # changes per commit during apply
 BATCH_SECONDS = 0.1  # ... or the age of the open batch, whichever comes first
@@ -128,7 +126,16 @@ class LocalProvider(LocalKeys, Provider):
         for sid, owner, product, email, enabled, api_key, metadata in rows:
             meta = shared.get(metadata)
             if meta is None:
-                meta = tuple(sorted(loads(metadata or "{}").items()))
+                try:
+                    parsed = loads(metadata or "{}")
+                    if not isinstance(parsed, dict):
+                        raise ValueError("not a JSON object")
+                    meta = tuple(sorted(parsed.items()))
+                except (ValueError, TypeError):  # a row written by hand that is not a valid subscriber (metadata
+                    # not a JSON object): shown and left alone, as unreadable product rows are
+                    live.unmanaged.append(Unmanaged("subscriber", sid, "unreadable subscriber row (metadata is "
+                                                    "not a JSON object)"))
+                    continue
                 if len(shared) < 4096:  # bounded: metadata unique per subscriber is not kept twice
                     shared[metadata] = meta
             sub = Subscriber(sid, shared.setdefault(product, product), email, bool(enabled), None, meta)
@@ -140,23 +147,14 @@ class LocalProvider(LocalKeys, Provider):
         return live
 
     # ---------------------------------------------------------------- apply: batches of whole changes
+    lock_covers_gateway = True
+
     @contextmanager
     def applying(self) -> Iterator[None]:
-        """An exclusive lock over the whole apply: a second apply waits for it, then fails clearly."""
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.state_dir / "apply.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            deadline = time.monotonic() + LOCK_WAIT_SECONDS
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise ProviderError(
-                            f"another apimon apply holds the lock on {self.state_dir} "
-                            f"(waited {LOCK_WAIT_SECONDS:.0f} s); try again when it has finished") from None
-                    time.sleep(0.1)
+        """An exclusive lock file in the state directory over the whole apply (from its read on): a second
+        apply waits for it (``APIMON_LOCK_TIMEOUT``), then plans against what the first one left. Changes
+        made under it are committed in batches; the last batch when the lock is released."""
+        with exclusive(self.state_dir / "apply.lock", what=str(self.state_dir)):
             # the plan's billing block, so `import` gives it back (a re-invoiced EUR plan stays EUR)
             self._record_billing()
             self._batching = True
@@ -165,8 +163,6 @@ class LocalProvider(LocalKeys, Provider):
             finally:
                 self._batching = False
                 self._commit_batch()  # the changes done so far are whole: keep them, also on Ctrl-C
-        finally:
-            os.close(fd)
 
     def _record_billing(self) -> None:
         try:
@@ -333,7 +329,9 @@ class LocalProvider(LocalKeys, Provider):
     def reveal_key(self, subscriber_id: str) -> str | None:
         if not self.exists:
             return None
-        row = self.conn.execute("SELECT api_key FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+        row = self.conn.execute("SELECT api_key, owner FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+        if row is not None and row[1] != OWNER:
+            raise not_owned(subscriber_id)
         return row[0] if row and not row[0].startswith(REVOKED_PREFIX) else None
 
     def pull_usage(self, start: date, end: date) -> Iterable[UsageRow]:
