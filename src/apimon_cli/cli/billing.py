@@ -212,12 +212,15 @@ def usage_show(
 def usage_export(
     from_: Annotated[Optional[str], typer.Option("--from", help="First day (YYYY-MM-DD).")] = None,
     to: Annotated[Optional[str], typer.Option("--to", help="Last day, inclusive.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv | jsonl")] = "csv",
-    out_file: Annotated[Optional[str], typer.Option("--out", help="File to write (default: stdout).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv | jsonl | parquet")] = "csv",
+    out_file: Annotated[
+        Optional[str],
+        typer.Option("--out", help="File to write (default: stdout); with --format parquet, a directory."),
+    ] = None,
     plan: Annotated[Optional[str], typer.Option("--plan", help="Locate the ledger beside this plan.")] = None,
     ledger: LedgerOpt = None,
 ) -> None:
-    """Stream the ledger's rows as CSV or JSON Lines (constant memory)."""
+    """Stream the ledger's rows as CSV, JSON Lines or a Parquet dataset (constant memory)."""
     from ..export.writers import (
         USAGE_COLUMNS,
         USAGE_NUMERIC_COLUMNS,
@@ -228,11 +231,14 @@ def usage_export(
     )
 
     out = make_output()
-    if fmt not in ("csv", "jsonl"):
-        fail(out, f"error: --format must be csv or jsonl; got {fmt!r}")
+    if fmt not in ("csv", "jsonl", "parquet"):
+        fail(out, f"error: --format must be csv, jsonl or parquet; got {fmt!r}")
     start = parse_day(out, from_, "--from") if from_ else None
     end = parse_day(out, to, "--to") if to else None
     path = ledger_path(ledger, [plan] if plan else None)
+    if fmt == "parquet":
+        _export_parquet(out, path, start, end, out_file)
+        return
     with open_ledger(out, path, must_exist=True) as book, _writer(out, out_file) as fh:
         rows = book.iter_rows(start, end)
         if fmt == "csv":
@@ -241,6 +247,20 @@ def usage_export(
             n = write_jsonl(usage_mappings(rows), fh)
     if out_file:
         out.info(f"Wrote {n:,} usage rows to {out_file}.")
+
+
+def _export_parquet(out, path, start, end, out_dir: str | None) -> None:
+    """A Hive-partitioned Parquet dataset (export/parquet.py): needs --out DIR and pyarrow."""
+    if not out_dir:
+        fail(out, "error: --format parquet writes a directory: give --out DIR")
+    from ..export.parquet import ParquetExportError, write_dataset
+
+    with open_ledger(out, path, must_exist=True) as book:
+        try:
+            n = write_dataset(book.iter_rows(start, end), out_dir)
+        except ParquetExportError as exc:
+            fail(out, f"error: {exc}")
+    out.info(f"Wrote {n:,} usage rows to {out_dir} (Parquet, partitioned by day).")
 
 
 # ---------------------------------------------------------------- invoices
