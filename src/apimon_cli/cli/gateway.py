@@ -79,6 +79,8 @@ def gateway_serve(
     out.info(
         f"apimon gateway stopped after {summary.seconds:.0f} s: {written}, "
         f"{summary.unauthenticated} without a valid key (not metered)."
+        + (f" {summary.limits_errors} requests were decided without Redis (target.local.limits.on_error)."
+           if summary.limits_errors else "")
     )
     if summary.lost or summary.lost_quota:
         out.json({"unwritten_usage": summary.lost, "unwritten_quota": summary.lost_quota})

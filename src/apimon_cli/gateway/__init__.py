@@ -93,6 +93,7 @@ def config_from_plan(
         upstream_timeout=upstream_timeout,
         total_timeout=total_timeout,
         events=desired.events,
+        limits=desired.target.settings.get("limits"),
     )
     config.check()
     return config

@@ -48,6 +48,9 @@ class GatewayConfig:
     drain_timeout: float = 10.0  # on SIGINT/SIGTERM, how long requests in flight may still run
     # ---- events
     events: Any = None  # events.config.EventsConfig: the plan's events block (None: no events)
+    # ---- limits back end: target.local.limits ({backend, url, on_error, timeout, key_prefix}; None: memory)
+    limits: dict | None = None
+    workers: int = 1  # processes on one port (SO_REUSEPORT): `gateway serve --workers N`
 
     def check(self) -> None:
         """Refuse nonsense numbers with one line naming the option."""
@@ -71,6 +74,7 @@ class Summary:
     lost: list[tuple] = field(default_factory=list)  # usage rows that could not be written (should be [])
     lost_quota: list[tuple] = field(default_factory=list)  # quota deltas that could not be written
     refused: int = 0  # requests and connections refused while draining or over the connection limit
+    limits_errors: int = 0  # requests decided by target.local.limits.on_error (Redis unreachable)
 
     @property
     def unwritten(self) -> int:

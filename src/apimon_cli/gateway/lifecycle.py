@@ -78,7 +78,9 @@ class Gateway:
         self.clock: Clock = clock or clock_from_env()
         self.log = GatewayLog()
         self.auth: Authenticator = auth or ApiKeyAuth()
-        self.limits: LimitsBackend = limits or InMemoryLimits()
+        self.limits: LimitsBackend = limits or limits_from_config(config.limits)
+        if getattr(self.limits, "log", False) is None:
+            self.limits.log = self.log  # type: ignore[attr-defined]
         self.upstream_pools = {api: Upstream(api, url, config.upstream_connections)
                                for api, url in config.upstreams.items()}
         self.meter = Meter()
@@ -344,7 +346,7 @@ class Gateway:
         self._exit.close()
         refused = self.pipeline.refused + (self._gate.refused if self._gate else 0)
         return Summary(self.meter.requests, self.meter.unauthenticated, time.monotonic() - self._started, lost,
-                       lost_quota, refused)
+                       lost_quota, refused, getattr(self.limits, "errors", 0))
 
     async def _close_pools(self) -> None:
         for up in self.upstream_pools.values():
@@ -357,6 +359,18 @@ class Gateway:
             self._db.shutdown(wait=True)
             if self._lock is not None:
                 self._lock.release()
+
+
+def limits_from_config(settings: dict | None) -> LimitsBackend:
+    """The limits back end ``target.local.limits`` names: memory (default) or Redis (gateway/redis_limits.py)."""
+    if not settings or settings.get("backend", "memory") == "memory":
+        return InMemoryLimits()
+    try:
+        from .redis_limits import RedisLimits
+    except ImportError:  # pragma: no cover - redis-py missing
+        raise GatewayError("target.local.limits.backend redis needs redis-py: pip install 'apimon[redis]'") from None
+    return RedisLimits(settings["url"], on_error=settings.get("on_error") or "allow",
+                       timeout=float(settings.get("timeout") or 0.25), prefix=settings.get("key_prefix") or "apimon:")
 
 
 # ---------------------------------------------------------------- entry point for the CLI
