@@ -50,7 +50,7 @@ class GatewayConfig:
     events: Any = None  # events.config.EventsConfig: the plan's events block (None: no events)
     # ---- limits back end: target.local.limits ({backend, url, on_error, timeout, key_prefix}; None: memory)
     limits: dict | None = None
-    workers: int = 1  # processes on one port (SO_REUSEPORT): `gateway serve --workers N`
+    reuse_port: bool = False  # SO_REUSEPORT on the listener: one of `gateway serve --workers N`'s processes
 
     def check(self) -> None:
         """Refuse nonsense numbers with one line naming the option."""

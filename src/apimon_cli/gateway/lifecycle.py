@@ -171,7 +171,7 @@ class Gateway:
         self._server = GatewayServer(self.pipeline.handle, gate=self._gate, cfg=cfg)
         self._runner = web.ServerRunner(self._server, shutdown_timeout=1.0, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=1024)
+        self._site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=1024, reuse_port=cfg.reuse_port or None)
         try:
             await self._site.start()
         except OSError as exc:
