@@ -20,7 +20,7 @@ apimon: 1
 target:
   provider: local
   local:
-    state_dir: state
+    {state}
     upstreams: {{petstore: "{up}"}}
     limits: {{backend: {backend}, url: "{redis}", key_prefix: "{prefix}"}}
 products:
@@ -53,23 +53,47 @@ def upstream_url():
     proc.wait(10)
 
 
+DATABASES: dict[Path, str] = {}  # tmp_path -> the PostgreSQL state of the test (the state_location fixture)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_location(request, tmp_path):
+    """The local state in state_dir (SQLite) or in a fresh PostgreSQL database (target.local.database)."""
+    if request.param == "postgresql":
+        DATABASES[tmp_path] = request.getfixturevalue("postgres_db")
+    yield request.param
+    DATABASES.pop(tmp_path, None)
+
+
 def plan(tmp_path: Path, up: str, redis: tuple[str, str], *, backend="redis", burst=15, quota=20, cid=True) -> Path:
+    database = DATABASES.get(tmp_path)
+    state = f'database: "{database}"' if database else "state_dir: state"
     text = PLAN.format(up=up, backend=backend, redis=redis[0], prefix=redis[1], burst=burst, quota=quota,
-                       cid_enabled=str(cid).lower())
+                       cid_enabled=str(cid).lower(), state=state)
     path = write_plan(tmp_path / "plan.yaml", text)
     r = run_cli("apply", str(path), "--auto-approve")
     assert r.code == 0, r.output
     return path
 
 
-def keys(tmp_path: Path) -> dict[str, str]:
+def _query(tmp_path: Path, sql: str) -> dict:
+    database = DATABASES.get(tmp_path)
+    if database:
+        import psycopg
+
+        with psycopg.connect(database) as conn:
+            return {k: int(v) for k, v in conn.execute(sql).fetchall()} if "sum(" in sql else \
+                dict(conn.execute(sql).fetchall())
     with sqlite3.connect(tmp_path / "state" / "state.db") as conn:
-        return dict(conn.execute("SELECT id, api_key FROM subscribers"))
+        return dict(conn.execute(sql))
+
+
+def keys(tmp_path: Path) -> dict[str, str]:
+    return _query(tmp_path, "SELECT id, api_key FROM subscribers")
 
 
 def totals(tmp_path: Path) -> dict[str, int]:
-    with sqlite3.connect(tmp_path / "state" / "state.db") as conn:
-        return dict(conn.execute("SELECT subscriber, sum(count) FROM usage WHERE metric = 'total' GROUP BY subscriber"))
+    return _query(tmp_path, "SELECT subscriber, sum(count) FROM usage WHERE metric = 'total' GROUP BY subscriber")
 
 
 async def burst_of(urls: list[str], key: str, n: int) -> list[int]:
@@ -89,7 +113,7 @@ def test_workers_refused_with_the_memory_back_end(tmp_path, upstream_url):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_three_gateways_on_one_state_and_one_redis(tmp_path, upstream_url, redis_prefix):
+def test_three_gateways_on_one_state_and_one_redis(tmp_path, state_location, upstream_url, redis_prefix):
     path = plan(tmp_path, upstream_url, redis_prefix, burst=15, quota=20)
     k = keys(tmp_path)
     gws = [GatewayProcess(path) for _ in range(3)]
@@ -111,12 +135,22 @@ def test_three_gateways_on_one_state_and_one_redis(tmp_path, upstream_url, redis
     assert codes == [0, 0, 0]
     # each process added its own counts: the state holds the sum, nothing twice
     assert totals(tmp_path) == {"bob": 24, "ann": 31, "cid": 6}
+    # a restarted gateway adds only what it serves after the restart
+    again = GatewayProcess(path)
+    try:
+        assert asyncio.run(burst_of([again.url], k["ann"], 2)) == [429, 429]
+    finally:
+        assert again.stop() == 0
+    assert totals(tmp_path) == {"bob": 24, "ann": 33, "cid": 6}
+    if state_location == "postgresql":
+        assert not (tmp_path / "state").exists()  # nothing of the state on this host's disk
     r = run_cli("usage", "pull", str(path), "--from", time.strftime("%Y-%m-%d", time.gmtime()),
                 "--to", time.strftime("%Y-%m-%d", time.gmtime()), "--ledger", str(tmp_path / "l.db"))
     assert r.code == 0 and "new" in r.stdout
 
 
-def test_workers_on_one_port_share_quota_and_sum_their_summaries(tmp_path, upstream_url, redis_prefix):
+def test_workers_on_one_port_share_quota_and_sum_their_summaries(tmp_path, state_location, upstream_url,
+                                                                 redis_prefix):
     path = plan(tmp_path, upstream_url, redis_prefix, quota=40)
     k = keys(tmp_path)
     gw = GatewayProcess(path, "--workers", "3")

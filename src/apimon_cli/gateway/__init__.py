@@ -94,6 +94,7 @@ def config_from_plan(
         total_timeout=total_timeout,
         events=desired.events,
         limits=desired.target.settings.get("limits"),
+        database=desired.target.settings.get("database") or None,
     )
     config.check()
     return config

@@ -50,6 +50,7 @@ class GatewayConfig:
     events: Any = None  # events.config.EventsConfig: the plan's events block (None: no events)
     # ---- limits back end: target.local.limits ({backend, url, on_error, timeout, key_prefix}; None: memory)
     limits: dict | None = None
+    database: str | None = None  # target.local.database: the state in PostgreSQL (None: state_dir/state.db)
     reuse_port: bool = False  # SO_REUSEPORT on the listener: one of `gateway serve --workers N`'s processes
 
     def check(self) -> None:

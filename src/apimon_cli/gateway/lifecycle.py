@@ -91,8 +91,8 @@ class Gateway:
         self.connection_limit = config.max_connections
         self.loop_name = "asyncio"
         self._slots: dict[str, ProductSlot] = {}
-        self._store = StateStore(config.state_dir)
-        self._lock = StateLock(config.state_dir) if self.limits.exclusive_state else None
+        self._store = StateStore(config.state_dir, config.database)
+        self._lock = StateLock(config.state_dir, config.database) if self.limits.exclusive_state else None
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apimon-gateway-db")
         self._flush_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
@@ -142,7 +142,8 @@ class Gateway:
             raise GatewayError(str(exc)) from None
         except Exception as exc:  # sqlite errors: a damaged or foreign file
             await self._close_db()
-            raise GatewayError(f"cannot read the local gateway state in {cfg.state_dir}: {exc}") from None
+            where = "PostgreSQL" if cfg.database else cfg.state_dir
+            raise GatewayError(f"cannot read the local gateway state in {where}: {exc}") from None
         try:
             if self._lock is not None:
                 self._lock.acquire()

@@ -88,6 +88,7 @@ class DatabaseURL:
 # --- SQL translation ---------------------------------------------------------------------------------
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _TEMP = re.compile(r"\btemp\.(\w)")
+_MAIN = re.compile(r"\bmain\.(\w)")  # SQLite's main schema: the connection's default schema here
 
 
 def _scalar_minmax(sql: str) -> str:
@@ -123,6 +124,7 @@ def translate(sql: str) -> str:
         s = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', s)
     s = s.replace("%", "%%")
     s = _TEMP.sub(r"pg_temp.\1", s)
+    s = _MAIN.sub(r"\1", s)
     s = _scalar_minmax(s)
     s = _NAMED.sub(r"%(\1)s", s)
     return s.replace("?", "%s")

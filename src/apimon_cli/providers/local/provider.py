@@ -24,7 +24,7 @@ from ...reconcile.changes import Change
 from ...reconcile.fields import key_fingerprint
 from ..base import Provider, ProviderError
 from .keys import REVOKED_PREFIX, LocalKeys
-from .state import OWNER, connect_state, state_dir_of
+from .state import APPLY_LOCK_KEY, OWNER, connect_state, database_identity, database_of, state_dir_of
 
 LOCK_WAIT_SECONDS = 10.0
 
@@ -39,12 +39,13 @@ class LocalProvider(LocalKeys, Provider):
     def __init__(self, desired: DesiredState):
         super().__init__(desired)
         self.state_dir = state_dir_of(desired)
+        self.database = database_of(desired)  # PostgreSQL instead of state_dir/state.db (team setups)
         self._conn: sqlite3.Connection | None = None
 
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = connect_state(self.state_dir)
+            self._conn = connect_state(self.state_dir, database=self.database)
         return self._conn
 
     def close(self) -> None:
@@ -55,6 +56,15 @@ class LocalProvider(LocalKeys, Provider):
     # ---------------------------------------------------------------- read
     @property
     def exists(self) -> bool:
+        if self.database:
+            if self._conn is None:
+                try:
+                    self._conn = connect_state(self.state_dir, create=False, database=self.database)
+                except ProviderError as exc:
+                    if "no local gateway state" in str(exc):
+                        return False
+                    raise
+            return True
         return (self.state_dir / "state.db").exists()
 
     def read_live_state(self) -> LiveState:
@@ -87,6 +97,10 @@ class LocalProvider(LocalKeys, Provider):
     @contextmanager
     def applying(self) -> Iterator[None]:
         """An exclusive lock over the whole apply: a second apply waits for it, then fails clearly."""
+        if self.database:
+            with self._applying_database():
+                yield
+            return
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.state_dir / "apply.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -105,6 +119,29 @@ class LocalProvider(LocalKeys, Provider):
         finally:
             os.close(fd)
 
+    @contextmanager
+    def _applying_database(self) -> Iterator[None]:
+        # PostgreSQL: a session advisory lock, so applies from every host are serialised; the server
+        # drops it when this connection ends, however the process ends. Gateways see it in pg_locks.
+        conn = self.conn
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        try:
+            while not conn.execute("SELECT pg_try_advisory_lock(?, ?)", APPLY_LOCK_KEY).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise ProviderError(
+                        f"another apimon apply holds the lock on {database_identity(self.database)} "
+                        f"(waited {LOCK_WAIT_SECONDS:.0f} s); try again when it has finished")
+                time.sleep(0.1)
+        except sqlite3.DatabaseError as exc:
+            raise ProviderError(f"local state: {exc}") from None
+        try:
+            yield
+        finally:
+            try:
+                conn.execute("SELECT pg_advisory_unlock(?, ?)", APPLY_LOCK_KEY)
+            except sqlite3.DatabaseError:
+                pass  # the connection is gone: so is its lock
+
     def _transaction(self, write: Callable[[sqlite3.Connection], str]) -> str:
         """One change, one transaction (a killed apply leaves whole changes); each bumps the revision the
         gateway polls to reload."""
@@ -116,7 +153,8 @@ class LocalProvider(LocalKeys, Provider):
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
         except sqlite3.DatabaseError as exc:
             raise ProviderError(f"local state: {exc}") from None
@@ -246,5 +284,6 @@ class LocalProvider(LocalKeys, Provider):
         if include_unmanaged:
             products += [u.resource for u in live.unmanaged if u.kind == "product" and u.resource]
             subscribers += [u.resource for u in live.unmanaged if u.kind == "subscriber" and u.resource]
-        return {"target": {"provider": "local", "local": {"state_dir": str(self.state_dir)}},
+        local = {"database": database_identity(self.database)} if self.database else {"state_dir": str(self.state_dir)}
+        return {"target": {"provider": "local", "local": local},
                 "products": products, "subscribers": subscribers}

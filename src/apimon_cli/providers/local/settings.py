@@ -31,8 +31,17 @@ class LocalLimits(Strict):
 
 
 class LocalTarget(Strict):
+    @model_validator(mode="after")
+    def _database_url(self) -> LocalTarget:
+        if self.database and not self.database.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"database must be a postgresql:// URL; got {self.database.split('@')[-1]!r}")
+        return self
+
     state_dir: Text = ".apimon"
     upstreams: dict[str, Text] = Field(
         default_factory=dict, description="API name -> upstream base URL, for `apimon gateway serve`."
     )
+    database: Text | None = Field(
+        None, description="postgresql://user@host:5432/db: keep the state (products, keys, usage counters) in "
+        "PostgreSQL, shared by gateways on several hosts; default: the SQLite file in state_dir.")
     limits: LocalLimits | None = Field(None, description="Rate-limit and quota back end of `apimon gateway serve`.")
