@@ -84,6 +84,12 @@ def test_the_same_commands_give_the_same_rows_and_invoices_on_both(tmp_path, pos
             assert r.code == 0, r.output
             outputs[kind].append(re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", "PULLED_AT", r.stdout))
     assert outputs["sqlite"] == outputs["postgresql"]
+    # the HTML report and the portal read a PostgreSQL ledger too (the portal's tokens file: beside the plan)
+    r = run_cli("report", str(plan), "--period", "2026-11", "--out", str(tmp_path / "r.html"), env=env)
+    assert r.code == 0 and "acme" in (tmp_path / "r.html").read_text(), r.output
+    r = run_cli("portal", "build", str(plan), "--period", "2026-11", "--out", str(tmp_path / "site"), env=env)
+    assert r.code == 0, r.output
+    assert SECRET not in r.output
     assert "~ 2026-11-02 acme pro success: 1200000 -> 1200100" in outputs["postgresql"][1]
     invoice_csv = outputs["postgresql"][2]
     assert "acme" in invoice_csv and "initech" in invoice_csv
@@ -158,3 +164,23 @@ def test_two_processes_pulling_overlapping_windows_never_double_count_nor_deadlo
         assert rest == 0 and factor in (1, 2), r  # the last pull's counts (factor 2), never a sum
         by_day.setdefault(r.day, set()).add(factor)
     assert all(len(f) == 1 for f in by_day.values())  # one pull's answer per day, not a mix
+
+
+def test_push_sync_and_billable_rows_are_the_same_on_both(ledger_location):
+    from apimon_cli.ledger.sync import Claim, PushSync, billable_rows
+
+    with Ledger.open(ledger_location) as ledger:
+        ledger.replace_window("local", "gw", date(2026, 1, 1), date(2026, 1, 31), [
+            UsageRow("a", "p", "2026-01-02", "total", 10), UsageRow("a", "p", "2026-01-02", "blocked", 3),
+            UsageRow("b", "p", "2026-01-02", "total", 2), UsageRow("b", "p", "2026-01-02", "blocked", 5)])
+        assert sorted(billable_rows(ledger, date(2026, 1, 1), date(2026, 1, 31), "total", "local", "gw")) == [
+            ("2026-01-02", "a", "p", 7), ("2026-01-02", "b", "p", 0)]
+        sync = PushSync(ledger, "lago", "meter@lago.test")
+        key = ("local", "gw", "2026-01-02", "a", "p", "total")
+        assert len(sync.claim([Claim(key, 0, "k1", 7, 7, None, "cus_1")], "T1")) == 1
+        assert sync.claim([Claim(key, 0, "k1b", 7, 7, None, "cus_1")], "T1") == []  # claimed already
+        sync.acknowledge([(key, "k1", 7, 7, "T2")])
+        (row,) = sync.rows(None, None, "local", "gw")
+        assert (row.destination, row.acked_count, row.revision, row.last_key, row.pending_key) == \
+            ("cus_1", 7, 1, "k1", None)
+        assert sync.destinations("local", "gw") == {"a": "cus_1"}
