@@ -135,10 +135,19 @@ def postgres_db():
         import psycopg
     except ImportError as exc:  # pragma: no cover - a test dependency
         service_unavailable("PostgreSQL (psycopg not installed)", exc)
+    import time
+
     name = _unique("apimon_test")
     try:
         with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
+            for attempt in range(20):  # xdist workers creating databases at once may collide on template1
+                try:
+                    admin.execute(f'CREATE DATABASE "{name}"')
+                    break
+                except psycopg.errors.ObjectInUse:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.1 * (attempt + 1))
     except psycopg.OperationalError as exc:
         service_unavailable(f"PostgreSQL at {POSTGRES_URL}", exc)
     try:
