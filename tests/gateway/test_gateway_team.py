@@ -105,6 +105,17 @@ async def burst_of(urls: list[str], key: str, n: int) -> list[int]:
         return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
+def serve(path: Path, *args: str, timeout: float = 90) -> GatewayProcess:
+    """`gateway serve` in a child process; generous start-up time (spawned workers import under load)."""
+    gw = GatewayProcess(path, *args, wait_ready=False)
+    if not (gw.ready.wait(timeout) and gw.proc.poll() is None):
+        gw.kill()
+        raise AssertionError("gateway did not start: " + gw.stderr)
+    gw.url = next(w for line in gw.lines for w in line.split() if w.startswith("http://"))
+    gw.port = int(gw.url.rsplit(":", 1)[1])
+    return gw
+
+
 def test_workers_refused_with_the_memory_back_end(tmp_path, upstream_url):
     path = plan(tmp_path, upstream_url, ("redis://127.0.0.1:6379/0", "x:"), backend="memory")
     r = run_cli("gateway", "serve", str(path), "--listen", "127.0.0.1:0", "--workers", "2")
@@ -116,7 +127,7 @@ def test_workers_refused_with_the_memory_back_end(tmp_path, upstream_url):
 def test_three_gateways_on_one_state_and_one_redis(tmp_path, state_location, upstream_url, redis_prefix):
     path = plan(tmp_path, upstream_url, redis_prefix, burst=15, quota=20)
     k = keys(tmp_path)
-    gws = [GatewayProcess(path) for _ in range(3)]
+    gws = [serve(path) for _ in range(3)]
     try:
         urls = [g.url for g in gws]
         started = time.monotonic()
@@ -136,7 +147,7 @@ def test_three_gateways_on_one_state_and_one_redis(tmp_path, state_location, ups
     # each process added its own counts: the state holds the sum, nothing twice
     assert totals(tmp_path) == {"bob": 24, "ann": 31, "cid": 6}
     # a restarted gateway adds only what it serves after the restart
-    again = GatewayProcess(path)
+    again = serve(path)
     try:
         assert asyncio.run(burst_of([again.url], k["ann"], 2)) == [429, 429]
     finally:
@@ -153,7 +164,7 @@ def test_workers_on_one_port_share_quota_and_sum_their_summaries(tmp_path, state
                                                                  redis_prefix):
     path = plan(tmp_path, upstream_url, redis_prefix, quota=40)
     k = keys(tmp_path)
-    gw = GatewayProcess(path, "--workers", "3")
+    gw = serve(path, "--workers", "3")
     try:
         assert "(3 workers;" in gw.stderr
 
