@@ -221,8 +221,9 @@ class LocalProvider(LocalKeys, Provider):
             except sqlite3.IntegrityError:
                 raise ProviderError(f"subscriber {sub.id}: the imported key value is already used by another "
                                     "subscriber") from None
-            conn.execute("INSERT OR REPLACE INTO subscriber_keys (api_key, subscriber, created_at, expires_at) "
-                         "VALUES (?, ?, ?, NULL)", (key, sub.id, now))
+            conn.execute("INSERT INTO subscriber_keys (api_key, subscriber, created_at, expires_at) "
+                         "VALUES (?, ?, ?, NULL) ON CONFLICT (api_key) DO UPDATE SET subscriber = excluded.subscriber,"
+                         " created_at = excluded.created_at, expires_at = NULL", (key, sub.id, now))
             return "created (key imported)" if sub.key_value else "created (key generated)"
         conn.execute("UPDATE subscribers SET owner = ?, product = ?, email = ?, enabled = ?, metadata = ?, "
                      "updated_at = ? WHERE id = ?",
