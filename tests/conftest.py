@@ -105,3 +105,91 @@ def fakes(stripe_fake, lago_fake, openmeter_fake):
 def allow(fakes):
     """APIMON_ALLOW_ENDPOINTS for the three fakes (loopback is allowed only when listed)."""
     return ",".join(f.hostport for f in fakes.values())
+
+
+# --- services: PostgreSQL and Redis on 127.0.0.1 (issue 13) ------------------------------------------
+# One rule for every service test: the URL comes from APIMON_TEST_POSTGRES_URL / APIMON_TEST_REDIS_URL
+# (defaults below); when the service cannot be reached the test fails under CI and skips otherwise.
+
+POSTGRES_URL = os.environ.get("APIMON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("APIMON_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def service_unavailable(what: str, reason: object) -> None:
+    message = f"{what} unreachable: {str(reason).strip().splitlines()[0] if str(reason).strip() else reason}"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI is set: a service test that cannot connect fails)", pytrace=False)
+    pytest.skip(message)
+
+
+def _unique(prefix: str) -> str:
+    import uuid
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw")
+    return f"{prefix}_{worker}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+def _with_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@pytest.fixture
+def postgres_db():
+    """A fresh PostgreSQL database of its own (unique per test and xdist worker), dropped afterwards: its URL."""
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - a test dependency
+        service_unavailable("PostgreSQL (psycopg not installed)", exc)
+    import time
+
+    name = _unique("apimon_test")
+    try:
+        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3) as admin:
+            for attempt in range(20):  # xdist workers creating databases at once may collide on template1
+                try:
+                    admin.execute(f'CREATE DATABASE "{name}"')
+                    break
+                except psycopg.errors.ObjectInUse:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.1 * (attempt + 1))
+    except psycopg.OperationalError as exc:
+        service_unavailable(f"PostgreSQL at {POSTGRES_URL}", exc)
+    try:
+        yield _with_database(POSTGRES_URL, name)
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_prefix():
+    """(url, a key prefix unique to this test); every key under the prefix is deleted afterwards."""
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover
+        service_unavailable("Redis (redis-py not installed)", exc)
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        service_unavailable(f"Redis at {REDIS_URL}", exc)
+    prefix = _unique("apimon_test") + ":"
+    try:
+        yield REDIS_URL, prefix
+    finally:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_location(request, tmp_path):
+    """Where a ledger lives, on each back end: a file path, or a fresh PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return tmp_path / "ledger.db"
+    return request.getfixturevalue("postgres_db")

@@ -29,8 +29,8 @@ def stored(ledger: Ledger, start: date | None = None, end: date | None = None) -
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    with Ledger.open(tmp_path / "ledger.db") as opened:
+def ledger(ledger_location):  # every test using it runs on SQLite and on PostgreSQL
+    with Ledger.open(ledger_location) as opened:
         yield opened
 
 

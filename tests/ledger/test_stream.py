@@ -35,8 +35,8 @@ def test_a_schema_3_ledger_gains_the_stream_tables(tmp_path):
         assert ledger.stream_offsets(TOPIC) == {}
 
 
-def test_offsets_and_ids_make_ingest_exactly_once(tmp_path):
-    with Ledger.open(tmp_path / "l.db") as ledger:
+def test_offsets_and_ids_make_ingest_exactly_once(ledger_location):
+    with Ledger.open(ledger_location) as ledger:
         batch = [item(0, 0, "a"), item(0, 1, "b", metric="blocked"), item(1, 0, "c"), item(1, 1, None)]
         assert ledger.ingest_stream(TOPIC, batch, {0: 2, 1: 2}) == (3, 0, 0)
         want = {("2026-11-30", "acme", "success"): 2, ("2026-11-30", "acme", "blocked"): 1,
@@ -53,8 +53,8 @@ def test_offsets_and_ids_make_ingest_exactly_once(tmp_path):
         assert ledger.stream_offsets(TOPIC) == {0: 4, 1: 4}
 
 
-def test_a_failed_ingest_changes_nothing(tmp_path, monkeypatch):
-    with Ledger.open(tmp_path / "l.db") as ledger:
+def test_a_failed_ingest_changes_nothing(ledger_location):
+    with Ledger.open(ledger_location) as ledger:
         ledger.ingest_stream(TOPIC, [item(0, 0, "a")], {0: 1})
         with pytest.raises(sqlite3.Error):  # a row the usage table rejects (NULL subscriber) fails the batch
             ledger.ingest_stream(TOPIC, [item(0, 1, "b"), (0, 2, "c", "2026-11-30", None, "pro", "success")], {0: 3})
@@ -62,8 +62,8 @@ def test_a_failed_ingest_changes_nothing(tmp_path, monkeypatch):
         assert counts(ledger)[("2026-11-30", "acme", "total")] == 1
 
 
-def test_pulls_and_stream_rows_never_touch_each_other(tmp_path):
-    with Ledger.open(tmp_path / "l.db") as ledger:
+def test_pulls_and_stream_rows_never_touch_each_other(ledger_location):
+    with Ledger.open(ledger_location) as ledger:
         ledger.ingest_stream(TOPIC, [item(0, 0, "a"), item(0, 1, "b")], {0: 2})
         # a pull of the same provider, day and subscriber replaces only its own target's window
         report = ledger.replace_window("local", "/srv/state", date(2026, 11, 1), date(2026, 11, 30),
@@ -75,8 +75,8 @@ def test_pulls_and_stream_rows_never_touch_each_other(tmp_path):
         assert counts(ledger, "/srv/state") == {}
 
 
-def test_old_event_ids_are_pruned_by_event_time(tmp_path):
-    with Ledger.open(tmp_path / "l.db") as ledger:
+def test_old_event_ids_are_pruned_by_event_time(ledger_location):
+    with Ledger.open(ledger_location) as ledger:
         ledger.ingest_stream(TOPIC, [item(0, 0, "old", day="2026-11-01"), item(0, 1, "new", day="2026-11-20")],
                              {0: 2})
         assert ledger.prune_stream_ids() == 1  # 19 days before the newest event day

@@ -235,12 +235,16 @@ def usage_export(
         show_default=False)] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="First day (YYYY-MM-DD).")] = None,
     to: Annotated[Optional[str], typer.Option("--to", help="Last day, inclusive.")] = None,
-    fmt: Annotated[Literal["csv", "jsonl"], typer.Option("--format", help="CSV or JSON Lines.")] = "csv",
-    out_file: Annotated[Optional[str], typer.Option("--out", help="File to write (default: stdout).")] = None,
+    fmt: Annotated[Literal["csv", "jsonl", "parquet"],
+                   typer.Option("--format", help="CSV, JSON Lines, or Parquet (a Hive-partitioned directory).")] = "csv",
+    out_file: Annotated[
+        Optional[str],
+        typer.Option("--out", help="File to write (default: stdout); with --format parquet, a directory."),
+    ] = None,
     plan: Annotated[Optional[str], typer.Option("--plan", help="The same as the PLAN argument.")] = None,
     ledger: LedgerOpt = None,
 ) -> None:
-    """Stream the ledger's rows as CSV or JSON Lines (constant memory)."""
+    """Stream the ledger's rows as CSV, JSON Lines or a Parquet dataset (constant memory)."""
     from ..export.writers import (
         USAGE_COLUMNS,
         USAGE_NUMERIC_COLUMNS,
@@ -251,8 +255,8 @@ def usage_export(
     )
 
     out = make_output()
-    if fmt not in ("csv", "jsonl"):
-        fail(out, f"error: --format must be csv or jsonl; got {fmt!r}")
+    if fmt not in ("csv", "jsonl", "parquet"):
+        fail(out, f"error: --format must be csv, jsonl or parquet; got {fmt!r}")
     start = parse_day(out, from_, "--from") if from_ else None
     end = parse_day(out, to, "--to") if to else None
     if plan and plans and plan not in plans:
@@ -263,6 +267,9 @@ def usage_export(
         from ..planfile.loader import load_plans
 
         out.mask.add(*load_plans(list(plan_files)).secrets)
+    if fmt == "parquet":
+        _export_parquet(out, path, start, end, out_file)
+        return
     with open_ledger(out, path, must_exist=True) as book, _writer(out, out_file) as fh, \
             closing(book.iter_rows(start, end)) as raw:  # the rows end before the ledger closes, error or not
         rows = _masked_targets(raw, out.mask)
@@ -286,6 +293,21 @@ def _masked_targets(rows, mask):
         if target is None:
             target = seen[row.target] = mask(row.target)
         yield row if target == row.target else row._replace(target=target)
+
+
+def _export_parquet(out, path, start, end, out_dir: str | None) -> None:
+    """A Hive-partitioned Parquet dataset (export/parquet.py): needs --out DIR and pyarrow."""
+    if not out_dir:
+        fail(out, "error: --format parquet writes a directory: give --out DIR")
+    from ..export.parquet import ParquetExportError, write_dataset
+
+    with open_ledger(out, path, must_exist=True) as book:
+        try:
+            with closing(book.iter_rows(start, end)) as raw:
+                n = write_dataset(_masked_targets(raw, out.mask), out_dir)
+        except ParquetExportError as exc:
+            fail(out, f"error: {exc}")
+    out.info(f"Wrote {n:,} usage rows to {out_dir} (Parquet, partitioned by day).")
 
 
 # ---------------------------------------------------------------- invoices

@@ -89,11 +89,16 @@ def parse_day(out, text: str, option: str) -> date:
 
 
 def ledger_path(explicit: str | None, plan_files: list[str] | tuple[str, ...] | None) -> Path:
-    """--ledger, else APIMON_LEDGER, else .apimon/ledger.db beside the (first) plan file, else in cwd."""
-    if explicit:
-        return Path(explicit)
-    if os.environ.get("APIMON_LEDGER"):
-        return Path(os.environ["APIMON_LEDGER"])
+    """--ledger, else APIMON_LEDGER, else .apimon/ledger.db beside the (first) plan file, else in cwd.
+
+    A ``postgresql://`` URL gives a ``DatabaseURL`` (prints with the password masked) instead of a path."""
+    from ..ledger.pg import DatabaseURL, is_database_url
+
+    given = explicit or os.environ.get("APIMON_LEDGER")
+    if given and is_database_url(given):
+        return DatabaseURL(given)
+    if given:
+        return Path(given)
     base = Path(plan_files[0]).resolve().parent if plan_files else Path.cwd()
     return base / ".apimon" / "ledger.db"
 
@@ -103,10 +108,11 @@ def open_ledger(out, path: Path, *, must_exist: bool = False):
     new empty file."""
     from ..ledger.store import Ledger, LedgerError
 
-    if must_exist and not path.exists():
+    database = not isinstance(path, Path)
+    if must_exist and not database and not path.exists():
         fail(out, f"error: no ledger at {path}; run `apimon usage pull` first (or give --ledger)")
     try:
-        return Ledger.open(path)
+        return Ledger.open(path, create=not must_exist) if database else Ledger.open(path)
     except LedgerError as exc:
         fail(out, f"error: {exc}")
     except OSError as exc:

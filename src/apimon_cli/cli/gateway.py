@@ -39,6 +39,14 @@ def gateway_serve(
             "(or the body is cut).",
         ),
     ] = 300.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="Gateway processes on the one port (SO_REUSEPORT); more than 1 needs "
+            "target.local.limits.backend redis.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the local gateway in front of the plan's upstreams.
 
@@ -57,17 +65,28 @@ def gateway_serve(
             f"event loop: {gw.loop_name}); Ctrl-C to stop"
         )
 
-    try:
-        summary = serve(
-            config_from_plan(
-                loaded.desired,
-                listen=listen,
-                connect_timeout=connect_timeout,
-                upstream_timeout=upstream_timeout,
-                total_timeout=total_timeout,
-            ),
-            on_ready=ready,
+    def ready_all(info) -> None:
+        apis = ", ".join(f"{a} -> {u}" for a, u in sorted(info.upstreams.items())) or "none"
+        out.info(
+            f"apimon gateway listening on {info.url} ({info.workers} workers; {info.keys} keys; upstreams: {apis}; "
+            f"event loop: {info.loop_name}); Ctrl-C to stop"
         )
+
+    try:
+        config = config_from_plan(
+            loaded.desired,
+            listen=listen,
+            connect_timeout=connect_timeout,
+            upstream_timeout=upstream_timeout,
+            total_timeout=total_timeout,
+        )
+        if workers == 1:
+            summary = serve(config, on_ready=ready)
+        else:
+            from ..gateway.workers import serve_workers
+
+            summary = serve_workers(config, workers, on_ready=ready_all,
+                                    on_note=lambda line: out.warning(f"apimon gateway: warning: {line}"))
     except GatewayError as exc:
         fail(out, f"error: {exc}")
     written = (
@@ -79,6 +98,8 @@ def gateway_serve(
     out.info(
         f"apimon gateway stopped after {summary.seconds:.0f} s: {written}, "
         f"{summary.unauthenticated} without a valid key (not metered)."
+        + (f" {summary.limits_errors} requests were decided without Redis (target.local.limits.on_error)."
+           if summary.limits_errors else "")
     )
     if summary.lost or summary.lost_quota:
         out.json({"unwritten_usage": summary.lost, "unwritten_quota": summary.lost_quota})

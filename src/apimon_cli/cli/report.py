@@ -147,10 +147,12 @@ def portal_build(
         fail(out, "error: --example: calls must be >= 0")
     provider, target = _target(out, desired)
     path = ledger_path(ledger, plans)
+    # the tokens file lives beside a ledger file; with a PostgreSQL ledger, in .apimon/ beside the plan
+    beside = path if isinstance(path, Path) else Path(plans[0]).resolve().parent / ".apimon" / "ledger.db"
     with open_ledger(out, path, must_exist=True) as book:
         target = book.resolve_target(provider, target)
         try:
-            files, tokens = build(desired, book, window, provider, target, tokens_file=tokens_path(path), as_of=day,
+            files, tokens = build(desired, book, window, provider, target, tokens_file=tokens_path(beside), as_of=day,
                                   title=title, quantities=example, rotate=rotate or (), mask=out.mask)
         except TokenError as exc:
             fail(out, f"error: {exc}")
@@ -162,7 +164,7 @@ def portal_build(
         fail(out, f"error: {exc}")
     public = sum(1 for p in desired.products.values() if p.public)
     out.print(f"Wrote {out_dir}: index.html ({public} public products) and {len(tokens)} statements for "
-              f"{window.label} (s/TOKEN/; tokens kept in {tokens_path(path)}).")
+              f"{window.label} (s/TOKEN/; tokens kept in {tokens_path(beside)}).")
     if show_links:
         for sid in sorted(tokens):
             out.print(f"  {sid}: s/{tokens[sid]}/")

@@ -93,6 +93,8 @@ def config_from_plan(
         upstream_timeout=upstream_timeout,
         total_timeout=total_timeout,
         events=desired.events,
+        limits=desired.target.settings.get("limits"),
+        database=desired.target.settings.get("database") or None,
     )
     config.check()
     return config

@@ -48,6 +48,10 @@ class GatewayConfig:
     drain_timeout: float = 10.0  # on SIGINT/SIGTERM, how long requests in flight may still run
     # ---- events
     events: Any = None  # events.config.EventsConfig: the plan's events block (None: no events)
+    # ---- limits back end: target.local.limits ({backend, url, on_error, timeout, key_prefix}; None: memory)
+    limits: dict | None = None
+    database: str | None = None  # target.local.database: the state in PostgreSQL (None: state_dir/state.db)
+    reuse_port: bool = False  # SO_REUSEPORT on the listener: one of `gateway serve --workers N`'s processes
 
     def check(self) -> None:
         """Refuse nonsense numbers with one line naming the option."""
@@ -71,6 +75,7 @@ class Summary:
     lost: list[tuple] = field(default_factory=list)  # usage rows that could not be written (should be [])
     lost_quota: list[tuple] = field(default_factory=list)  # quota deltas that could not be written
     refused: int = 0  # requests and connections refused while draining or over the connection limit
+    limits_errors: int = 0  # requests decided by target.local.limits.on_error (Redis unreachable)
 
     @property
     def unwritten(self) -> int:

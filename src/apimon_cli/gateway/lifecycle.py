@@ -78,7 +78,9 @@ class Gateway:
         self.clock: Clock = clock or clock_from_env()
         self.log = GatewayLog()
         self.auth: Authenticator = auth or ApiKeyAuth()
-        self.limits: LimitsBackend = limits or InMemoryLimits()
+        self.limits: LimitsBackend = limits or limits_from_config(config.limits)
+        if getattr(self.limits, "log", False) is None:
+            self.limits.log = self.log  # type: ignore[attr-defined]
         self.upstream_pools = {api: Upstream(api, url, config.upstream_connections)
                                for api, url in config.upstreams.items()}
         self.meter = Meter()
@@ -89,8 +91,8 @@ class Gateway:
         self.connection_limit = config.max_connections
         self.loop_name = "asyncio"
         self._slots: dict[str, ProductSlot] = {}
-        self._store = StateStore(config.state_dir)
-        self._lock = StateLock(config.state_dir) if self.limits.exclusive_state else None
+        self._store = StateStore(config.state_dir, config.database)
+        self._lock = StateLock(config.state_dir, config.database) if self.limits.exclusive_state else None
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apimon-gateway-db")
         self._flush_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
@@ -140,7 +142,8 @@ class Gateway:
             raise GatewayError(str(exc)) from None
         except Exception as exc:  # sqlite errors: a damaged or foreign file
             await self._close_db()
-            raise GatewayError(f"cannot read the local gateway state in {cfg.state_dir}: {exc}") from None
+            where = "PostgreSQL" if cfg.database else cfg.state_dir
+            raise GatewayError(f"cannot read the local gateway state in {where}: {exc}") from None
         try:
             if self._lock is not None:
                 self._lock.acquire()
@@ -169,7 +172,7 @@ class Gateway:
         self._server = GatewayServer(self.pipeline.handle, gate=self._gate, cfg=cfg)
         self._runner = web.ServerRunner(self._server, shutdown_timeout=1.0, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=1024)
+        self._site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=1024, reuse_port=cfg.reuse_port or None)
         try:
             await self._site.start()
         except OSError as exc:
@@ -345,7 +348,7 @@ class Gateway:
         self._exit.close()
         refused = self.pipeline.refused + (self._gate.refused if self._gate else 0)
         return Summary(self.meter.requests, self.meter.unauthenticated, time.monotonic() - self._started, lost,
-                       lost_quota, refused)
+                       lost_quota, refused, getattr(self.limits, "errors", 0))
 
     async def _close_pools(self) -> None:
         for up in self.upstream_pools.values():
@@ -358,6 +361,18 @@ class Gateway:
             self._db.shutdown(wait=True)
             if self._lock is not None:
                 self._lock.release()
+
+
+def limits_from_config(settings: dict | None) -> LimitsBackend:
+    """The limits back end ``target.local.limits`` names: memory (default) or Redis (gateway/redis_limits.py)."""
+    if not settings or settings.get("backend", "memory") == "memory":
+        return InMemoryLimits()
+    try:
+        from .redis_limits import RedisLimits
+    except ImportError:  # pragma: no cover - redis-py missing
+        raise GatewayError("target.local.limits.backend redis needs redis-py: pip install 'apimon[redis]'") from None
+    return RedisLimits(settings["url"], on_error=settings.get("on_error") or "allow",
+                       timeout=float(settings.get("timeout") or 0.25), prefix=settings.get("key_prefix") or "apimon:")
 
 
 # ---------------------------------------------------------------- entry point for the CLI

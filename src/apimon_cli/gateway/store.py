@@ -41,12 +41,12 @@ class Snapshot:
 # Every key the gateway accepts: each subscriber's current key, and the keys rotating out (``apimon keys
 # rotate``: rows of subscriber_keys with an end, for the same subscriber, product and enabled flag). A
 # rotated-out key is refused from its end on (``Snapshot.expiring``) even before ``keys finish`` removes it.
-_ALL_KEYS = (
-    "CREATE TEMP VIEW IF NOT EXISTS all_keys AS "
+_ALL_KEYS_SELECT = (
     "SELECT id, product, enabled, api_key FROM main.subscribers UNION ALL "
     "SELECT s.id, s.product, s.enabled, k.api_key FROM main.subscriber_keys k JOIN main.subscribers s "
     "ON s.id = k.subscriber WHERE k.expires_at IS NOT NULL AND k.api_key <> s.api_key"
 )
+_ALL_KEYS = "CREATE TEMP VIEW IF NOT EXISTS all_keys AS " + _ALL_KEYS_SELECT
 _EXPIRING = (
     "SELECT k.api_key, k.expires_at FROM main.subscriber_keys k JOIN main.subscribers s ON s.id = k.subscriber "
     "WHERE k.expires_at IS NOT NULL AND k.api_key <> s.api_key"
@@ -76,8 +76,9 @@ def _epoch(text: str) -> float:
 
 
 class StateStore:
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, database: str | None = None):
         self.state_dir = state_dir
+        self.database = database  # target.local.database: the state in PostgreSQL
         self._conn: sqlite3.Connection | None = None
         self._seen = False  # temp.seen holds the subscribers of the last snapshot
         self._products: dict[str, tuple[str, ProductLimits]] = {}  # id -> (spec text, limits): unchanged
@@ -86,7 +87,7 @@ class StateStore:
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = connect_state(self.state_dir, create=False)
+            self._conn = connect_state(self.state_dir, create=False, database=self.database)
         return self._conn
 
     def close(self) -> None:
@@ -101,6 +102,13 @@ class StateStore:
     def apply_running(self) -> bool:
         """True while an `apimon apply` holds the state's apply lock (``providers.local``): its changes are
         committed one by one, so a snapshot now could catch a half-applied plan."""
+        if self.database:  # the apply's advisory lock, held by any host's apimon apply
+            from ..providers.local.state import APPLY_LOCK_KEY
+
+            return bool(self.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = ?"
+                " AND objid = ? AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+                APPLY_LOCK_KEY).fetchone()[0])
         try:
             fd = os.open(self.state_dir / APPLY_LOCK, os.O_RDONLY)
         except OSError:
@@ -117,9 +125,13 @@ class StateStore:
         """Products and subscribers as of one revision (one transaction). ``incremental``: only the
         subscriber rows that changed since the last snapshot, and the keys removed (``Snapshot.removed``)."""
         conn = self.conn
-        incremental = incremental and self._seen
-        conn.execute(_ALL_KEYS)
-        conn.execute("BEGIN")
+        postgresql = getattr(conn, "dialect", "sqlite") == "postgresql"
+        # PostgreSQL reads every key each time (the incremental diff uses SQLite's TEMP schema), in one
+        # REPEATABLE READ snapshot
+        incremental = incremental and self._seen and not postgresql
+        if not postgresql:
+            conn.execute(_ALL_KEYS)
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" if postgresql else "BEGIN")
         try:
             revision = self.revision()
             product_rows = conn.execute("SELECT id, spec FROM products").fetchall()
@@ -132,12 +144,15 @@ class StateStore:
                     conn.execute("INSERT OR REPLACE INTO temp.seen (api_key, id, product, enabled) "
                                  "SELECT s.api_key, s.id, s.product, s.enabled FROM (" + _CHANGED + ") s")
             else:
-                sub_rows = conn.execute("SELECT id, product, enabled, api_key FROM temp.all_keys").fetchall()
+                sub_rows = conn.execute(
+                    _ALL_KEYS_SELECT if postgresql else "SELECT id, product, enabled, api_key FROM temp.all_keys"
+                ).fetchall()
                 removed = None
-                conn.execute(_SEEN)
-                conn.execute("DELETE FROM temp.seen")
-                conn.execute("INSERT INTO temp.seen (api_key, id, product, enabled) "
-                             "SELECT api_key, id, product, enabled FROM temp.all_keys")
+                if not postgresql:
+                    conn.execute(_SEEN)
+                    conn.execute("DELETE FROM temp.seen")
+                    conn.execute("INSERT INTO temp.seen (api_key, id, product, enabled) "
+                                 "SELECT api_key, id, product, enabled FROM temp.all_keys")
             expiring = {key: _epoch(ends) for key, ends in conn.execute(_EXPIRING)}
             conn.execute("COMMIT")
         except BaseException:
@@ -190,12 +205,12 @@ class StateStore:
         try:
             conn.executemany(
                 "INSERT INTO usage (subscriber, product, day, metric, count) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (subscriber, product, day, metric) DO UPDATE SET count = count + excluded.count",
+                "ON CONFLICT (subscriber, product, day, metric) DO UPDATE SET count = usage.count + excluded.count",
                 usage,
             )
             conn.executemany(
                 'INSERT INTO quota_counters (subscriber, "window", count) VALUES (?, ?, ?) '
-                'ON CONFLICT (subscriber, "window") DO UPDATE SET count = count + excluded.count',
+                'ON CONFLICT (subscriber, "window") DO UPDATE SET count = quota_counters.count + excluded.count',
                 quota,
             )
             if keep_windows is not None:
@@ -211,13 +226,32 @@ class StateStore:
 
 class StateLock:
     """``gateway.lock`` in the state directory, held (flock) while a gateway serves that state. The kernel
-    drops it when the process ends, however it ends."""
+    drops it when the process ends, however it ends. With the state in PostgreSQL it is a session advisory
+    lock on a connection of its own (any host's gateway sees it; the server drops it with the session)."""
 
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, database: str | None = None):
         self.path = state_dir / "gateway.lock"
+        self.database = database
         self._fd: int | None = None
+        self._pg = None
 
     def acquire(self) -> None:
+        if self.database:
+            from ..providers.local.state import GATEWAY_LOCK_KEY, connect_database
+
+            try:
+                conn = connect_database(self.database, create=False)
+            except Exception as exc:
+                raise GatewayError(str(exc)) from None
+            if not conn.execute("SELECT pg_try_advisory_lock(?, ?)", GATEWAY_LOCK_KEY).fetchone()[0]:
+                conn.close()
+                raise GatewayError(
+                    "another `apimon gateway serve` with in-memory limits already serves this PostgreSQL state; "
+                    "a second one would count quotas and rate limits on its own. Use target.local.limits.backend "
+                    "redis to run several gateways on one state"
+                )
+            self._pg = conn
+            return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -236,6 +270,9 @@ class StateLock:
         self._fd = fd
 
     def release(self) -> None:
+        if self._pg is not None:
+            self._pg.close()  # the session ends: its advisory lock with it
+            self._pg = None
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock
             self._fd = None

@@ -313,14 +313,23 @@ def _as_date(value: date | str, name: str) -> date:
 class Ledger:
     """A usage ledger file. Open with ``Ledger.open(path)``; use as a context manager to close it."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path | str) -> None:
         self._conn = conn
-        self.path = path
+        self.path = path  # a file, or a PostgreSQL URL with its password masked (what messages print)
+        self.dialect = getattr(conn, "dialect", "sqlite")
 
     # --- lifecycle ---------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, *, timeout: float = _BUSY_TIMEOUT_S) -> Self:
-        """Open (creating it and its parent directories if needed) and migrate the ledger at ``path``."""
+    def open(cls, path: str | Path, *, timeout: float = _BUSY_TIMEOUT_S, create: bool = True) -> Self:
+        """Open (creating it and its parent directories if needed) and migrate the ledger at ``path``.
+
+        ``path`` may be a ``postgresql://`` URL (or a ``pg.DatabaseURL``): the ledger then lives in that
+        database, same schema and migrations (``ledger/pg.py``); ``create=False`` refuses a database that
+        holds no ledger yet instead of creating one."""
+        from . import pg
+
+        if pg.is_database_url(path):
+            return cls._open_postgresql(getattr(path, "url", path), timeout, create)
         path = Path(path)
         if path.is_dir():
             raise LedgerError(f"ledger {path} is a directory, not a file")
@@ -355,6 +364,52 @@ class Ledger:
             conn.close()
             raise
         return cls(conn, path)
+
+    @classmethod
+    def _open_postgresql(cls, url: str, timeout: float, create: bool) -> Self:
+        from . import pg
+
+        name = pg.mask_url(url)
+        try:
+            conn = pg.PgConnection(url, timeout=timeout)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open ledger {name}: {exc}") from None
+        try:
+            has_tables, version = pg.read_version(conn)
+            if version is None and has_tables:
+                raise LedgerError(f"{name} is a PostgreSQL database but not an apimon ledger (no schema_version table)")
+            if version is None and not create:
+                raise LedgerError(f"no ledger at {name}; run `apimon usage pull` first (or give --ledger)")
+            if version is not None and version < 1:
+                raise LedgerError(f"ledger {name} has a damaged schema_version table")
+            if version is not None and version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"ledger {name} was written by a newer apimon (schema {version}; "
+                    f"this apimon knows up to {SCHEMA_VERSION}); upgrade apimon"
+                )
+            if version != SCHEMA_VERSION:
+                conn.execute("BEGIN")
+                try:
+                    conn.execute(pg.UPGRADE_LOCK_SQL)  # two first opens at once: one creates, one waits
+                    _, version = pg.read_version(conn)
+                    if version is None:
+                        _create_schema(conn)
+                    elif version < SCHEMA_VERSION:
+                        for migrate in MIGRATIONS[version - 1 :]:
+                            migrate(conn)
+                        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise LedgerError(f"cannot open ledger {name}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, name)
 
     @staticmethod
     def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
@@ -479,35 +534,37 @@ class Ledger:
         conn = self._conn
         try:
             try:
-                window["digest"], window["rows"] = self._stage(rows, start, end)
-                conn.execute("BEGIN IMMEDIATE")
-                if conn.execute(
-                    'SELECT 1 FROM pull_windows WHERE provider = :p AND target = :t AND start = :s AND "end" = :e'
-                    " AND digest = :digest AND rows = :rows", window,
-                ).fetchone() is not None:
-                    report.unchanged = window["rows"]  # the same answer as the pull that wrote the window
-                    conn.execute(
-                        'UPDATE pull_windows SET pulled_at = :at WHERE provider = :p AND target = :t'
-                        ' AND start = :s AND "end" = :e', window)
-                    if history:
-                        self._upsert_first_seen(provider, target, history, "gateway", pulled_at)
-                    conn.execute("COMMIT")
-                    return report
-                occupied = conn.execute(
-                    "SELECT 1 FROM usage WHERE day BETWEEN :s AND :e AND provider = :p AND target = :t LIMIT 1",
-                    window,
-                ).fetchone()
-                if occupied is None:
-                    self._insert_fresh(report, window)
+                if self.dialect == "postgresql":
+                    # no digest shortcut on PostgreSQL: rows stream in by COPY (see _replace_postgresql)
+                    window["digest"], window["rows"] = None, None
+                    self._replace_postgresql(report, window, rows, start, end)
                 else:
-                    self._merge(report, window)
+                    window["digest"], window["rows"] = self._stage(rows, start, end)
+                    conn.execute("BEGIN IMMEDIATE")
+                    if conn.execute(
+                        'SELECT 1 FROM pull_windows WHERE provider = :p AND target = :t AND start = :s'
+                        ' AND "end" = :e AND digest = :digest AND rows = :rows', window,
+                    ).fetchone() is not None:
+                        report.unchanged = window["rows"]  # the same answer as the pull that wrote the window
+                        conn.execute(
+                            'UPDATE pull_windows SET pulled_at = :at WHERE provider = :p AND target = :t'
+                            ' AND start = :s AND "end" = :e', window)
+                        if history:
+                            self._upsert_first_seen(provider, target, history, "gateway", pulled_at)
+                        conn.execute("COMMIT")
+                        return report
+                    if self._occupied(window):
+                        self._merge(report, window)
+                    else:
+                        self._insert_fresh(report, window)
                 # the windows this pull overlaps may hold other rows now: their digests no longer vouch
                 conn.execute(
                     'DELETE FROM pull_windows WHERE provider = :p AND target = :t AND start <= :e AND "end" >= :s',
                     window)
-                conn.execute(
-                    'INSERT INTO pull_windows (provider, target, start, "end", digest, rows, pulled_at)'
-                    " VALUES (:p, :t, :s, :e, :digest, :rows, :at)", window)
+                if window["digest"] is not None:
+                    conn.execute(
+                        'INSERT INTO pull_windows (provider, target, start, "end", digest, rows, pulled_at)'
+                        " VALUES (:p, :t, :s, :e, :digest, :rows, :at)", window)
                 self._note_first_seen(window)
                 if history:
                     self._upsert_first_seen(provider, target, history, "gateway", pulled_at)
@@ -523,12 +580,40 @@ class Ledger:
             self._clear_staging()
         return report
 
-    def _stage(self, rows: Iterable[UsageRow], start: date, end: date) -> tuple[str, int]:
-        """Stage ``rows``; returns the answer's digest and its number of rows."""
-        # TEMP tables live in the connection's own temp file (temp_store=FILE: constant memory at any
-        # size), so filling them takes no lock on the ledger. ``staged`` is a heap: cheapest to fill.
-        # The tables are created once per connection and emptied, never dropped: DROP fails while the
-        # caller still iterates a cursor of this connection (``iter_rows``).
+    def _occupied(self, window: dict) -> bool:
+        return self._conn.execute(
+            "SELECT 1 FROM usage WHERE day BETWEEN :s AND :e AND provider = :p AND target = :t LIMIT 1", window
+        ).fetchone() is not None
+
+    def _replace_postgresql(self, report: PullReport, window: dict, rows: Iterable[UsageRow], start: date,
+                            end: date) -> None:
+        # PostgreSQL: one transaction that first takes the (provider, target) advisory lock (ledger/pg.py):
+        # two pulls of overlapping windows of one target run one after the other, never interleaved, and
+        # cannot deadlock (one lock, always taken first; pulls of other targets and all readers go on).
+        # Rows arrive by COPY: straight into ``usage`` when the window is empty (the key rejects a row
+        # reported twice), else into a temp table that ``_merge`` diffs against the stored window.
+        from . import pg
+
+        conn = self._conn
+        conn.execute("BEGIN")
+        conn.execute(pg.window_lock_sql(), window)
+        checked = _validated_chunks(rows, start, end)
+        if not self._occupied(window):
+            p, t, at = window["p"], window["t"], window["at"]
+            report.new_count = conn.copy_rows(
+                "COPY usage (day, provider, target, subscriber, product, metric, count, pulled_at) FROM STDIN",
+                ((r.day, p, t, r.subscriber, r.product, r.metric, r.count, at) for c in checked for r in c),
+            )
+            self._fresh_details(report, window)
+            return
+        self._create_staging()
+        conn.execute("DELETE FROM temp.staged")
+        conn.execute("DELETE FROM temp.incoming")
+        conn.copy_rows("COPY pg_temp.staged (day, subscriber, product, metric, count) FROM STDIN",
+                       chain.from_iterable(map(_ROW_PARAMS, c) for c in checked))
+        self._merge(report, window)
+
+    def _create_staging(self) -> None:
         conn = self._conn
         conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS staged (day TEXT NOT NULL, subscriber TEXT NOT NULL,"
@@ -539,6 +624,15 @@ class Ledger:
             " product TEXT NOT NULL, metric TEXT NOT NULL, count INTEGER NOT NULL,"
             " PRIMARY KEY (day, subscriber, product, metric)) WITHOUT ROWID"
         )
+
+    def _stage(self, rows: Iterable[UsageRow], start: date, end: date) -> tuple[str, int]:
+        """Stage ``rows`` (SQLite); returns the answer's digest and its number of rows."""
+        # TEMP tables live in the connection's own temp file (temp_store=FILE: constant memory at any
+        # size), so filling them takes no lock on the ledger. ``staged`` is a heap: cheapest to fill.
+        # The tables are created once per connection and emptied, never dropped: DROP fails while the
+        # caller still iterates a cursor of this connection (``iter_rows``).
+        conn = self._conn
+        self._create_staging()
         self._clear_staging()
         conn.execute("BEGIN")
         tail: list[tuple] = []
@@ -555,6 +649,8 @@ class Ledger:
         return digest.hexdigest(), n
 
     def _clear_staging(self) -> None:
+        if self.dialect == "postgresql" and self._conn.in_transaction:
+            return  # emptied at the start of the next pull (an aborted transaction refuses statements)
         for table in ("temp.staged", "temp.incoming"):
             try:
                 self._conn.execute(f"DELETE FROM {table}")
@@ -565,7 +661,8 @@ class Ledger:
         # the pulled rows' earliest day per subscriber and product, in the pull's transaction; only ever earlier
         self._conn.execute(
             "INSERT INTO first_seen (provider, target, subscriber, product, first_day, source, recorded_at)"
-            " SELECT :p, :t, subscriber, product, min(day), 'ledger', :at FROM temp.staged WHERE count > 0"
+            " SELECT :p, :t, subscriber, product, min(day), 'ledger', :at FROM usage"
+            " WHERE provider = :p AND target = :t AND day BETWEEN :s AND :e AND count > 0"
             " GROUP BY subscriber, product"
             " ON CONFLICT (provider, target, subscriber, product) DO UPDATE SET first_day = excluded.first_day,"
             " source = excluded.source, recorded_at = excluded.recorded_at WHERE excluded.first_day < first_day",
@@ -652,6 +749,10 @@ class Ledger:
             " SELECT day, :p, :t, subscriber, product, metric, count, :at FROM temp.staged",
             window,
         ).rowcount
+        self._fresh_details(report, window)
+
+    def _fresh_details(self, report: PullReport, window: dict) -> None:
+        conn = self._conn
         if report.new_count:
             report.new = _changes(
                 conn.execute(
@@ -668,8 +769,9 @@ class Ledger:
         conn = self._conn
         conn.execute("INSERT INTO temp.incoming SELECT * FROM temp.staged")  # keyed: a row twice fails here
         new, same, revised = conn.execute(
-            "SELECT coalesce(sum(u.count IS NULL), 0), coalesce(sum(u.count = i.count), 0),"
-            " coalesce(sum(u.count <> i.count), 0)"
+            "SELECT coalesce(sum(CASE WHEN u.count IS NULL THEN 1 ELSE 0 END), 0),"
+            " coalesce(sum(CASE WHEN u.count = i.count THEN 1 ELSE 0 END), 0),"
+            " coalesce(sum(CASE WHEN u.count <> i.count THEN 1 ELSE 0 END), 0)"
             f" FROM temp.incoming i LEFT JOIN usage u ON {_JOIN}",
             window,
         ).fetchone()
@@ -843,13 +945,19 @@ class Ledger:
         metric. ``None`` bounds are open. The rows come from one read snapshot: pulls by other processes meanwhile
         are not seen (this ledger's own writes during the iteration may be)."""
         where, params = _filters(start, end, provider, target)
-        cur = self._conn.execute(
+        sql = (
             "SELECT provider, target, day, subscriber, product, metric, count, pulled_at FROM usage"
-            f" WHERE {where} ORDER BY day, provider, target, subscriber, product, metric",
-            params,
+            f" WHERE {where} ORDER BY day, provider, target, subscriber, product, metric"
         )
-        cur.arraysize = 1024
         make = partial(tuple.__new__, LedgerRow)  # C-level; LedgerRow._make is a Python call per row
+        if self.dialect == "postgresql":  # a server-side cursor on its own connection (ledger/pg.py)
+            try:
+                yield from map(make, self._conn.stream(sql, params))
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot read ledger {self.path}: {exc}") from None
+            return
+        cur = self._conn.execute(sql, params)
+        cur.arraysize = 1024
         try:
             while batch := cur.fetchmany():
                 yield from map(make, batch)
@@ -926,7 +1034,7 @@ def _switch_to_wal(conn: sqlite3.Connection, timeout: float) -> None:
 
 
 def _filters(start: date | None, end: date | None, provider: str | None, target: str | None) -> tuple[str, dict]:
-    clauses, params = ["1"], {}
+    clauses, params = ["true"], {}
     if start is not None:
         clauses.append("day >= :start")
         params["start"] = _as_date(start, "start").isoformat()

@@ -100,7 +100,7 @@ def ingest(
         # were not, undo that and find which (a savepoint inside the transaction)
         conn.execute("SAVEPOINT ids")
         before = conn.total_changes
-        conn.executemany("INSERT OR IGNORE INTO stream_event_ids (day, id) VALUES (?, ?)", by_id)
+        conn.executemany("INSERT INTO stream_event_ids (day, id) VALUES (?, ?) ON CONFLICT DO NOTHING", by_id)
         if conn.total_changes - before == len(by_id):
             conn.execute("RELEASE ids")
             new = list(by_id.values())
@@ -118,7 +118,7 @@ def ingest(
             "INSERT INTO usage (day, provider, target, subscriber, product, metric, count, pulled_at)"
             f" VALUES (?, '{STREAM_PROVIDER}', ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (day, provider, target, subscriber, product, metric)"
-            " DO UPDATE SET count = count + excluded.count, pulled_at = excluded.pulled_at",
+            " DO UPDATE SET count = usage.count + excluded.count, pulled_at = excluded.pulled_at",
             ((d, target, s, p, m, n, now) for (d, s, p, m), n in counts.items()),
         )
         firsts: dict[tuple[str, str], str] = {}
@@ -135,7 +135,7 @@ def ingest(
         conn.executemany(
             'INSERT INTO stream_offsets (topic, "partition", next_offset, updated_at) VALUES (?, ?, ?, ?)'
             ' ON CONFLICT (topic, "partition") DO UPDATE SET'
-            " next_offset = max(next_offset, excluded.next_offset), updated_at = excluded.updated_at",
+            " next_offset = max(stream_offsets.next_offset, excluded.next_offset), updated_at = excluded.updated_at",
             ((topic, p, o, now) for p, o in next_offsets.items()),
         )
         conn.execute("COMMIT")

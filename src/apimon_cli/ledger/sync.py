@@ -169,7 +169,7 @@ def billable_rows(ledger: Ledger, start: date, end: date, metric: str, provider:
                 "SELECT day, subscriber, product, max(0, sum(CASE metric WHEN 'total' THEN count ELSE 0 END)"
                 " - sum(CASE metric WHEN 'blocked' THEN count ELSE 0 END)) FROM usage"
                 f" WHERE {where} AND metric IN ('total', 'blocked') GROUP BY day, subscriber, product"
-                " HAVING sum(metric = 'total') > 0", params)
+                " HAVING sum(CASE WHEN metric = 'total' THEN 1 ELSE 0 END) > 0", params)
         else:
             raise ValueError(f"unknown billing metric {metric!r}")
     except sqlite3.OperationalError as exc:

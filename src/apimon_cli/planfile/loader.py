@@ -477,7 +477,7 @@ def _structure_diag(src: Source, model: type[BaseModel], prefix: tuple, rel: tup
         return diag("must list at least one item; got an empty list")
     if etype == "string_type":
         return diag(f"must be a string; got {S._kind(got)}")
-    return diag(err["msg"])
+    return diag(err["msg"].removeprefix("Value error, "))
 
 
 def _shown(value: Any) -> str:

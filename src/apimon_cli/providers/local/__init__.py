@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["LocalProvider", "connect_state", "state_dir_of"]
+__all__ = ["LocalProvider", "connect_state", "database_of", "state_dir_of"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("connect_state", "state_dir_of"):
+    if name in ("connect_state", "state_dir_of", "database_of"):
         from . import state
 
         return getattr(state, name)

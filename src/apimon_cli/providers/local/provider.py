@@ -27,8 +27,9 @@ from ...sqlitetx import rollback_quietly
 from ..base import Provider, ProviderError, not_owned
 from ..lock import exclusive
 from .keys import REVOKED_PREFIX, LocalKeys
-from .state import OWNER, connect_state, state_dir_of
+from .state import APPLY_LOCK_KEY, OWNER, connect_state, database_identity, database_of, state_dir_of
 
+LOCK_WAIT_SECONDS = 10.0  # PostgreSQL state: how long an apply waits for another host's apply
 BILLING_FIELDS = ("currency", "period", "metric")
 BATCH_CHANGES = 500  # changes per commit during apply
 BATCH_SECONDS = 0.1  # ... or the age of the open batch, whichever comes first
@@ -54,6 +55,7 @@ class LocalProvider(LocalKeys, Provider):
     def __init__(self, desired: DesiredState):
         super().__init__(desired)
         self.state_dir = state_dir_of(desired)
+        self.database = database_of(desired)  # PostgreSQL instead of state_dir/state.db (team setups)
         self._conn: sqlite3.Connection | None = None
         self._batching = False  # inside applying(): changes join the open batch
         self._batch_size = 0  # changes in the open transaction (0: none open)
@@ -63,7 +65,7 @@ class LocalProvider(LocalKeys, Provider):
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = connect_state(self.state_dir)
+            self._conn = connect_state(self.state_dir, database=self.database)
         return self._conn
 
     def close(self) -> None:
@@ -74,6 +76,15 @@ class LocalProvider(LocalKeys, Provider):
     # ---------------------------------------------------------------- read
     @property
     def exists(self) -> bool:
+        if self.database:
+            if self._conn is None:
+                try:
+                    self._conn = connect_state(self.state_dir, create=False, database=self.database)
+                except ProviderError as exc:
+                    if "no local gateway state" in str(exc):
+                        return False
+                    raise
+            return True
         return (self.state_dir / "state.db").exists()
 
     def recorded_billing(self) -> dict | None:
@@ -151,10 +162,13 @@ class LocalProvider(LocalKeys, Provider):
 
     @contextmanager
     def applying(self) -> Iterator[None]:
-        """An exclusive lock file in the state directory over the whole apply (from its read on): a second
-        apply waits for it (``APIMON_LOCK_TIMEOUT``), then plans against what the first one left. Changes
-        made under it are committed in batches; the last batch when the lock is released."""
-        with exclusive(self.state_dir / "apply.lock", what=str(self.state_dir)):
+        """An exclusive lock over the whole apply (from its read on): a second apply waits for it
+        (``APIMON_LOCK_TIMEOUT``), then plans against what the first one left — a lock file in the state
+        directory, or with ``target.local.database`` a PostgreSQL advisory lock that serialises applies from
+        every host. Changes made under it are committed in batches; the last batch when it is released."""
+        lock = (self._applying_database() if self.database
+                else exclusive(self.state_dir / "apply.lock", what=str(self.state_dir)))
+        with lock:
             # the plan's billing block, so `import` gives it back (a re-invoiced EUR plan stays EUR)
             self._record_billing()
             self._batching = True
@@ -163,6 +177,29 @@ class LocalProvider(LocalKeys, Provider):
             finally:
                 self._batching = False
                 self._commit_batch()  # the changes done so far are whole: keep them, also on Ctrl-C
+
+    @contextmanager
+    def _applying_database(self) -> Iterator[None]:
+        # PostgreSQL: a session advisory lock, so applies from every host are serialised; the server
+        # drops it when this connection ends, however the process ends. Gateways see it in pg_locks.
+        conn = self.conn
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        try:
+            while not conn.execute("SELECT pg_try_advisory_lock(?, ?)", APPLY_LOCK_KEY).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise ProviderError(
+                        f"another apimon apply holds the lock on {database_identity(self.database)} "
+                        f"(waited {LOCK_WAIT_SECONDS:.0f} s); try again when it has finished")
+                time.sleep(0.1)
+        except sqlite3.DatabaseError as exc:
+            raise ProviderError(f"local state: {exc}") from None
+        try:
+            yield
+        finally:
+            try:
+                conn.execute("SELECT pg_advisory_unlock(?, ?)", APPLY_LOCK_KEY)
+            except sqlite3.DatabaseError:
+                pass  # the connection is gone: so is its lock
 
     def _record_billing(self) -> None:
         try:
@@ -285,8 +322,9 @@ class LocalProvider(LocalKeys, Provider):
             except sqlite3.IntegrityError:
                 raise ProviderError(f"subscriber {sub.id}: the imported key value is already used by another "
                                     "subscriber") from None
-            conn.execute("INSERT OR REPLACE INTO subscriber_keys (api_key, subscriber, created_at, expires_at) "
-                         "VALUES (?, ?, ?, NULL)", (key, sub.id, now))
+            conn.execute("INSERT INTO subscriber_keys (api_key, subscriber, created_at, expires_at) "
+                         "VALUES (?, ?, ?, NULL) ON CONFLICT (api_key) DO UPDATE SET subscriber = excluded.subscriber,"
+                         " created_at = excluded.created_at, expires_at = NULL", (key, sub.id, now))
             return "created (key imported)" if sub.key_value else "created (key generated)"
         conn.execute("UPDATE subscribers SET owner = ?, product = ?, email = ?, enabled = ?, metadata = ?, "
                      "updated_at = ? WHERE id = ?",
@@ -339,8 +377,9 @@ class LocalProvider(LocalKeys, Provider):
         no sort, no table lookups, O(window) whatever the history), as tuples with UsageRow's fields."""
         if not self.exists:
             raise ProviderError(f"no local gateway state at {self.state_dir}; run `apimon apply` first")
+        hint = "" if getattr(self.conn, "dialect", "sqlite") == "postgresql" else " INDEXED BY usage_by_day"
         rows = self.conn.execute(
-            "SELECT subscriber, product, day, metric, count FROM usage INDEXED BY usage_by_day "
+            f"SELECT subscriber, product, day, metric, count FROM usage{hint} "
             "WHERE day BETWEEN ? AND ? ORDER BY day, subscriber, product, metric",
             (start.isoformat(), end.isoformat()))
         return map(UsageTuple._make, rows)
@@ -362,7 +401,8 @@ class LocalProvider(LocalKeys, Provider):
         if include_unmanaged:
             products += [u.resource for u in live.unmanaged if u.kind == "product" and u.resource]
             subscribers += [u.resource for u in live.unmanaged if u.kind == "subscriber" and u.resource]
-        out = {"target": {"provider": "local", "local": {"state_dir": str(self.state_dir)}},
+        local = {"database": database_identity(self.database)} if self.database else {"state_dir": str(self.state_dir)}
+        out = {"target": {"provider": "local", "local": local},
                "products": products, "subscribers": subscribers}
         billing = self.recorded_billing()
         if billing:

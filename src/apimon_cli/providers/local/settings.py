@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from ...planfile.schema import Strict, Text
 
 
+class LocalLimits(Strict):
+    """``target.local.limits``: where the gateway keeps rate-limit buckets and quota counters."""
+
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="memory: in the gateway process (one process per state); redis: shared by every "
+        "gateway process on one Redis (README, Running it for a team).")
+    url: Text | None = Field(None, description="redis://[:password@]host:port/db (backend: redis).")
+    on_error: Literal["allow", "deny"] = Field(
+        "allow", description="Redis unreachable: allow (admit without limits) or deny (503).")
+    timeout: float = Field(0.25, gt=0, le=10, description="Seconds to wait for Redis per request (backend: redis).")
+    key_prefix: Text = Field("apimon:", description="Prefix of every Redis key the gateway writes.")
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> LocalLimits:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("backend redis needs a url, e.g. url: \"redis://127.0.0.1:6379/0\"")
+        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"url must be redis://, rediss:// or unix://; got {self.url!r}")
+        return self
+
+
 class LocalTarget(Strict):
+    @model_validator(mode="after")
+    def _database_url(self) -> LocalTarget:
+        if self.database and not self.database.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"database must be a postgresql:// URL; got {self.database.split('@')[-1]!r}")
+        return self
+
     state_dir: Text = ".apimon"
     upstreams: dict[str, Text] = Field(
         default_factory=dict, description="API name -> upstream base URL, for `apimon gateway serve`."
     )
+    database: Text | None = Field(
+        None, description="postgresql://user@host:5432/db: keep the state (products, keys, usage counters) in "
+        "PostgreSQL, shared by gateways on several hosts; default: the SQLite file in state_dir.")
+    limits: LocalLimits | None = Field(None, description="Rate-limit and quota back end of `apimon gateway serve`.")

@@ -6,8 +6,10 @@ from ..registry import ImportOption, ProviderSpec
 
 
 def _target_id(settings: dict, base_dir: str) -> str:
-    from .state import state_dir_from
+    from .state import database_identity, state_dir_from
 
+    if settings.get("database"):  # the same target from every host: the database, without its password
+        return database_identity(settings["database"])
     return str(state_dir_from(settings, base_dir).resolve())
 
 
@@ -17,6 +19,7 @@ SPEC = ProviderSpec(
     provider="apimon_cli.providers.local.provider:LocalProvider",
     settings="apimon_cli.providers.local.settings:LocalTarget",
     target_id=_target_id,
-    import_options=(ImportOption("--state-dir", "state_dir", "state directory", default=".apimon"),),
+    import_options=(ImportOption("--state-dir", "state_dir", "state directory", default=".apimon"),
+                    ImportOption("--database", "database", "PostgreSQL URL of a local state kept in PostgreSQL")),
     doctor="apimon_cli.providers.local.doctor:checks",
 )

@@ -5,6 +5,7 @@ and writes usage and quota counters). Readable by its owner only."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from pathlib import Path
 
@@ -30,8 +31,8 @@ CREATE TABLE IF NOT EXISTS subscriber_keys (
     api_key TEXT PRIMARY KEY, subscriber TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT);
 CREATE INDEX IF NOT EXISTS subscriber_keys_by_subscriber ON subscriber_keys (subscriber);
 CREATE TABLE IF NOT EXISTS quota_counters (
-    subscriber TEXT NOT NULL, window TEXT NOT NULL, count INTEGER NOT NULL,
-    PRIMARY KEY (subscriber, window));
+    subscriber TEXT NOT NULL, "window" TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (subscriber, "window"));
 """
 
 # version -> statements that bring a state file of the previous version to it, run in one transaction when
@@ -40,6 +41,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # usage pull reads a window of days: a day-first covering index makes it O(window), not O(history)
     2: ("CREATE INDEX IF NOT EXISTS usage_by_day ON usage (day, subscriber, product, metric, count)",),
 }
+
+# PostgreSQL (target.local.database): the same tables through the ledger's dialect layer (ledger/pg.py)
+_PG_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(7002, 0)"
+APPLY_LOCK_KEY = (7002, 1)  # session advisory lock: one apply at a time, on every host
+GATEWAY_LOCK_KEY = (7002, 2)  # a gateway with in-memory limits: one per state
 
 
 def state_dir_from(settings: dict, base_dir: str) -> Path:
@@ -52,8 +58,72 @@ def state_dir_of(desired: DesiredState) -> Path:
     return state_dir_from(desired.target.settings, desired.target.base_dir)
 
 
-def connect_state(state_dir: Path, *, create: bool = True) -> sqlite3.Connection:
-    """Open (and create) the local gateway state; readable by its owner only."""
+def database_of(desired: DesiredState) -> str | None:
+    """``target.local.database`` (a postgresql:// URL), or None: the SQLite file in ``state_dir``."""
+    return desired.target.settings.get("database") or None
+
+
+def database_identity(url: str) -> str:
+    """The URL without its password: the target's identity in the ledger, and what an import writes."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}@{host}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def connect_database(url: str, *, create: bool = True):
+    """The local state in PostgreSQL: a ``ledger.pg.PgConnection`` (sqlite3-shaped), schema created once."""
+    from ...ledger.pg import PgConnection, mask_url
+
+    name = mask_url(url)
+    try:
+        conn = PgConnection(url)
+    except sqlite3.Error as exc:
+        raise ProviderError(f"cannot open local gateway state {name}: {exc}") from None
+    try:
+        exists = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]
+        if not exists and not create:
+            raise ProviderError(f"no local gateway state in {name}; run `apimon apply` first")
+        if not exists:
+            conn.execute("BEGIN")
+            try:
+                conn.execute(_PG_SCHEMA_LOCK)  # two first applies at once: one creates, one waits
+                script = re.sub(r"--[^\n]*", "", _SCHEMA)  # comments may hold a ';'
+                for ddl in filter(None, (d.strip() for d in script.split(";"))):
+                    conn.execute(ddl)
+                for version in sorted(MIGRATIONS):  # a new database is created at the current version
+                    for statement in MIGRATIONS[version]:
+                        conn.execute(statement)
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+                             (str(SCHEMA_VERSION),))
+                conn.execute("INSERT INTO meta VALUES ('revision', '0') ON CONFLICT DO NOTHING")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise ProviderError(f"{name} was written by a newer apimon (schema {row[0]}); upgrade apimon")
+        return conn
+    except sqlite3.Error as exc:
+        conn.close()
+        raise ProviderError(f"cannot open local gateway state {name}: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+
+
+def connect_state(state_dir: Path, *, create: bool = True, database: str | None = None) -> sqlite3.Connection:
+    """Open (and create) the local gateway state; readable by its owner only. With ``database`` (a
+    postgresql:// URL) the state lives in that database instead of ``state_dir/state.db``."""
+    if database:
+        return connect_database(database, create=create)  # type: ignore[return-value]
     db = state_dir / "state.db"
     if not create and not db.exists():
         raise ProviderError(f"no local gateway state at {db}; run `apimon apply` first")

@@ -1,0 +1,106 @@
+"""The local target's state in PostgreSQL (target.local.database, issue 13): apply, plan, keys show, import
+and usage pull work as on SQLite; applies are serialised across processes; the password never shows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import psycopg
+from conftest import run_cli, write_plan
+
+PLAN = """
+apimon: 1
+target:
+  provider: local
+  local:
+    database: "{url}"
+    upstreams: {{petstore: "http://127.0.0.1:9"}}
+products:
+  gold:
+    display_name: Gold
+    apis: [petstore]
+    rate_limit: {{rate: 5, burst: 10}}
+    quota: {{limit: {limit}, period: month}}
+    pricing: {{model: per_unit, unit_price: "0.01"}}
+subscribers:
+  acme: {{product: gold, email: ops@acme.test}}
+  {extra}
+"""
+SECRET = "hunter2-Secret"
+
+
+def plan_file(tmp_path, db: str, limit: int = 100, extra: str = ""):
+    url = db.replace("postgres@", f"postgres:{SECRET}@", 1)  # trust auth: the password is only there to hide
+    return write_plan(tmp_path / "plan.yaml", PLAN.format(url=url, limit=limit, extra=extra))
+
+
+def test_apply_plan_keys_import_and_pull_on_postgresql(tmp_path, postgres_db):
+    plan = plan_file(tmp_path, postgres_db)
+    r = run_cli("plan", str(plan))
+    assert r.code == 0 and "2 to add" in r.stdout
+    with psycopg.connect(postgres_db) as conn:  # plan only reads: nothing created
+        assert conn.execute("SELECT to_regclass('products')").fetchone()[0] is None
+    r = run_cli("apply", str(plan), "--auto-approve")
+    assert r.code == 0, r.output
+    assert run_cli("plan", str(plan)).stdout.startswith("No changes")
+    r = run_cli("keys", "show", "acme", "--plan", str(plan))
+    assert r.code == 0
+    with psycopg.connect(postgres_db) as conn:
+        key = conn.execute("SELECT api_key FROM subscribers WHERE id = 'acme'").fetchone()[0]
+        conn.execute("INSERT INTO usage VALUES ('acme', 'gold', '2026-11-02', 'total', 7)")
+        conn.execute("INSERT INTO usage VALUES ('acme', 'gold', '2026-11-02', 'success', 7)")
+    assert key in r.stdout
+    # a change is its own transaction and bumps the revision gateways poll
+    with psycopg.connect(postgres_db) as conn:
+        before = int(conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
+    r = run_cli("apply", str(plan_file(tmp_path, postgres_db, limit=200)), "--auto-approve")
+    assert r.code == 0 and "gold: updated" in r.stdout, r.output
+    with psycopg.connect(postgres_db) as conn:
+        assert int(conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]) == before + 1
+    out = tmp_path / "imported.yaml"
+    r = run_cli("import", "--provider", "local", "--database", postgres_db.replace("postgres@", f"postgres:{SECRET}@"),
+                "--out", str(out))
+    assert r.code == 0, r.output
+    text = out.read_text()
+    assert f"database: {postgres_db}" in text and "limit: 200" in text and SECRET not in text
+    r = run_cli("usage", "pull", str(plan), "--from", "2026-11-01", "--to", "2026-11-30",
+                "--ledger", str(tmp_path / "l.db"))
+    assert r.code == 0 and "2 new" in r.stdout, r.output
+    r = run_cli("usage", "export", "--ledger", str(tmp_path / "l.db"))
+    assert f"local,{postgres_db},2026-11-02,acme,gold,total,7" in r.stdout  # the target: the URL, no password
+    assert not (tmp_path / ".apimon").exists() and not (tmp_path / "state").exists()
+    for result in (r,):
+        assert SECRET not in result.output
+
+
+def test_applies_are_serialised_across_processes(tmp_path, postgres_db):
+    plan = plan_file(tmp_path, postgres_db)
+    assert run_cli("apply", str(plan), "--auto-approve").code == 0
+    with psycopg.connect(postgres_db, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(7002, 1)")  # what a running apply holds
+        bigger = plan_file(tmp_path, postgres_db, extra="globex: {product: gold}")
+        proc = subprocess.Popen([sys.executable, "-m", "apimon_cli.cli", "apply", str(bigger), "--auto-approve"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert proc.poll() is None  # waiting for the other apply
+        with psycopg.connect(postgres_db) as conn:
+            assert conn.execute("SELECT count(*) FROM subscribers").fetchone()[0] == 1
+        holder.execute("SELECT pg_advisory_unlock(7002, 1)")
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "globex: created" in out, out + err
+
+
+def test_an_unreachable_database_is_one_line_with_the_password_masked(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    plan = plan_file(tmp_path, f"postgresql://postgres@127.0.0.1:{port}/nowhere")
+    r = run_cli("apply", str(plan), "--auto-approve")
+    assert r.code == 1 and "cannot open local gateway state postgresql://postgres:***@127.0.0.1" in r.stderr
+    assert SECRET not in r.output
+    r = run_cli("validate", str(write_plan(tmp_path / "bad.yaml", PLAN.format(url="mysql://x", limit=1, extra=""))))
+    assert r.code == 1 and "database must be a postgresql:// URL" in r.stderr
