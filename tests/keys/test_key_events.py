@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import run_cli, write_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "events"))
-from helpers import WebhookReceiver  # noqa: E402
+from helpers import WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 

@@ -235,8 +235,8 @@ def usage_export(
         show_default=False)] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="First day (YYYY-MM-DD).")] = None,
     to: Annotated[Optional[str], typer.Option("--to", help="Last day, inclusive.")] = None,
-    fmt: Annotated[Literal["csv", "jsonl", "parquet"],
-                   typer.Option("--format", help="CSV, JSON Lines, or Parquet (a Hive-partitioned directory).")] = "csv",
+    fmt: Annotated[Literal["csv", "jsonl", "parquet"], typer.Option(
+        "--format", help="CSV, JSON Lines or Parquet (a Hive-partitioned directory).")] = "csv",
     out_file: Annotated[
         Optional[str],
         typer.Option("--out", help="File to write (default: stdout); with --format parquet, a directory."),

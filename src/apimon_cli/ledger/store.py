@@ -96,6 +96,9 @@ CREATE TABLE IF NOT EXISTS pull_windows (
     rows      INTEGER NOT NULL,  -- rows in that answer
     pulled_at TEXT    NOT NULL,  -- the last pull that confirmed the window (ISO 8601 UTC)
     PRIMARY KEY (provider, target, start, "end")
+) WITHOUT ROWID
+"""
+
 # Schema 7: when each subscriber was first seen using each product (the setup fee's "first recorded usage").
 # Persisted, so it survives revised or removed rows and carries what the gateway's history knew before the
 # ledger's first pulled window (``usage pull``; see ``Ledger.record_first_seen``). Never moves later.
@@ -109,6 +112,9 @@ CREATE TABLE first_seen (
     source      TEXT NOT NULL,  -- 'ledger' (a stored row) | 'gateway' (the gateway's own history)
     recorded_at TEXT,           -- ISO 8601 UTC; NULL for rows backfilled by the migration
     PRIMARY KEY (provider, target, subscriber, product)
+) WITHOUT ROWID
+"""
+
 # Schema 8: a provider's offline name for a target (what a plan says: an AWS profile and region) -> the
 # target its rows are stored under (what the gateway says: the AWS account id from STS), learnt by `usage pull`.
 _TARGET_ALIASES_V8 = """

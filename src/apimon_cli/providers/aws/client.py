@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..base import ProviderError
-from ..transport import paginate, retry_after_seconds, watch
+from ..transport import TIMEOUTS, paginate, retry_after_seconds, watch
 from .scheduler import Quotas, RetryPolicy
 
 PAGE_SIZE = 500
