@@ -82,6 +82,11 @@ def _new_ledger_removed_on_failure(path) -> Iterator[None]:
     would later read as "no usage" (issue 11). An existing ledger is left to its transaction (unchanged)."""
     from pathlib import Path
 
+    from ..ledger.pg import is_database_url
+
+    if is_database_url(path):  # a PostgreSQL ledger: the pull's transaction is all there is to undo
+        yield
+        return
     path = Path(path)
     if path.exists() or path.is_symlink():
         yield

@@ -246,7 +246,7 @@ def _migrate_6_to_7(conn: sqlite3.Connection) -> None:
         " SELECT provider, target, subscriber, product, min(day), 'ledger', NULL FROM usage WHERE count > 0"
         " GROUP BY provider, target, subscriber, product"
         " ON CONFLICT (provider, target, subscriber, product) DO UPDATE SET first_day = excluded.first_day"
-        " WHERE excluded.first_day < first_day"
+        " WHERE excluded.first_day < first_seen.first_day"
     )
 
 
@@ -476,7 +476,7 @@ class Ledger:
                 "INSERT INTO first_seen (provider, target, subscriber, product, first_day, source, recorded_at) "
                 "SELECT provider, ?, subscriber, product, first_day, source, recorded_at FROM first_seen "
                 "WHERE provider = ? AND target = ? AND true ON CONFLICT (provider, target, subscriber, product) "
-                "DO UPDATE SET first_day = excluded.first_day WHERE excluded.first_day < first_day",
+                "DO UPDATE SET first_day = excluded.first_day WHERE excluded.first_day < first_seen.first_day",
                 (target, provider, alias))
             conn.execute("DELETE FROM first_seen WHERE provider = ? AND target = ?", (provider, alias))
             # window digests vouch for rows under the alias: no longer
@@ -671,7 +671,8 @@ class Ledger:
             " WHERE provider = :p AND target = :t AND day BETWEEN :s AND :e AND count > 0"
             " GROUP BY subscriber, product"
             " ON CONFLICT (provider, target, subscriber, product) DO UPDATE SET first_day = excluded.first_day,"
-            " source = excluded.source, recorded_at = excluded.recorded_at WHERE excluded.first_day < first_day",
+            " source = excluded.source, recorded_at = excluded.recorded_at"
+            " WHERE excluded.first_day < first_seen.first_day",
             window,
         )
 
@@ -707,7 +708,8 @@ class Ledger:
             "INSERT INTO first_seen (provider, target, subscriber, product, first_day, source, recorded_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (provider, target, subscriber, product) DO UPDATE SET"
             " first_day = excluded.first_day, source = excluded.source, recorded_at = excluded.recorded_at"
-            " WHERE excluded.first_day < first_day OR (excluded.first_day = first_day AND source <> excluded.source)",
+            " WHERE excluded.first_day < first_seen.first_day"
+            " OR (excluded.first_day = first_seen.first_day AND first_seen.source <> excluded.source)",
             params,
         )
         return self._conn.total_changes - before

@@ -129,7 +129,7 @@ def ingest(
             "INSERT INTO first_seen (provider, target, subscriber, product, first_day, source, recorded_at)"
             f" VALUES ('{STREAM_PROVIDER}', ?, ?, ?, ?, 'ledger', ?)"
             " ON CONFLICT (provider, target, subscriber, product) DO UPDATE SET first_day = excluded.first_day,"
-            " recorded_at = excluded.recorded_at WHERE excluded.first_day < first_day",
+            " recorded_at = excluded.recorded_at WHERE excluded.first_day < first_seen.first_day",
             ((target, sub, prod, d, now) for (sub, prod), d in firsts.items()),
         )
         conn.executemany(
