@@ -12,6 +12,8 @@ import sqlite3
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from ..sqlitetx import rollback_quietly
+
 _TABLE = """CREATE TABLE IF NOT EXISTS key_audit (
     seq        INTEGER PRIMARY KEY,
     at         TEXT NOT NULL,
@@ -63,8 +65,7 @@ def append(conn: sqlite3.Connection, entries: Iterable[AuditEntry]) -> None:
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        rollback_quietly(conn)  # never hides the real error (a full disk, Ctrl-C)
         raise
 
 
