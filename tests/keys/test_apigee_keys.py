@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli, write_plan
+from conftest import allow_endpoints, run_cli, write_plan
 from fakes.apigee import ApigeeFake
 
 ORG = "acme"
@@ -15,8 +15,9 @@ ENV = {"APIMON_APIGEE_TOKEN": "test-token"}
 
 
 @pytest.fixture
-def fake():
+def fake(monkeypatch):
     with ApigeeFake(org=ORG, environments=["prod"], proxies=["petstore"]) as f:
+        monkeypatch.setitem(ENV, "APIMON_ALLOW_ENDPOINTS", allow_endpoints(f.endpoint)["APIMON_ALLOW_ENDPOINTS"])
         yield f
 
 

@@ -8,16 +8,17 @@ import json
 import sqlite3
 
 import pytest
-from conftest import run_cli, write_plan
+from conftest import allow_endpoints, run_cli, write_plan
 from fakes.azure_apim import AzureApimFake
 
 RG, SVC = "rg", "apim"
 
 
 @pytest.fixture
-def fake():
+def fake(monkeypatch):
     with AzureApimFake(subscription_id="sub-1", resource_group=RG, service=SVC) as f:
         f.add_api("petstore", "Petstore", "petstore")
+        monkeypatch.setitem(ENV, "APIMON_ALLOW_ENDPOINTS", allow_endpoints(f.base_url)["APIMON_ALLOW_ENDPOINTS"])
         yield f
 
 
