@@ -734,11 +734,12 @@ class Ledger:
         stored row (stream-fed rows included), whichever is earlier."""
         where, params = _filters(None, None, provider, target)
         out: dict[tuple[str, str], tuple[date, str]] = {}
-        for sub, prod, day, source in self._conn.execute(
-            f"SELECT subscriber, product, min(first_day), source FROM first_seen WHERE {where}"
-            " GROUP BY subscriber, product", params
+        for sub, prod, day, source in self._conn.execute(  # the earliest per (subscriber, product), with its source
+            f"SELECT subscriber, product, first_day, source FROM first_seen WHERE {where}", params
         ):
-            out[(sub, prod)] = (date.fromisoformat(day), source)
+            d = date.fromisoformat(day)
+            if (sub, prod) not in out or d < out[(sub, prod)][0]:
+                out[(sub, prod)] = (d, source)
         for sub, prod, day in self._conn.execute(
             f"SELECT subscriber, product, min(day) FROM usage WHERE {where} AND count > 0 GROUP BY subscriber, product",
             params,
