@@ -150,7 +150,8 @@ products:
 subscribers:
 {subscribers}
 """
-AZURE_ENV = {"APIMON_AZURE_TOKEN": "test-token", "APIMON_AZURE_RETRY_BACKOFF": "0.01"}
+AZURE_ENV = {"APIMON_AZURE_TOKEN": "test-token", "APIMON_AZURE_RETRY_BACKOFF": "0.01",
+             "APIMON_ALLOW_ENDPOINTS": "127.0.0.1"}  # the ARM fake on a loopback port (README "Security")
 
 
 @pytest.fixture
@@ -237,7 +238,7 @@ def test_interrupt_during_a_local_apply_reports_exactly_what_the_state_holds(tmp
     """The report is the truth: every change it lists as applied is in the local state, and nothing else."""
     import sqlite3
 
-    n = 1500
+    n = 20000  # batched commits make a local apply fast: enough changes to still be applying at the signal
     subs = "".join(f"  s{i:05d}: {{product: free}}\n" for i in range(n))
     plan = write_plan(tmp_path / "big.yaml", "apimon: 1\ntarget: {provider: local, local: {state_dir: state}}\n"
                       "products:\n  free: {display_name: Free, pricing: {model: free}}\nsubscribers:\n" + subs)

@@ -195,7 +195,7 @@ def test_postgresql_subscribers_merge_with_yaml_and_apply(tmp_path, postgres_db)
     assert url in loaded.secrets  # masked wherever it could be printed
     r = run_cli("apply", "--auto-approve", str(plan), cwd=tmp_path, env={"CRM_DATABASE_URL": url})
     assert r.code == 0, r.output
-    assert "Apply complete: 4 change(s) applied." in r.stdout
+    assert "Apply complete: 4 changes applied." in r.stdout
     assert url not in r.output
 
 
@@ -233,4 +233,4 @@ def test_a_saved_plan_applies_with_its_csv_and_is_stale_when_the_csv_changes(tmp
     _csv(tmp_path / "subs.csv", "id,product\nbob,gold\n")
     r = run_cli("apply", "--plan-file", str(saved), cwd=tmp_path)
     assert r.code == 0, r.output
-    assert "Apply complete: 2 change(s) applied." in r.stdout
+    assert "Apply complete: 2 changes applied." in r.stdout

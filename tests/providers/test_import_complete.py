@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from conftest import ROOT, allow_endpoints, run_cli
 
 
 def _accounted(tmp_path: Path, env: dict, imported: Path) -> tuple[dict, list[str]]:
@@ -100,7 +100,7 @@ def azure_fake():
 
 
 def test_azure_import_lists_subscriptions_it_cannot_adopt_and_imports_unmanaged_products(azure_fake, tmp_path):
-    env = {"APIMON_AZURE_TOKEN": "test-token"}
+    env = {"APIMON_AZURE_TOKEN": "test-token", **allow_endpoints(azure_fake)}
     out = tmp_path / "imported.yaml"
     r = run_cli("import", "--provider", "azure", "--subscription-id", "sub-1", "--resource-group", "rg",
                 "--service", "apim", "--endpoint", azure_fake, "--out", str(out), cwd=tmp_path, env=env)
@@ -131,7 +131,7 @@ def apigee_fake():
 
 
 def test_apigee_import_writes_unmanaged_apps_or_says_why_not(apigee_fake, tmp_path):
-    env = {"APIMON_APIGEE_TOKEN": "test-token"}
+    env = {"APIMON_APIGEE_TOKEN": "test-token", **allow_endpoints(apigee_fake.endpoint)}
     out = tmp_path / "imported.yaml"
     r = run_cli("import", "--provider", "apigee", "--organization", "acme", "--environment", "prod",
                 "--endpoint", apigee_fake.endpoint, "--out", str(out), cwd=tmp_path, env=env)

@@ -46,7 +46,7 @@ def test_apply_bumps_the_revision_once_per_batch(tmp_path):
     plan = _plan(tmp_path / "plan.yaml", n)
     r = run_cli("apply", "--auto-approve", str(plan), cwd=tmp_path)
     assert r.code == 0, r.output
-    assert f"Apply complete: {n + 2} change(s) applied." in r.stdout
+    assert f"Apply complete: {n + 2} changes applied." in r.stdout
     revision, subs, whole = _state(tmp_path)
     assert subs == whole == n
     # batches of at most BATCH_CHANGES changes (or 100 ms): far fewer revisions than changes, at least
@@ -82,6 +82,6 @@ def test_apply_killed_mid_batch_leaves_whole_changes_and_converges(tmp_path):
     assert whole == subs  # every subscriber there is whole
     r = run_cli("apply", "--auto-approve", str(plan), cwd=tmp_path)
     assert r.code == 0, r.output
-    assert f"Apply complete: {n - subs} change(s) applied." in r.stdout
+    assert f"Apply complete: {n - subs} changes applied." in r.stdout
     assert _state(tmp_path)[1:] == (n, n)
     assert "No changes." in run_cli("plan", str(plan), cwd=tmp_path).stdout

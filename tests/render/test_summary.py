@@ -31,7 +31,7 @@ def test_a_large_plan_is_summarised_and_full_shows_everything(tmp_path):
     out = r.stdout
     assert out.count("will be created") == 2 + 20  # both products, the first 20 subscribers
     assert "  + subscriber s00019 will be created\n" in out and "subscriber s00020 will" not in out
-    assert f"  ... and {N - 20:,} more subscriber change(s) (create); `--full` shows every change\n" in out
+    assert f"  ... and {N - 20:,} more subscriber changes (create); `--full` shows every change\n" in out
     assert f"Changes per product ({N + 2:,} changes, summarised; `--full` for all of them):\n" in out
     assert "  gold: 734 to create\n  silver: 368 to create\n" in out  # the product itself counts once
     assert out.endswith(f"Plan: {N + 2} to add, 0 to change, 0 to destroy.\n")
@@ -50,6 +50,6 @@ def test_a_large_apply_shows_the_first_outcomes_then_a_count(tmp_path):
     r = run_cli("apply", "--auto-approve", str(plan), cwd=tmp_path)
     assert r.code == 0, r.output
     assert r.stdout.count("created (key generated)") == 20
-    assert f"  ... and {N - 20:,} more subscriber change(s) applied (create); `--full` shows each\n" in r.stdout
-    assert r.stdout.endswith(f"Apply complete: {N + 2} change(s) applied.\n")
+    assert f"  ... and {N - 20:,} more subscriber changes applied (create); `--full` shows each\n" in r.stdout
+    assert r.stdout.endswith(f"Apply complete: {N + 2} changes applied.\n")
     assert "No changes." in run_cli("plan", str(plan), cwd=tmp_path).stdout

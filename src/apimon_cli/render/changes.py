@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from ..reconcile.changes import Change, ChangeSet, change_to_json, changeset_to_json
 from ..reconcile.engine import ApplyReport, ChangeOutcome
 from .output import Output
+from .words import count
 
 _SYMBOL = {"create": ("+", "green"), "update": ("~", "yellow"), "delete": ("-", "red"), "replace": ("-/+", "red")}
 _VERB = {"create": "will be created", "update": "will be updated in place", "delete": "will be destroyed",
@@ -175,7 +176,7 @@ def _render_summary(lines: Lines, cs: ChangeSet) -> None:
         if product is not None:
             per_product.setdefault(product, Counter())[c.action] += 1
     for (kind, action), n in hidden.items():
-        lines.add(f"  ... and {n:,} more {kind} change(s) ({action}); `--full` shows every change", "dim")
+        lines.add(f"  ... and {count(n, f'more {kind} change')} ({action}); `--full` shows every change", "dim")
     lines.add("")
     lines.add(f"Changes per product ({len(cs.changes):,} changes, summarised; `--full` for all of them):", "bold")
     for product in sorted(per_product):
@@ -266,7 +267,7 @@ class _OutcomeFilter:
 
     def finish(self) -> None:
         for (kind, action), n in self.hidden.items():
-            self.lines.add(f"  ... and {n:,} more {kind} change(s) applied ({action}); `--full` shows each", "dim")
+            self.lines.add(f"  ... and {count(n, f'more {kind} change')} applied ({action}); `--full` shows each", "dim")
 
 
 def render_outcome(out: Output | Lines, o: ChangeOutcome) -> None:

@@ -49,7 +49,7 @@ class LocalKeys:
         """(value, info) for each key of ``sid``, oldest first; the values stay in this module."""
         current, updated = self._owned_subscriber(conn, sid)
         rows = conn.execute("SELECT api_key, created_at, expires_at FROM subscriber_keys WHERE subscriber = ? "
-                            "ORDER BY created_at, api_key", (sid,)).fetchall()
+                            "ORDER BY expires_at IS NULL, created_at, api_key", (sid,)).fetchall()
         out: list[tuple[str, KeyInfo]] = []
         if not any(value == current for value, _, _ in rows):  # a key made before keys had dates
             rows.append((current, updated, None))
