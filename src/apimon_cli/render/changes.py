@@ -267,7 +267,8 @@ class _OutcomeFilter:
 
     def finish(self) -> None:
         for (kind, action), n in self.hidden.items():
-            self.lines.add(f"  ... and {count(n, f'more {kind} change')} applied ({action}); `--full` shows each", "dim")
+            more = count(n, f"more {kind} change")
+            self.lines.add(f"  ... and {more} applied ({action}); `--full` shows each", "dim")
 
 
 def render_outcome(out: Output | Lines, o: ChangeOutcome) -> None:
