@@ -281,6 +281,17 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
+def _bring_to_current(conn: sqlite3.Connection, version: int) -> None:
+    """Inside the caller's transaction: create the schema (``version`` 0: an empty database) or run the
+    migrations from ``version`` on; both back ends share this one path."""
+    if version == 0:
+        _create_schema(conn)
+    elif version < SCHEMA_VERSION:
+        for migrate in MIGRATIONS[version - 1 :]:
+            migrate(conn)
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+
 def _read_version(conn: sqlite3.Connection, path: Path) -> int:
     """0 for an empty database, else the ledger's schema version. Raises LedgerError for foreign files."""
     try:
@@ -398,16 +409,10 @@ class Ledger:
                 try:
                     conn.execute(pg.UPGRADE_LOCK_SQL)  # two first opens at once: one creates, one waits
                     _, version = pg.read_version(conn)
-                    if version is None:
-                        _create_schema(conn)
-                    elif version < SCHEMA_VERSION:
-                        for migrate in MIGRATIONS[version - 1 :]:
-                            migrate(conn)
-                        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+                    _bring_to_current(conn, version or 0)
                     conn.execute("COMMIT")
                 except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                    _rollback_quietly(conn)
                     raise
         except sqlite3.Error as exc:
             conn.close()
@@ -421,13 +426,7 @@ class Ledger:
     def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            version = _read_version(conn, path)  # again: another process may have done it meanwhile
-            if version == 0:
-                _create_schema(conn)
-            elif version < SCHEMA_VERSION:
-                for migrate in MIGRATIONS[version - 1 :]:
-                    migrate(conn)
-                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            _bring_to_current(conn, _read_version(conn, path))  # read again: another process may have done it
             conn.execute("COMMIT")
         except BaseException:
             _rollback_quietly(conn)
