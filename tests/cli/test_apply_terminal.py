@@ -254,6 +254,8 @@ def test_interrupt_during_a_local_apply_reports_exactly_what_the_state_holds(tmp
     proc.send_signal(signal.SIGINT)
     _rest, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
+    # the signal is held until the change in flight is recorded: the report is never behind the state
+    assert "Interrupt received: finishing the change in flight" in stderr
     m = re.search(r"Apply interrupted: (\d+) changes? applied, 0 failed, (\d+) not attempted\.", stderr)
     assert m, stderr
     applied = int(m.group(1))

@@ -7,12 +7,18 @@ A ``replace`` without its own ``replace_<kind>`` runs ``create_<kind>`` then ``d
 reverse when ``create_before_delete`` is false). Observers see every attempted change on the calling
 thread, in the order outcomes arrive: ``progress(outcome)`` (the CLI's printer) and
 ``on_applied(change, outcome)`` (events).
+
+An interrupt (Ctrl-C, SIGTERM) during an apply is held until the change in flight has ended and been
+recorded: a change is never done on the gateway yet missing from the report. A second interrupt stops at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from dataclasses import replace as _with
 from functools import cached_property
@@ -171,18 +177,60 @@ def apply_changes(provider: Provider, changes: list[Change], live: LiveState, *,
             on_applied(outcome.change, outcome)
         if progress is not None:
             progress(outcome)
+        interrupt.check()  # an interrupt that came while the change was in flight: now it is recorded
 
+    interrupt = _HeldInterrupt()
     refused = provider.refusals(changes, live)
     if refused:  # the provider vetoes the apply as a whole: nothing is changed
         first = refused[0][0]
         observe(ChangeOutcome(first, False, " | ".join(m for _, m in refused) + "; nothing was applied"))
         report.not_applied = [c for c in changes if c is not first]
         return report
-    with nullcontext() if locked else provider.applying():
+    with nullcontext() if locked else provider.applying(), interrupt.holding():
         attempted = solver.run(changes, lambda c: _attempt(provider, c, live), lambda o: not o.ok,
                                provider.apply_policy(), observe)
+    interrupt.check()  # came with the last change: the apply is whole, but the user asked to stop
     report.not_applied = [c for i, c in enumerate(changes) if i not in attempted]
     return report
+
+
+class _HeldInterrupt:
+    """SIGINT and SIGTERM held while changes run: the first is noted (and said), raised as
+    ``KeyboardInterrupt`` once the change in flight is recorded; a second one raises at once."""
+
+    def __init__(self) -> None:
+        self.pending = False
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach the main thread only
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def hold(signum, frame) -> None:
+            if self.pending:
+                raise KeyboardInterrupt
+            self.pending = True
+            try:
+                sys.stderr.write("Interrupt received: finishing the change in flight "
+                                 "(interrupt again to stop at once)\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+        for s in previous:
+            signal.signal(s, hold)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def check(self) -> None:
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
 
 
 def _attempt(provider: Provider, change: Change, live: LiveState) -> ChangeOutcome:
