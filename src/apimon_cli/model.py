@@ -58,6 +58,20 @@ class Pricing:
     maximum: Decimal | None = None
 
 
+AuthScheme = Literal["api_key", "oauth2", "jwt", "mtls"]
+DEFAULT_TOKEN_TTL = 3600  # seconds: access tokens the local gateway issues (products.<id>.auth oauth2.token_ttl)
+
+
+@dataclass(frozen=True)
+class JwtIssuer:
+    """``auth: - jwt: {...}``: bearer tokens from an external issuer, checked against its JWKS."""
+
+    issuer: str
+    jwks_uri: str
+    audience: str
+    subscriber_claim: str = "sub"
+
+
 @dataclass(frozen=True)
 class Product:
     id: str
@@ -70,6 +84,46 @@ class Product:
     max_concurrent: int | None = None  # requests in flight per subscriber (local gateway only)
     # listed on the public pricing page (`apimon portal build`); not a gateway field: never stored or compared
     public: bool = field(default=True, compare=False)
+    # credentials the product accepts (default: API keys only), required token scopes, the external issuer
+    auth: tuple[AuthScheme, ...] = ("api_key",)
+    scopes: tuple[str, ...] = ()
+    jwt: JwtIssuer | None = None
+    token_ttl: int = DEFAULT_TOKEN_TTL  # seconds (oauth2)
+
+    def accepts(self, scheme: str) -> bool:
+        return scheme in self.auth
+
+
+@dataclass(frozen=True, eq=False)
+class ClientSecret:
+    """A client secret as the plan gives it (``value``) or as a gateway keeps it: the value itself (Apigee's
+    consumer secret) or only a password hash (``hashed``, the local state: security/secrets.py). Two
+    secrets are the same when their values are equal, or when one value verifies against the other's hash."""
+
+    value: str | None = field(default=None, repr=False)
+    hashed: str | None = field(default=None, repr=False)
+
+    def same(self, other: ClientSecret) -> bool:
+        import hmac
+
+        if self.value is not None and other.value is not None:
+            return hmac.compare_digest(self.value.encode(), other.value.encode())
+        from .security.secrets import verify_secret
+
+        if self.value is not None and other.hashed is not None:
+            return verify_secret(self.value, other.hashed)
+        if other.value is not None and self.hashed is not None:
+            return verify_secret(other.value, self.hashed)
+        return self.hashed is not None and self.hashed == other.hashed
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClientSecret) and self.same(other)
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "ClientSecret(sensitive)"
 
 
 @dataclass(frozen=True)
@@ -85,6 +139,10 @@ class Subscriber:
     # key_overlap after a rotation. Not gateway fields: never compared.
     key_max_age: timedelta | None = field(default=None, compare=False)
     key_overlap: timedelta = field(default=timedelta(hours=24), compare=False)
+    # OAuth 2.0 client secret: the plan's value (client_secret.from_env), or what the gateway keeps (a value a
+    # provider reads back, or the local state's hash). Never printed; compared by meaning (reconcile.fields).
+    client_secret: ClientSecret | None = field(default=None, repr=False)
+    client_cert_sha256: str | None = None  # mtls: lowercase hex, no colons
 
     @property
     def metadata_dict(self) -> dict[str, str]:

@@ -123,6 +123,7 @@ def check_plan(parts: PlanParts, env: dict[str, str], *, strict: bool = False) -
                     f"environment variable {name} is empty; set it to the key "
                     "value to import, or remove `key` to let the gateway generate one",
                 )
+    _check_auth(parts, env, r)
     _check_capabilities(parts, r)
     if parts.events_spec is not None:
         from ..events.config import check as check_events
@@ -130,6 +131,79 @@ def check_plan(parts: PlanParts, env: dict[str, str], *, strict: bool = False) -
         for path, message in check_events(parts.events_spec, env):
             r.error(("events", *path), message)
     return r.out
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _check_auth(parts: PlanParts, env: dict[str, str], r: _Reporter) -> None:
+    """products.<id>.auth / scopes and the subscribers' client_secret / client_cert_sha256."""
+    from urllib.parse import urlsplit
+
+    for pid, product in parts.products.items():
+        spec = parts.product_specs.get(pid)
+        if spec is None:
+            continue
+        base = ("products", pid)
+        if spec.auth is not None:
+            if not spec.auth:
+                r.error(base + ("auth",), "lists no credential scheme; list at least one of api_key, oauth2, "
+                        "jwt, mtls (or remove `auth` for API keys only)")
+            seen: dict[str, int] = {}
+            for i, entry in enumerate(spec.auth):
+                if entry.scheme in seen:
+                    r.error(base + ("auth", i), f"{entry.scheme} is listed twice (first at entry {seen[entry.scheme]}"
+                            "); list each scheme once")
+                seen.setdefault(entry.scheme, i)
+                if entry.jwt is not None:
+                    url = entry.jwt.jwks_uri
+                    where = urlsplit(url)
+                    loopback = where.scheme == "http" and where.hostname in _LOOPBACK
+                    if not (where.scheme == "https" and where.hostname) and not loopback:
+                        r.error(base + ("auth", i, "jwt", "jwks_uri"),
+                                f"must be an https:// URL (http only on 127.0.0.1); got {url!r}")
+                    if not entry.jwt.issuer.strip():
+                        r.error(base + ("auth", i, "jwt", "issuer"), "must not be empty: the `iss` tokens carry")
+                    if not entry.jwt.audience.strip():
+                        r.error(base + ("auth", i, "jwt", "audience"), "must not be empty: the `aud` tokens carry")
+                    if not entry.jwt.subscriber_claim.strip():
+                        r.error(base + ("auth", i, "jwt", "subscriber_claim"), "must name a claim, e.g. sub or azp")
+                if entry.oauth2 is not None and entry.oauth2.token_ttl:
+                    from ..keys.durations import parse_duration
+
+                    ttl = parse_duration(entry.oauth2.token_ttl).total_seconds()
+                    if not 30 <= ttl <= 86400:
+                        r.error(base + ("auth", i, "oauth2", "token_ttl"),
+                                f"must be between 30s and 24h; got {entry.oauth2.token_ttl}")
+        if product.scopes and not (product.accepts("oauth2") or product.accepts("jwt")):
+            r.warn(base + ("scopes",), "scopes are checked on oauth2 and jwt tokens only; this product accepts "
+                   f"{', '.join(product.auth)}, so they have no effect")
+    for sid, sub in parts.subscribers.items():
+        spec = parts.subscriber_specs.get(sid)
+        base = ("subscribers", sid)
+        product = parts.products.get(sub.product)
+        secret_spec = getattr(spec, "client_secret", None)
+        if secret_spec is not None:
+            name = secret_spec.from_env
+            path = base + ("client_secret", "from_env")
+            if not _ENV_NAME_RE.fullmatch(name):
+                r.error(path, f"invalid environment variable name {name!r}; use letters, digits and _, "
+                        "not starting with a digit")
+            elif not env.get(name):
+                r.error(path, f"environment variable {name} is {'empty' if name in env else 'not set'}; set it to "
+                        "the client secret, or remove `client_secret` to let the gateway generate one")
+            elif len(env[name]) < 16:
+                r.error(path, f"the client secret in {name} has {len(env[name])} characters; use at least 16 "
+                        "(e.g. `openssl rand -base64 32`)")
+            if product is not None and not product.accepts("oauth2"):
+                r.warn(base + ("client_secret",), f"product {sub.product} does not accept oauth2 (its auth: "
+                       f"{', '.join(product.auth)}): the client secret is not used")
+        if sub.client_cert_sha256 and product is not None and not product.accepts("mtls"):
+            r.warn(base + ("client_cert_sha256",), f"product {sub.product} does not accept mtls (its auth: "
+                   f"{', '.join(product.auth)}): the certificate fingerprint is not used")
+        if product is not None and product.auth == ("mtls",) and not sub.client_cert_sha256:
+            r.warn(base, f"product {sub.product} accepts only mtls, but the subscriber has no client_cert_sha256: "
+                   "it cannot call")
 
 
 def _check_ids(parts, r, kind: str, noun: str) -> None:

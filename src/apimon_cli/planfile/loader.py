@@ -21,7 +21,9 @@ from pydantic import BaseModel, ValidationError
 
 from ..model import (
     Billing,
+    ClientSecret,
     DesiredState,
+    JwtIssuer,
     Package,
     Pricing,
     Product,
@@ -135,6 +137,7 @@ def _load(paths: list[str], strict: bool, env: dict[str, str]) -> LoadedPlan:
     for src in sources:  # every position is resolved: free the node tree (most of the objects allocated)
         src.release()
     secrets |= {s.key_value for s in parts.subscribers.values() if s.key_value}
+    secrets |= {s.client_secret.value for s in parts.subscribers.values() if s.client_secret and s.client_secret.value}
     secrets |= {sink.secret for sink in parts.billing.push if sink.secret}
     events = None
     if parts.events_spec is not None:
@@ -559,6 +562,7 @@ def _merge(files: list[_FilePlan], diags: list[Diagnostic], env: dict[str, str],
             parts.owner[("subscribers", sid)] = src
             if spec is not None:
                 key_value = env.get(spec.key.from_env) if spec.key and spec.key.from_env else None
+                secret = env.get(spec.client_secret.from_env) if spec.client_secret else None
                 parts.subscribers[sid] = Subscriber(
                     id=sid,
                     product=spec.product,
@@ -566,6 +570,8 @@ def _merge(files: list[_FilePlan], diags: list[Diagnostic], env: dict[str, str],
                     enabled=spec.enabled,
                     key_value=key_value,
                     metadata=tuple(sorted(spec.metadata.items())),
+                    client_secret=ClientSecret(secret) if secret else None,
+                    client_cert_sha256=spec.client_cert_sha256,
                 )
                 parts.subscriber_specs[sid] = spec
     for sid, spec in parts.subscriber_specs.items():  # after every file: the product may be in another one
@@ -680,7 +686,29 @@ def _product(pid: str, spec: S.ProductSpec) -> Product:
         pricing=pricing,
         max_concurrent=spec.max_concurrent,
         public=spec.public,
+        **_auth(spec),
     )
+
+
+def _auth(spec: S.ProductSpec) -> dict:
+    """products.<id>.auth and scopes -> Product fields (the defaults are left out)."""
+    from ..keys.durations import parse_duration
+
+    out: dict = {}
+    if spec.auth is not None:
+        schemes: list[str] = []
+        for entry in spec.auth:
+            if entry.scheme not in schemes:
+                schemes.append(entry.scheme)
+            if entry.jwt is not None:
+                j = entry.jwt
+                out["jwt"] = JwtIssuer(j.issuer, j.jwks_uri, j.audience, j.subscriber_claim)
+            if entry.oauth2 is not None and entry.oauth2.token_ttl:
+                out["token_ttl"] = int(parse_duration(entry.oauth2.token_ttl).total_seconds())
+        out["auth"] = tuple(sorted(schemes, key=S.AUTH_SCHEMES.index))
+    if spec.scopes:
+        out["scopes"] = tuple(sorted(set(spec.scopes)))
+    return out
 
 
 def _key_lifecycle(spec, product_spec) -> dict:

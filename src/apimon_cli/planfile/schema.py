@@ -312,6 +312,92 @@ class ProductKeySpec(_Strict):
     max_age: Duration | None = Field(None, description="Default key.max_age of this product's subscribers.")
 
 
+AUTH_SCHEMES = ("api_key", "oauth2", "jwt", "mtls")
+_SCOPE_RE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")  # RFC 6749 §3.3 scope-token
+_FINGERPRINT_RE = re.compile(r"^[0-9A-Fa-f]{2}(?::?[0-9A-Fa-f]{2}){31}$")
+
+
+class JwtSpec(_Strict):
+    issuer: Text = Field(description="The issuer: the tokens' `iss` claim, exactly (e.g. https://login.example.com/).")
+    jwks_uri: Text = Field(description="Where the issuer publishes its signing keys (https; a JWKS document).")
+    audience: Text = Field(description="The tokens' `aud` must contain this value (e.g. api://petstore).")
+    subscriber_claim: Text = Field("sub", description="The claim naming the subscriber id (default sub; azp, "
+                                   "client_id or appid for client-credential tokens of many issuers).")
+
+
+class OAuth2Spec(_Strict):
+    token_ttl: Duration | None = Field(None, description="Lifetime of the access tokens the gateway issues "
+                                       "(30s..24h, default 1h).")
+
+
+class AuthEntrySpec(_Strict):
+    """One entry of ``products.<id>.auth``: a scheme name, or ``jwt:`` / ``oauth2:`` with settings."""
+
+    scheme: Literal["api_key", "oauth2", "jwt", "mtls"]
+    jwt: JwtSpec | None = None
+    oauth2: OAuth2Spec | None = None
+
+
+def _auth_entry(value: Any) -> Any:
+    allowed = "api_key, oauth2, jwt: {issuer, jwks_uri, audience}, mtls"
+    if isinstance(value, str):
+        if value == "jwt":
+            raise PydanticCustomError("auth", "jwt needs its issuer: write `- jwt: {{issuer: URL, jwks_uri: URL, "
+                                      "audience: TEXT}}`", {})
+        if value in AUTH_SCHEMES:
+            return {"scheme": value}
+        raise PydanticCustomError("auth", "unknown credential scheme {got}; allowed: {allowed}",
+                                  {"got": _short(value), "allowed": allowed})
+    if isinstance(value, dict) and len(value) == 1:
+        (name, settings), = value.items()
+        if name in ("jwt", "oauth2"):
+            return {"scheme": name, name: {} if settings is None and name == "oauth2" else settings}
+        raise PydanticCustomError("auth", "unknown credential scheme {got}; allowed: {allowed}",
+                                  {"got": _short(str(name)), "allowed": allowed})
+    raise PydanticCustomError("auth", "must be a scheme name or one `jwt:`/`oauth2:` mapping ({allowed}); got {got}",
+                              {"allowed": allowed, "got": _kind(value)})
+
+
+_AUTH_ENTRY_SCHEMA = {"anyOf": [
+    {"enum": ["api_key", "oauth2", "mtls"]},
+    {"type": "object", "additionalProperties": False, "required": ["jwt"], "properties": {"jwt": {
+        "type": "object", "additionalProperties": False, "required": ["issuer", "jwks_uri", "audience"],
+        "properties": {"issuer": {"type": "string"}, "jwks_uri": {"type": "string"}, "audience": {"type": "string"},
+                       "subscriber_claim": {"type": "string"}}}}},
+    {"type": "object", "additionalProperties": False, "required": ["oauth2"], "properties": {"oauth2": {
+        "type": ["object", "null"], "additionalProperties": False,
+        "properties": {"token_ttl": {"type": "string"}}}}},
+]}
+AuthEntry = Annotated[AuthEntrySpec, BeforeValidator(_auth_entry), WithJsonSchema(_AUTH_ENTRY_SCHEMA)]
+
+
+def _scope(value: Any) -> str:
+    if not isinstance(value, str) or not _SCOPE_RE.fullmatch(value):
+        raise PydanticCustomError("scope", "a scope is 1-128 printable characters without spaces, quotes or "
+                                  "backslashes (RFC 6749 §3.3), e.g. read or orders:write; got {got}",
+                                  {"got": _kind(value)})
+    return value
+
+
+Scope = Annotated[str, BeforeValidator(_scope), WithJsonSchema({"type": "string", "pattern": _SCOPE_RE.pattern})]
+
+
+def _fingerprint(value: Any) -> str:
+    if not isinstance(value, str) or not _FINGERPRINT_RE.fullmatch(value.strip()):
+        raise PydanticCustomError("fingerprint", "must be a certificate's SHA-256 fingerprint: 64 hex digits, "
+                                  "optionally in pairs separated by ':' (openssl x509 -noout -fingerprint -sha256); "
+                                  "got {got}", {"got": _kind(value)})
+    return value.strip().replace(":", "").lower()
+
+
+Fingerprint = Annotated[str, BeforeValidator(_fingerprint),
+                        WithJsonSchema({"type": "string", "pattern": _FINGERPRINT_RE.pattern})]
+
+
+class ClientSecretSpec(_Strict):
+    from_env: Text = Field(description="Name of the environment variable holding the OAuth 2.0 client secret.")
+
+
 class ProductSpec(_Strict):
     display_name: Text
     description: Text = ""
@@ -330,6 +416,12 @@ class ProductSpec(_Strict):
         description="Listed on the public pricing page (`apimon portal build`); false hides it there. "
         "Not a gateway field: it never changes what `apply` does.",
     )
+    auth: list[AuthEntry] | None = Field(
+        None, description="Credentials the product accepts (default [api_key]): api_key (x-api-key header), "
+        "oauth2 (client credentials issued by the gateway: POST /oauth2/token), jwt: {issuer, jwks_uri, audience, "
+        "subscriber_claim} (bearer tokens of an external issuer), mtls (a client certificate; local gateway only).")
+    scopes: list[Scope] | None = Field(
+        None, description="Scopes an oauth2 or jwt token must carry (all of them) to call this product's APIs.")
 
 
 class SubscriberSpec(_Strict):
@@ -338,6 +430,11 @@ class SubscriberSpec(_Strict):
     enabled: Bool = True
     key: KeySpec | None = None
     metadata: dict[str, MetaValue] = Field(default_factory=dict)
+    client_secret: ClientSecretSpec | None = Field(
+        None, description="OAuth 2.0 client secret (oauth2 products): {from_env: VAR}; default: generated by the "
+        "gateway (local: `apimon keys secret`; Apigee: the app's consumer secret).")
+    client_cert_sha256: Fingerprint | None = Field(
+        None, description="SHA-256 fingerprint of the subscriber's client certificate (mtls products).")
 
 
 class SubscriberSourceSpec(_Strict):

@@ -56,7 +56,36 @@ def product_to_plan(p: Product) -> dict:
     out["pricing"] = pricing_to_plan(p.pricing)
     if p.max_concurrent is not None:
         out["max_concurrent"] = p.max_concurrent
+    if p.auth != ("api_key",) or p.jwt is not None:
+        out["auth"] = auth_to_plan(p)
+    if p.scopes:
+        out["scopes"] = list(p.scopes)
     return out
+
+
+def auth_to_plan(p: Product) -> list:
+    from ..model import DEFAULT_TOKEN_TTL
+
+    entries: list = []
+    for scheme in p.auth:
+        if scheme == "jwt" and p.jwt is not None:
+            j = p.jwt
+            block = {"issuer": j.issuer, "jwks_uri": j.jwks_uri, "audience": j.audience}
+            if j.subscriber_claim != "sub":
+                block["subscriber_claim"] = j.subscriber_claim
+            entries.append({"jwt": block})
+        elif scheme == "oauth2" and p.token_ttl != DEFAULT_TOKEN_TTL:
+            entries.append({"oauth2": {"token_ttl": _duration(p.token_ttl)}})
+        elif scheme != "jwt":
+            entries.append(scheme)
+    return entries
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def product_from_plan(pid: str, data: dict) -> Product:
@@ -75,6 +104,8 @@ def subscriber_to_plan(s: Subscriber, *, key_env: str | None = None) -> dict:
         out["key"] = {"from_env": key_env}
     if s.metadata:
         out["metadata"] = dict(s.metadata)
+    if s.client_cert_sha256:
+        out["client_cert_sha256"] = s.client_cert_sha256
     return out
 
 

@@ -64,6 +64,26 @@ class NotStored:
                    for name, value in kind(self.kind).fields(resource).items())
 
 
+def auth_not_stored(gateway: str, unsupported: tuple[str, ...], *, keeps_scopes: bool = False,
+                    keeps_secret: bool = False) -> tuple[NotStored, ...]:
+    """What a gateway cannot keep of ``products.<id>.auth`` (it cannot express the schemes in
+    ``unsupported``), ``scopes``, and the subscribers' ``client_secret`` / ``client_cert_sha256``."""
+    listed = ", ".join(unsupported[:-1]) + " and " + unsupported[-1] if len(unsupported) > 1 else unsupported[0]
+    out = [
+        NotStored("product", "auth", warn_when=lambda p: any(s in unsupported for s in p.auth),
+                  warning=f"{listed} cannot be expressed on {gateway}; they are enforced by `apimon gateway "
+                          "serve` (local target) only"),
+        NotStored("product", "auth.*", why=f"{gateway} keeps no token settings on a product"),
+        NotStored("subscriber", "client_cert_sha256", why="client certificates are checked by the local gateway only"),
+    ]
+    if not keeps_scopes:
+        out.append(NotStored("product", "scopes", warn_when=lambda p: bool(p.scopes),
+                             warning=f"token scopes cannot be expressed on {gateway}; they are not checked there"))
+    if not keeps_secret:
+        out.append(NotStored("subscriber", "client_secret", why=f"{gateway} has no client secrets"))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Capabilities:
     not_stored: tuple[NotStored, ...] = ()

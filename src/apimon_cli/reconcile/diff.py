@@ -148,6 +148,10 @@ def _diff_kind(k: Kind, desired: DesiredState, live: LiveState, rules: Rules,
     return creates + updates, deletes
 
 
+#: fields the gateway may hold a value of its own for (a generated client secret): compared only when set
+_ONLY_WHEN_SET = ("client_secret",)
+
+
 def _field_changes(k: Kind, rules: Rules, have: Any, want: Any, secret: set[str] = frozenset()) -> list[FieldChange]:  # type: ignore[assignment]
     """Fields that differ by meaning, compared as the gateway holds them, shown as written; a field whose
     value comes from the environment (``secret``) is shown as SENSITIVE, its old value too."""
@@ -157,6 +161,9 @@ def _field_changes(k: Kind, rules: Rules, have: Any, want: Any, secret: set[str]
         return k.fields(rules.canonical(k.name, resource) if canonical else resource)
 
     before, after = flat(have, True), flat(want, True)
+    for name in _ONLY_WHEN_SET:  # compared only where the plan sets it (else the gateway's own value stands)
+        if want is not None and name not in after:
+            before.pop(name, None)
     if before == after:  # the common case of a converged plan: every field equal, so none differs by meaning
         return []
     shown_before, shown_after = flat(have, False), flat(want, False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from decimal import Decimal
 
-from ..model import Package, Pricing, Product, Subscriber, Tier
+from ..model import ClientSecret, Package, Pricing, Product, Subscriber, Tier
 
 #: fields whose values compare case-insensitively
 _CASEFOLDED = frozenset({"email"})
@@ -33,6 +33,8 @@ def _tier_text(t: Tier) -> str:
 
 def shown(value: object) -> object:
     """A field value as printed and written to JSON (strings for money, lists joined)."""
+    if isinstance(value, ClientSecret):
+        return "(sensitive)"
     if isinstance(value, Decimal):
         return money(value)
     if isinstance(value, Package):
@@ -79,6 +81,27 @@ def product_fields(p: Product) -> dict[str, object]:
     if p.max_concurrent is not None:
         out["max_concurrent"] = p.max_concurrent
     out.update(pricing_fields(p.pricing))
+    out.update(auth_fields(p))
+    return out
+
+
+def auth_fields(p: Product) -> dict[str, object]:
+    """The credentials a product accepts; left out at the default (API keys only), so gateways that cannot
+    express them (and plans that do not use them) compare as before."""
+    from ..model import DEFAULT_TOKEN_TTL
+
+    out: dict[str, object] = {}
+    if p.auth != ("api_key",):
+        out["auth"] = tuple(p.auth)
+    if p.scopes:
+        out["scopes"] = tuple(p.scopes)
+    if p.jwt is not None:
+        out["auth.jwt.issuer"] = p.jwt.issuer
+        out["auth.jwt.jwks_uri"] = p.jwt.jwks_uri
+        out["auth.jwt.audience"] = p.jwt.audience
+        out["auth.jwt.subscriber_claim"] = p.jwt.subscriber_claim
+    if "oauth2" in p.auth and p.token_ttl != DEFAULT_TOKEN_TTL:
+        out["auth.oauth2.token_ttl"] = p.token_ttl
     return out
 
 
@@ -88,6 +111,10 @@ def subscriber_fields(s: Subscriber) -> dict[str, object]:
         out["email"] = s.email
     for k, v in s.metadata:
         out[f"metadata.{k}"] = v
+    if s.client_secret is not None:  # only where the plan gives one (client_secret.from_env)
+        out["client_secret"] = s.client_secret
+    if s.client_cert_sha256 is not None:
+        out["client_cert_sha256"] = s.client_cert_sha256
     return out
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from ..registry import Capabilities, ImportOption, NotStored, ProviderSpec
+from ..registry import Capabilities, ImportOption, NotStored, ProviderSpec, auth_not_stored
 
 DEFAULT_ENDPOINT = "https://apigee.googleapis.com"
 
 CAPABILITIES = Capabilities(
     not_stored=(
+        *auth_not_stored("an Apigee API product", ("oauth2", "jwt", "mtls")),
         NotStored("product", "max_concurrent",
                   warning="the gateway has no bound on a subscriber's requests in flight; max_concurrent is enforced "
                           "only by `apimon gateway serve` (local target)"),

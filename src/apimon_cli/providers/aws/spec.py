@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ...reconcile.changes import Replacement
-from ..registry import Capabilities, ImportOption, NotStored, ProviderSpec
+from ..registry import Capabilities, ImportOption, NotStored, ProviderSpec, auth_not_stored
 
 CAPABILITIES = Capabilities(
     not_stored=(
+        *auth_not_stored("an API Gateway usage plan", ("oauth2", "jwt", "mtls")),
         NotStored("product", "max_concurrent",
                   warning="the gateway has no bound on a subscriber's requests in flight; max_concurrent is enforced "
                           "only by `apimon gateway serve` (local target)"),
