@@ -47,6 +47,15 @@ def gateway_serve(
             "target.local.limits.backend redis.",
         ),
     ] = 1,
+    tls_cert: Annotated[
+        str | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate (PEM; TLS 1.2 or later).")
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option("--tls-key", help="The certificate's private key (PEM).")] = None,
+    client_ca: Annotated[
+        str | None,
+        typer.Option("--client-ca", help="Ask clients for a certificate signed by this CA (PEM): mutual TLS for "
+                     "products with auth mtls (a certificate is asked for, not required)."),
+    ] = None,
 ) -> None:
     """Run the local gateway in front of the plan's upstreams.
 
@@ -79,6 +88,9 @@ def gateway_serve(
             connect_timeout=connect_timeout,
             upstream_timeout=upstream_timeout,
             total_timeout=total_timeout,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            client_ca=client_ca,
         )
         if workers == 1:
             summary = serve(config, on_ready=ready)
@@ -104,3 +116,53 @@ def gateway_serve(
     if summary.lost or summary.lost_quota:
         out.json({"unwritten_usage": summary.lost, "unwritten_quota": summary.lost_quota})
         fail(out, "error: some usage counts could not be written to the state (printed above as JSON)")
+
+
+@gateway_app.command("rotate-signing-key")
+def gateway_rotate_signing_key(plans: PlanArgs) -> None:
+    """Add a new signing key for the tokens the local gateway issues.
+
+    New tokens are signed with it at once (running gateways reload within a second); the previous key keeps
+    validating until the last token it signed has expired (the longest token_ttl of the plan's products plus
+    60 s of leeway) and is removed by the next rotation after that. Nothing else changes."""
+    from datetime import UTC, datetime
+
+    from ..gateway.store import rotate_signing_key
+    from ..gateway.tokens import LEEWAY
+    from ..providers import ProviderError
+    from ..providers.local import connect_state, database_of, state_dir_of
+
+    out = make_output()
+    loaded = load_plan(out, plans)
+    desired = loaded.desired
+    if desired.target.provider != "local":
+        fail(out, f"error: rotate-signing-key is for the local target's gateway; this plan's target is "
+                  f"{desired.target.provider}")
+    alg = (desired.target.settings.get("oauth2") or {}).get("signing_alg") or "RS256"
+    longest = max([p.token_ttl for p in desired.products.values() if p.accepts("oauth2")] or [3600])
+    try:
+        conn = connect_state(state_dir_of(desired), create=False, database=database_of(desired))
+    except ProviderError as exc:
+        fail(out, f"error: {exc}")
+    try:
+        key, retired, removed = rotate_signing_key(conn, alg, longest + LEEWAY)
+    except Exception as exc:
+        fail(out, f"error: cannot rotate the signing key: {exc}")
+    finally:
+        conn.close()
+
+    def when(epoch: float) -> str:
+        return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+    out.info(f"New signing key {key.kid} ({key.alg}); new tokens are signed with it.")
+    ends = when(time_now() + longest + LEEWAY)
+    for old in retired:
+        out.info(f"Key {old.kid} is retired: it validates tokens until {ends}, then it is removed.")
+    for kid in removed:
+        out.info(f"Key {kid} was removed (its last token has expired).")
+
+
+def time_now() -> float:
+    import time
+
+    return time.time()

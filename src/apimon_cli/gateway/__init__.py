@@ -30,9 +30,10 @@ Seams for later work: a new credential scheme is an ``Authenticator``; shared li
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from ..model import DesiredState
-from .auth import ApiKeyAuth, Authenticator, Denial
+from .auth import ApiKeyAuth, Authenticator, Denial, GatewayAuth
 from .clock import Clock, FakeClock, clock_from_env
 from .config import GatewayConfig, GatewayError, Summary, check_upstreams, parse_listen
 from .lifecycle import Gateway, run
@@ -44,6 +45,7 @@ __all__ = [
     "Authenticator",
     "Clock",
     "Denial",
+    "GatewayAuth",
     "FakeClock",
     "Gateway",
     "GatewayConfig",
@@ -67,6 +69,9 @@ def config_from_plan(
     connect_timeout: float = 5.0,
     upstream_timeout: float = 30.0,
     total_timeout: float = 300.0,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    client_ca: str | None = None,
 ) -> GatewayConfig:
     """The gateway's configuration from a loaded plan (its target must be local) and the CLI options."""
     from ..providers.local import state_dir_of
@@ -95,8 +100,16 @@ def config_from_plan(
         events=desired.events,
         limits=desired.target.settings.get("limits"),
         database=desired.target.settings.get("database") or None,
+        issuer=(desired.target.settings.get("oauth2") or {}).get("issuer") or None,
+        signing_alg=(desired.target.settings.get("oauth2") or {}).get("signing_alg") or "RS256",
+        tls_cert=Path(tls_cert) if tls_cert else None,
+        tls_key=Path(tls_key) if tls_key else None,
+        client_ca=Path(client_ca) if client_ca else None,
     )
     config.check()
+    from .lifecycle import tls_context
+
+    tls_context(config)  # a certificate that cannot be loaded stops here, before anything starts
     return config
 
 

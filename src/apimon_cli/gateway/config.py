@@ -52,6 +52,14 @@ class GatewayConfig:
     limits: dict | None = None
     database: str | None = None  # target.local.database: the state in PostgreSQL (None: state_dir/state.db)
     reuse_port: bool = False  # SO_REUSEPORT on the listener: one of `gateway serve --workers N`'s processes
+    # ---- OAuth 2.0 (target.local.oauth2): the iss of issued tokens (default: the gateway's URL) and the
+    # algorithm of new signing keys
+    issuer: str | None = None
+    signing_alg: str = "RS256"
+    # ---- TLS (gateway serve --tls-cert/--tls-key; --client-ca asks clients for a certificate: mtls)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
 
     def check(self) -> None:
         """Refuse nonsense numbers with one line naming the option."""

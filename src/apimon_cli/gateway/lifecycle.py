@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from ..providers.base import ProviderError
-from .auth import ApiKeyAuth, Authenticator
+from .auth import Authenticator, GatewayAuth
 from .clock import Clock, clock_from_env, windows_at
 from .config import GatewayConfig, GatewayError, Summary
 from .connections import ConnectionGate, GatewayServer
@@ -77,7 +77,7 @@ class Gateway:
         self.config = config
         self.clock: Clock = clock or clock_from_env()
         self.log = GatewayLog()
-        self.auth: Authenticator = auth or ApiKeyAuth()
+        self.auth: Authenticator = auth or GatewayAuth(issuer=config.issuer or "")
         self.limits: LimitsBackend = limits or limits_from_config(config.limits)
         if getattr(self.limits, "log", False) is None:
             self.limits.log = self.log  # type: ignore[attr-defined]
@@ -115,7 +115,7 @@ class Gateway:
     @property
     def url(self) -> str:
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.config.tls_cert else 'http'}://{host}:{self.port}"
 
     def add_observer(self, observer: MeterObserver) -> None:
         """Have ``observer`` called once per answered metered request (see ``metering.MeteredRequest``)."""
@@ -132,6 +132,10 @@ class Gateway:
         """Load the state, take its lock, bind the listener, start the background tasks."""
         loop = asyncio.get_running_loop()
         self.pipeline.mono = loop.time
+        if isinstance(self.auth, GatewayAuth):
+            from .oauth import OAuthEndpoints
+
+            self.pipeline.endpoints = OAuthEndpoints(self.auth, self.clock, issuer=lambda: self.auth.issuer or self.url)
         self.loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
         self._started = time.monotonic()
         cfg = self.config
@@ -172,7 +176,15 @@ class Gateway:
         self._server = GatewayServer(self.pipeline.handle, gate=self._gate, cfg=cfg)
         self._runner = web.ServerRunner(self._server, shutdown_timeout=1.0, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=1024, reuse_port=cfg.reuse_port or None)
+        try:
+            tls = tls_context(cfg)
+        except GatewayError:
+            await self._runner.cleanup()
+            await self._close_pools()
+            await self._close_db()
+            raise
+        self._site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=1024, reuse_port=cfg.reuse_port or None,
+                                 ssl_context=tls)
         try:
             await self._site.start()
         except OSError as exc:
@@ -182,6 +194,8 @@ class Gateway:
             raise GatewayError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
         sockets = self._site._server.sockets if self._site._server else ()  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1] if sockets else cfg.port
+        if isinstance(self.auth, GatewayAuth) and not self.auth.issuer:
+            self.auth.issuer = self.url  # the iss of the tokens it issues (target.local.oauth2.issuer overrides)
         self._tasks = [asyncio.create_task(t()) for t in (self._poll, self._flusher, self._sweeper)]
 
     # ---------------------------------------------------------------- reload
@@ -195,7 +209,15 @@ class Gateway:
         sys.setswitchinterval(0.0005)  # the event loop gets the GIL back within 0.5 ms when it asks
         try:
             snap = self._store.snapshot(incremental=bool(previous))
+            if any("oauth2" in p.auth for p in snap.products.values()) and not any(
+                    k.retired_at is None for k in snap.signing):  # the first token product: a signing key
+                from .store import load_signing_keys
+
+                self._store.ensure_signing_key(self.config.signing_alg)
+                snap.signing = load_signing_keys(self._store.conn)
             table = build_keys(snap.products, snap.subscribers, previous, self._slots, snap.removed)
+            # subscriber -> KeyState for the schemes whose credential names a subscriber (tokens, certificates)
+            table.by_subscriber = {ks.subscriber: ks for ks in table.keys.values()}
         finally:
             sys.setswitchinterval(interval)
             if enabled:
@@ -207,7 +229,11 @@ class Gateway:
         """On the event loop, without yielding: new product limits onto their slots, buckets filled for
         products that gained a rate, and the new key table swapped in (one assignment)."""
         self.auth.clock = self.clock
-        self.auth.install(table.install(), snap.expiring)
+        if isinstance(self.auth, GatewayAuth):
+            self.auth.install(table.install(), snap.expiring, table.by_subscriber)
+            self.auth.install_credentials(snap.secrets, snap.certs, snap.signing)
+        else:
+            self.auth.install(table.install(), snap.expiring)
         self._slots = table.slots
         self.revision = snap.revision
         for pid in snap.unreadable:
@@ -361,6 +387,38 @@ class Gateway:
             self._db.shutdown(wait=True)
             if self._lock is not None:
                 self._lock.release()
+
+
+def tls_context(cfg: GatewayConfig):
+    """``--tls-cert``/``--tls-key``: TLS 1.2 or later with the ssl module's secure defaults; ``--client-ca``
+    asks clients for a certificate and verifies it against that CA, without requiring one (products
+    without mtls still serve clients that have none). None without a certificate (plain HTTP)."""
+    if cfg.tls_cert is None and cfg.tls_key is None and cfg.client_ca is None:
+        return None
+    import ssl
+
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        raise GatewayError("--tls-cert and --tls-key go together" + (" (and --client-ca needs them)"
+                                                                      if cfg.client_ca else ""))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
+    except FileNotFoundError as exc:
+        raise GatewayError(f"--tls-cert/--tls-key: no such file {exc.filename}") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise GatewayError(f"--tls-cert {cfg.tls_cert} / --tls-key {cfg.tls_key}: not a certificate and its "
+                           f"private key in PEM ({getattr(exc, 'reason', None) or exc})") from None
+    if cfg.client_ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(cfg.client_ca))
+        except FileNotFoundError:
+            raise GatewayError(f"--client-ca: no such file {cfg.client_ca}") from None
+        except (ssl.SSLError, OSError) as exc:
+            raise GatewayError(f"--client-ca {cfg.client_ca}: not PEM CA certificates "
+                               f"({getattr(exc, 'reason', None) or exc})") from None
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
 
 
 def limits_from_config(settings: dict | None) -> LimitsBackend:

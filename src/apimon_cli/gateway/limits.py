@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..model import Product
+from ..model import JwtIssuer, Product
 from .clock import Windows, iso_utc
 
 #: a refusal: status, JSON body, headers
@@ -47,6 +47,11 @@ class ProductLimits:
     quota_period: str = "month"
     max_concurrent: int | None = None  # None: the gateway's default
     usable: bool = True
+    # credentials the product accepts (products.<id>.auth), the scopes tokens must carry, its external issuer
+    auth: frozenset[str] = frozenset({"api_key"})
+    scopes: frozenset[str] = frozenset()
+    jwt: JwtIssuer | None = None
+    token_ttl: int = 3600
 
     @classmethod
     def of(cls, product: Product) -> ProductLimits:
@@ -59,6 +64,10 @@ class ProductLimits:
             quota_limit=q.limit if q else None,
             quota_period=q.period if q else "month",
             max_concurrent=product.max_concurrent,
+            auth=frozenset(product.auth),
+            scopes=frozenset(product.scopes),
+            jwt=product.jwt,
+            token_ttl=product.token_ttl,
         )
 
     @classmethod
@@ -169,6 +178,7 @@ class KeyTable:
     slots: dict[str, ProductSlot]
     limits: list[tuple[ProductSlot, ProductLimits]]
     refill: list[KeyState]
+    by_subscriber: dict[str, KeyState] | None = None  # set by the gateway's build (auth.GatewayAuth)
 
     def install(self) -> dict[str, KeyState]:
         """On the event loop, right before the table is swapped in: O(products + refills)."""

@@ -3,8 +3,9 @@
 ``Pipeline.handle`` is aiohttp's request handler. The steps, in order (the first that refuses answers):
 
 1. while draining (shutdown): ``503`` + ``Connection: close``, not metered;
-2. **authentication** (``auth.Authenticator``): a ``KeyState`` (subscriber, product, limits) or ``403``,
-   not metered;
+2. **authentication** (``auth.Authenticator``): a ``KeyState`` (subscriber, product, limits) or ``403`` /
+   ``401`` (bearer tokens, RFC 6750), not metered; a request without credentials to ``/oauth2/...`` or
+   ``/.well-known/...`` is the gateway's own OAuth 2.0 endpoints (``oauth``);
 3. **admission** (metered from here on): key enabled, product readable, the target a path ``/API/...``,
    the API in the product, an upstream for it, a path that cannot leave the upstream's base path
    (``paths.check_rest``), a declared body within ``max_body_size`` (``413``);
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -37,6 +38,7 @@ from .paths import PathRefused, check_rest, split_target
 from .proxy import Exchange, Upstream, error, forward
 
 _current_task = asyncio.current_task
+_OWN_PATHS = ("/oauth2/", "/.well-known/")  # reserved: no API of the local target has these names
 
 
 class Pipeline:
@@ -58,6 +60,8 @@ class Pipeline:
         self.meter = meter
         self.log = log
         self.observers: list[MeterObserver] = []
+        # /oauth2/token and /.well-known/*: answered by the gateway itself (gateway/oauth.py), never proxied
+        self.endpoints: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]] | None = None
         self.inflight: dict[asyncio.Task, float] = {}  # request task -> deadline (loop time)
         self.expired: set[asyncio.Task] = set()
         self.draining = False
@@ -92,10 +96,15 @@ class Pipeline:
             resp = error(503, "shutting_down", "the gateway is shutting down; retry", {"Retry-After": "1"})
             resp.force_close()
             return resp
+        if self.endpoints is not None and request.raw_path.startswith(_OWN_PATHS):
+            return await self.endpoints(request)  # the token endpoint, JWKS, metadata: not an API, not metered
         ks = self.auth.authenticate(request)
         if type(ks) is not KeyState:
-            self.meter.unauthenticated += 1
-            return error(403, ks.code, ks.message)  # type: ignore[union-attr]
+            if ks is not None and hasattr(ks, "__await__"):  # the authenticator had to wait (a JWKS fetch)
+                ks = await ks
+            if type(ks) is not KeyState:
+                self.meter.unauthenticated += 1
+                return error(ks.status, ks.code, ks.message, ks.headers, ks.extra)  # type: ignore[union-attr]
 
         started = self.mono()
         now = self.clock()

@@ -36,6 +36,9 @@ class Snapshot:
     unreadable: list[str] = field(default_factory=list)  # product ids whose spec could not be read
     removed: list[str] | None = None  # incremental: the keys that are gone (``subscribers``: changed rows)
     expiring: dict[str, float] = field(default_factory=dict)  # rotated-out key -> when it stops (epoch s)
+    secrets: dict[str, str] = field(default_factory=dict)  # subscriber -> client secret hash
+    certs: dict[str, str] = field(default_factory=dict)  # client certificate sha256 -> subscriber
+    signing: list = field(default_factory=list)  # tokens.SigningKey, newest first
 
 
 # Every key the gateway accepts: each subscriber's current key, and the keys rotating out (``apimon keys
@@ -154,6 +157,10 @@ class StateStore:
                     conn.execute("INSERT INTO temp.seen (api_key, id, product, enabled) "
                                  "SELECT api_key, id, product, enabled FROM temp.all_keys")
             expiring = {key: _epoch(ends) for key, ends in conn.execute(_EXPIRING)}
+            credentials = conn.execute(
+                "SELECT c.subscriber, c.client_secret, c.client_cert_sha256 FROM subscriber_credentials c "
+                "JOIN subscribers s ON s.id = c.subscriber").fetchall()
+            signing = load_signing_keys(conn)
             conn.execute("COMMIT")
         except BaseException:
             self._seen = False
@@ -179,7 +186,27 @@ class StateStore:
             cache[pid] = (spec, limits)
         self._products = cache
         subscribers = [(sid, pid, bool(enabled), key) for sid, pid, enabled, key in sub_rows]
-        return Snapshot(revision, products, subscribers, sorted(unreadable), removed, expiring)
+        secrets = {sid: secret for sid, secret, _cert in credentials if secret}
+        certs = {cert: sid for sid, _secret, cert in credentials if cert}
+        return Snapshot(revision, products, subscribers, sorted(unreadable), removed, expiring, secrets, certs,
+                        signing)
+
+    def ensure_signing_key(self, alg: str) -> None:
+        """A token signing key in the state (the first gateway to start makes it; others wait and find it)."""
+        conn = self.conn
+        if any(k.retired_at is None for k in load_signing_keys(conn)):
+            return
+        conn.execute("BEGIN IMMEDIATE" if getattr(conn, "dialect", "sqlite") != "postgresql" else "BEGIN")
+        try:
+            if getattr(conn, "dialect", "sqlite") == "postgresql":
+                conn.execute("LOCK TABLE signing_keys IN EXCLUSIVE MODE")
+            if not any(k.retired_at is None for k in load_signing_keys(conn)):
+                _insert_key(conn, alg)
+                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback_quietly(conn)
+            raise
 
     def forget(self) -> None:
         """The last snapshot was not installed: the next one reads every row."""
@@ -222,6 +249,62 @@ class StateStore:
             # real error, so only roll back a transaction that is still open
             rollback_quietly(conn)
             raise
+
+
+def _iso(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def load_signing_keys(conn) -> list:
+    """The token signing keys in the state, newest first (tokens.SigningKey)."""
+    from .tokens import SigningKey
+
+    rows = conn.execute("SELECT kid, alg, private_pem, public_jwk, created_at, retired_at, expires_at "
+                        "FROM signing_keys ORDER BY created_at DESC, kid").fetchall()
+    return [SigningKey(kid, alg, pem, json.loads(jwk), _epoch(created), _epoch(retired) if retired else None,
+                       _epoch(expires) if expires else None) for kid, alg, pem, jwk, created, retired, expires in rows]
+
+
+def _insert_key(conn, alg: str, now: float | None = None):
+    from .tokens import new_signing_key
+
+    key = new_signing_key(alg, now=now)
+    conn.execute("INSERT INTO signing_keys (kid, alg, private_pem, public_jwk, created_at) VALUES (?, ?, ?, ?, ?)",
+                 (key.kid, key.alg, key.private_pem, json.dumps(key.public_jwk, sort_keys=True), _iso(key.created_at)))
+    return key
+
+
+def rotate_signing_key(conn, alg: str, keep_seconds: float, now: float | None = None) -> tuple[object, list, list]:
+    """`apimon gateway rotate-signing-key`: a new signing key; the current ones retire and keep validating for
+    ``keep_seconds`` (the longest token lifetime plus the leeway); keys whose end has passed are removed.
+    Returns (new key, retired keys, removed kids). One transaction, one revision bump."""
+    import time as _time
+
+    now = _time.time() if now is None else now
+    postgresql = getattr(conn, "dialect", "sqlite") == "postgresql"
+    conn.execute("BEGIN" if postgresql else "BEGIN IMMEDIATE")
+    try:
+        if postgresql:
+            conn.execute("LOCK TABLE signing_keys IN EXCLUSIVE MODE")
+        keys = load_signing_keys(conn)
+        removed = [k.kid for k in keys if k.expires_at is not None and k.expires_at <= now]
+        for kid in removed:
+            conn.execute("DELETE FROM signing_keys WHERE kid = ?", (kid,))
+        retired = [k for k in keys if k.retired_at is None]
+        for k in retired:
+            conn.execute("UPDATE signing_keys SET retired_at = ?, expires_at = ? WHERE kid = ?",
+                         (_iso(now), _iso(now + keep_seconds), k.kid))
+        # the new key is created a second after the newest existing one: "newest first" stays exact
+        created = max([now] + [k.created_at + 1 for k in keys])
+        key = _insert_key(conn, alg, now=created)
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision'")
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(conn)
+        raise
+    return key, retired, removed
 
 
 class StateLock:

@@ -10,6 +10,7 @@ lock file from their read on: a second concurrent apply waits, then plans afresh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import sqlite3
@@ -19,10 +20,11 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import NamedTuple
 
-from ...model import DesiredState, LiveState, Subscriber, Unmanaged, UsageRow
+from ...model import ClientSecret, DesiredState, LiveState, Subscriber, Unmanaged, UsageRow
 from ...planfile.writer import product_from_plan, product_to_plan
 from ...reconcile.changes import Change, FieldChange
 from ...reconcile.fields import key_fingerprint
+from ...security.secrets import hash_secret
 from ...sqlitetx import rollback_quietly
 from ..base import Provider, ProviderError, not_owned
 from ..lock import exclusive
@@ -131,10 +133,12 @@ class LocalProvider(LocalKeys, Provider):
             else:
                 live.unmanaged.append(Unmanaged("product", pid, f"owner {owner or 'unknown'}", product))
         rows = self.conn.execute(
-            "SELECT id, owner, product, email, enabled, api_key, metadata FROM subscribers ORDER BY id")
+            "SELECT s.id, s.owner, s.product, s.email, s.enabled, s.api_key, s.metadata, c.client_secret, "
+            "c.client_cert_sha256 FROM subscribers s LEFT JOIN subscriber_credentials c ON c.subscriber = s.id "
+            "ORDER BY s.id")
         loads = json.loads
         shared: dict = {}  # one object per distinct product and metadata text (most subscribers share them)
-        for sid, owner, product, email, enabled, api_key, metadata in rows:
+        for sid, owner, product, email, enabled, api_key, metadata, secret_hash, cert in rows:
             meta = shared.get(metadata)
             if meta is None:
                 try:
@@ -150,6 +154,9 @@ class LocalProvider(LocalKeys, Provider):
                 if len(shared) < 4096:  # bounded: metadata unique per subscriber is not kept twice
                     shared[metadata] = meta
             sub = Subscriber(sid, shared.setdefault(product, product), email, bool(enabled), None, meta)
+            if secret_hash or cert:
+                sub = dataclasses.replace(sub, client_secret=ClientSecret(hashed=secret_hash) if secret_hash else None,
+                                          client_cert_sha256=cert or None)
             if owner == OWNER:
                 live.subscribers[sid] = sub
                 live.key_fingerprints[sid] = key_fingerprint(api_key)
@@ -313,8 +320,13 @@ class LocalProvider(LocalKeys, Provider):
             self._products_present.add(sub.product)
         metadata = json.dumps(dict(sub.metadata), sort_keys=True)
         now = _now()
+        cert = sub.client_cert_sha256
         if owner is False:
             key = sub.key_value or secrets.token_urlsafe(30)
+            # the client secret: the plan's, scrypt-hashed; without one, `apimon keys secret` issues one (the
+            # state keeps only hashes, so a generated secret is shown once, when it is issued)
+            given = sub.client_secret.value if sub.client_secret else None
+            secret_hash = hash_secret(given) if given else None
             try:
                 conn.execute("INSERT INTO subscribers (id, owner, product, email, enabled, api_key, metadata, "
                              "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -325,10 +337,18 @@ class LocalProvider(LocalKeys, Provider):
             conn.execute("INSERT INTO subscriber_keys (api_key, subscriber, created_at, expires_at) "
                          "VALUES (?, ?, ?, NULL) ON CONFLICT (api_key) DO UPDATE SET subscriber = excluded.subscriber,"
                          " created_at = excluded.created_at, expires_at = NULL", (key, sub.id, now))
+            conn.execute("DELETE FROM subscriber_credentials WHERE subscriber = ?", (sub.id,))
+            if secret_hash or cert:
+                conn.execute("INSERT INTO subscriber_credentials (subscriber, client_secret, client_cert_sha256) "
+                             "VALUES (?, ?, ?)", (sub.id, secret_hash, cert))
             return "created (key imported)" if sub.key_value else "created (key generated)"
         conn.execute("UPDATE subscribers SET owner = ?, product = ?, email = ?, enabled = ?, metadata = ?, "
                      "updated_at = ? WHERE id = ?",
                      (OWNER, sub.product, sub.email, int(sub.enabled), metadata, now, sub.id))
+        if change.changed("client_cert_sha256"):
+            self.set_credentials(conn, sub.id, cert=cert or "")
+        if sub.client_secret is not None and sub.client_secret.value is not None and change.changed("client_secret"):
+            self.set_credentials(conn, sub.id, secret_hash=hash_secret(sub.client_secret.value))
         if sub.key_value is not None and change.changed("key"):
             # a new value in key.from_env is a rotation: the old value keeps working for key.overlap
             old = conn.execute("SELECT api_key FROM subscribers WHERE id = ?", (sub.id,)).fetchone()[0]
@@ -350,6 +370,19 @@ class LocalProvider(LocalKeys, Provider):
             return ("adopted" if change.adopt else "updated") + "; key rotated (the old value works until " + ends + ")"
         return "adopted" if change.adopt else "updated"
 
+    @staticmethod
+    def set_credentials(conn: sqlite3.Connection, sid: str, *, secret_hash: str | None = None,
+                        cert: str | None = None) -> None:
+        """Set a subscriber's client secret hash and/or certificate fingerprint ("" clears it)."""
+        conn.execute("INSERT INTO subscriber_credentials (subscriber) VALUES (?) ON CONFLICT (subscriber) DO NOTHING",
+                     (sid,))
+        if secret_hash is not None:
+            conn.execute("UPDATE subscriber_credentials SET client_secret = ? WHERE subscriber = ?",
+                         (secret_hash or None, sid))
+        if cert is not None:
+            conn.execute("UPDATE subscriber_credentials SET client_cert_sha256 = ? WHERE subscriber = ?",
+                         (cert or None, sid))
+
     def delete_subscriber(self, change: Change, live: LiveState) -> str:
         def delete(conn: sqlite3.Connection) -> str:
             owner = self._owner_of(conn, "subscribers", change.id)
@@ -359,6 +392,7 @@ class LocalProvider(LocalKeys, Provider):
                 raise ProviderError(f"subscriber {change.id} is not managed by apimon; left alone")
             conn.execute("DELETE FROM subscribers WHERE id = ?", (change.id,))
             conn.execute("DELETE FROM subscriber_keys WHERE subscriber = ?", (change.id,))
+            conn.execute("DELETE FROM subscriber_credentials WHERE subscriber = ?", (change.id,))
             return "deleted (key revoked)"
 
         return self._transaction(delete)

@@ -30,6 +30,16 @@ class LocalLimits(Strict):
         return self
 
 
+class LocalOAuth2(Strict):
+    """``target.local.oauth2``: the tokens `apimon gateway serve` issues (products with auth oauth2)."""
+
+    issuer: Text | None = Field(None, description="The iss of issued tokens and the base of the token endpoint in "
+                                "the metadata, e.g. https://api.example.com (default: the gateway's own URL). Set "
+                                "it when the gateway runs behind a load balancer or with --workers.")
+    signing_alg: Literal["RS256", "ES256"] = Field(
+        "RS256", description="Algorithm of new signing keys (`apimon gateway rotate-signing-key` makes them).")
+
+
 class LocalTarget(Strict):
     @model_validator(mode="after")
     def _database_url(self) -> LocalTarget:
@@ -45,3 +55,4 @@ class LocalTarget(Strict):
         None, description="postgresql://user@host:5432/db: keep the state (products, keys, usage counters) in "
         "PostgreSQL, shared by gateways on several hosts; default: the SQLite file in state_dir.")
     limits: LocalLimits | None = Field(None, description="Rate-limit and quota back end of `apimon gateway serve`.")
+    oauth2: LocalOAuth2 | None = Field(None, description="OAuth 2.0 tokens of `apimon gateway serve`.")

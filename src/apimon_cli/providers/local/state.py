@@ -13,7 +13,7 @@ from ...model import DesiredState
 from ..base import ProviderError
 
 OWNER = "apimon"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -40,6 +40,15 @@ CREATE TABLE IF NOT EXISTS quota_counters (
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     # usage pull reads a window of days: a day-first covering index makes it O(window), not O(history)
     2: ("CREATE INDEX IF NOT EXISTS usage_by_day ON usage (day, subscriber, product, metric, count)",),
+    # OAuth 2.0 and mTLS (products.<id>.auth): a client secret's hash (security/secrets.py, never the secret),
+    # the client certificate's SHA-256, and the gateway's token signing keys (`apimon gateway
+    # rotate-signing-key`): a retired key still validates until expires_at, when its last token has expired
+    # (a table of its own: the subscribers table keeps its columns, rows written by other tools stay valid)
+    3: ("CREATE TABLE IF NOT EXISTS subscriber_credentials (subscriber TEXT PRIMARY KEY, client_secret TEXT, "
+        "client_cert_sha256 TEXT)",
+        "CREATE INDEX IF NOT EXISTS subscriber_credentials_by_cert ON subscriber_credentials (client_cert_sha256)",
+        "CREATE TABLE IF NOT EXISTS signing_keys (kid TEXT PRIMARY KEY, alg TEXT NOT NULL, private_pem TEXT NOT NULL, "
+        "public_jwk TEXT NOT NULL, created_at TEXT NOT NULL, retired_at TEXT, expires_at TEXT)"),
 }
 
 # PostgreSQL (target.local.database): the same tables through the ledger's dialect layer (ledger/pg.py)
@@ -110,6 +119,8 @@ def connect_database(url: str, *, create: bool = True):
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise ProviderError(f"{name} was written by a newer apimon (schema {row[0]}); upgrade apimon")
+        if row is not None and int(row[0]) < SCHEMA_VERSION:
+            _migrate_database(conn)
         return conn
     except sqlite3.Error as exc:
         conn.close()
@@ -152,6 +163,24 @@ def connect_state(state_dir: Path, *, create: bool = True, database: str | None 
         raise ProviderError(f"cannot open local gateway state {db}: {exc}") from None
     except OSError as exc:
         raise ProviderError(f"cannot create local gateway state in {state_dir}: {exc.strerror}") from None
+
+
+def _migrate_database(conn) -> None:
+    """PostgreSQL: the migrations the database lacks, in one transaction under the schema lock."""
+    conn.execute("BEGIN")
+    try:
+        conn.execute(_PG_SCHEMA_LOCK)
+        current = int(conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        for version in sorted(MIGRATIONS):
+            if current < version:
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
