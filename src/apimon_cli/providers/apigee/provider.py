@@ -7,8 +7,12 @@ Mapping
 - product -> API product ``{name: id, displayName, description, approvalType: auto, environments (target),
   proxies (apis), quota, quotaInterval, quotaTimeUnit}``. Apigee has no weekly quota unit: a week is written
   as ``quotaInterval "7"`` days. ``rate_limit`` is recorded in the attributes ``apimon-rate`` and
-  ``apimon-burst`` (not enforced: spike arrest lives in proxies). Updates are read-modify-write PUTs, so
-  operation groups, scopes and foreign attributes survive (``products``).
+  ``apimon-burst`` (not enforced: spike arrest lives in proxies). auth api_key/oauth2 -> the attribute
+  ``apimon-auth``; with oauth2, scopes -> the product's ``scopes`` (jwt and mtls cannot be expressed:
+  validation warns). Updates are read-modify-write PUTs, so operation groups, scopes of products without
+  oauth2 and foreign attributes survive (``products``).
+- client_secret -> the consumer secret of the subscriber's credential (an imported one: ``subscribers``);
+  read back and compared by value, shown only by `apimon keys show --secret`.
 - pricing -> one published rate plan per product (monetization add-on): fee -> fixedRecurringFee,
   setup_fee -> setupFee, per_unit -> FIXED_PER_UNIT, graduated -> BANDED, stairstep -> STAIRSTEP
   (``rateplans``). ``free``, ``volume`` and ``package`` have no rate plan; included/minimum/maximum and
