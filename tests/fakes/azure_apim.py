@@ -282,10 +282,79 @@ def format_policy_xml(value: str) -> str:
             "ValidationError",
             f"'{root.tagName}' is not a valid policy document root element; expected 'policies'.",
         )
+    for section in _elements_of(root):
+        for el in section.getElementsByTagName("validate-jwt"):
+            _check_validate_jwt(el, section.tagName)
     out: list[str] = []
     for node in doc.childNodes:
         _format_node(node, 0, out)
     return "\r\n".join(out)
+
+
+def _elements_of(node: minidom.Node) -> list[minidom.Element]:
+    return [c for c in node.childNodes if c.nodeType == c.ELEMENT_NODE]
+
+
+def _policy_error(el: minidom.Element, message: str) -> ApiError:
+    # ASSUMED wording; the real service names the element and its position the same way
+    return ApiError(400, "ValidationError", f"Error in element '{el.tagName}': {message}")
+
+
+_JWT_CHILDREN = ("openid-config", "issuer-signing-keys", "decryption-keys", "audiences", "issuers", "required-claims")
+_JWT_BOOLS = ("require-expiration-time", "require-signed-tokens")
+
+
+def _check_validate_jwt(el: minidom.Element, section: str) -> None:
+    """The validate-jwt policy reference: inbound only; exactly one token source; elements in the order of
+    the policy statement; openid-config with an absolute URL; audiences/issuers/required-claims holding
+    their own sub-elements."""
+    if section != "inbound":
+        raise _policy_error(el, f"the policy is not allowed in section '{section}'; it is allowed in inbound only")
+    sources = [a for a in ("header-name", "query-parameter-name", "token-value") if el.hasAttribute(a)]
+    if len(sources) != 1:
+        raise _policy_error(el, "exactly one of 'header-name', 'query-parameter-name' or 'token-value' must be "
+                                f"specified (got {', '.join(sources) or 'none'})")
+    code = el.getAttribute("failed-validation-httpcode")
+    if el.hasAttribute("failed-validation-httpcode") and not (code.isdigit() and 100 <= int(code) <= 599):
+        raise _policy_error(el, f"'{code}' is not a valid value of 'failed-validation-httpcode'")
+    skew = el.getAttribute("clock-skew")
+    if el.hasAttribute("clock-skew") and not skew.isdigit():
+        raise _policy_error(el, f"'{skew}' is not a valid value of 'clock-skew' (seconds)")
+    for name in _JWT_BOOLS:
+        if el.hasAttribute(name) and el.getAttribute(name) not in ("true", "false"):
+            raise _policy_error(el, f"'{el.getAttribute(name)}' is not a valid value of '{name}'")
+    position = -1
+    for child in _elements_of(el):
+        if child.tagName not in _JWT_CHILDREN:
+            raise _policy_error(child, "the element is not expected in 'validate-jwt'")
+        at = _JWT_CHILDREN.index(child.tagName)
+        if at < position or (at == position and child.tagName != "openid-config"):
+            raise _policy_error(child, "the element is out of order or repeated in 'validate-jwt'")
+        position = at
+        if child.tagName == "openid-config":
+            url = urlsplit(child.getAttribute("url"))
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise _policy_error(child, "the 'url' attribute must be an absolute http(s) URL")
+        elif child.tagName in ("audiences", "issuers"):
+            item = child.tagName[:-1]
+            items = _elements_of(child)
+            if not items or any(i.tagName != item or not "".join(
+                    t.data for t in i.childNodes if t.nodeType == t.TEXT_NODE).strip() for i in items):
+                raise _policy_error(child, f"expected one or more non-empty '{item}' elements")
+        elif child.tagName == "required-claims":
+            for claim in _elements_of(child):
+                if claim.tagName != "claim" or not claim.getAttribute("name"):
+                    raise _policy_error(claim, "expected 'claim' elements with a 'name' attribute")
+                if claim.hasAttribute("match") and claim.getAttribute("match") not in ("all", "any"):
+                    raise _policy_error(claim, f"'{claim.getAttribute('match')}' is not a valid value of 'match'")
+                if any(v.tagName != "value" for v in _elements_of(claim)):
+                    raise _policy_error(claim, "expected 'value' elements")
+        elif child.tagName in ("issuer-signing-keys", "decryption-keys"):
+            for key in _elements_of(child):
+                has_text = any(t.nodeType == t.TEXT_NODE and t.data.strip() for t in key.childNodes)
+                if key.tagName != "key" or not (has_text or key.hasAttribute("certificate-id")
+                                                or (key.hasAttribute("n") and key.hasAttribute("e"))):
+                    raise _policy_error(key, "a key needs its Base64 value, a certificate-id, or n and e")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -109,6 +109,8 @@ def keys_show(
     subscriber: Annotated[str, typer.Argument(help="Subscriber id.", metavar="SUBSCRIBER")],
     plans: PlanOpt,
     json_out: JsonOpt = False,
+    secret: Annotated[bool, typer.Option("--secret", help="Reveal the OAuth 2.0 client secret instead, where the "
+                                         "gateway keeps it readable (Apigee's consumer secret).")] = False,
 ) -> None:
     """Reveal one subscriber's (current) API key, read from the gateway that holds it."""
     from ..providers import ProviderError
@@ -118,17 +120,21 @@ def keys_show(
     if subscriber not in loaded.desired.subscribers:
         fail(out, f"error: subscriber {subscriber} is not in the plan; apimon shows only the keys of subscribers "
                   "it manages")
+    what = "client secret" if secret else "key"
     try:
         with session as provider:
-            key = attach_journal(provider, plans, None).reveal_key(subscriber)
+            p = attach_journal(provider, plans, None)
+            key = p.reveal_secret(subscriber) if secret else p.reveal_key(subscriber)
     except ProviderError as exc:
         fail(out, f"error: {exc}")
     if key is None:
-        fail(out, f"error: subscriber {subscriber} has no key on the gateway (apply the plan first?)")
+        fail(out, f"error: subscriber {subscriber} has no {what} the gateway can reveal (apply the plan first?"
+                  + (" Only Apigee keeps client secrets readable)" if secret else ")"))
     if json_out:  # the one output that holds a key value, on request: not masked
         import json
 
-        sys.stdout.write(json.dumps({"subscriber": subscriber, "key": key}, indent=2) + "\n")
+        field = "client_secret" if secret else "key"
+        sys.stdout.write(json.dumps({"subscriber": subscriber, field: key}, indent=2) + "\n")
         return
     sys.stdout.write(key + "\n")
 

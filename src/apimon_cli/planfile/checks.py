@@ -377,16 +377,15 @@ def _check_capabilities(parts: PlanParts, r: _Reporter) -> None:
     from ..reconcile.kinds import kind
 
     spec = provider_spec(parts.target.provider)
-    for gap in spec.capabilities.not_stored:
-        if gap.warning is None:
-            continue
+    for gap in spec.capabilities.warnings():
         section = kind(gap.kind).section
-        hits = [rid for rid, resource in getattr(parts, section).items() if gap.is_set_on(resource)]
+        resources = getattr(parts, section)
+        hits = [rid for rid, resource in resources.items() if gap.is_set_on(resource)]
         if gap.once and hits:
             others = f" ({len(hits) - 1} other {section} set it too)" if len(hits) > 1 else ""
-            r.warn((section, hits[0], *gap.path), f"{spec.name}: {gap.warning}{others}")
+            r.warn((section, hits[0], *gap.path), f"{spec.name}: {gap.message(resources[hits[0]])}{others}")
             continue
         for rid in hits:
-            r.warn((section, rid, *gap.path), f"{spec.name}: {gap.warning}")
+            r.warn((section, rid, *gap.path), f"{spec.name}: {gap.message(resources[rid])}")
     if spec.plan_checks is not None:
         spec.plan_checks(parts, r)

@@ -156,6 +156,11 @@ class Provider(ABC):
         does not own raises ``not_owned(subscriber_id)``: apimon shows only the keys it owns."""
         return None
 
+    def reveal_secret(self, subscriber_id: str) -> str | None:
+        """The OAuth 2.0 client secret of a subscriber apimon owns, where the gateway keeps it readable (Apigee's
+        consumer secret); None: no such subscriber, or a gateway that keeps none or only a hash."""
+        return None
+
     # ---- key lifecycle (apimon keys rotate|finish|list|revoke; see the ``keys`` package)
     def list_keys(self, subscriber_ids: list[str]) -> dict[str, list[KeyInfo]]:
         """The keys of the owned subscribers among ``subscriber_ids`` as the gateway holds them (never values)."""

@@ -37,7 +37,9 @@ class NotStored:
 
     kind: str  # "product" | "subscriber"
     field: str  # a flattened field ("email", "rate_limit.burst") or a prefix ("pricing.*", "metadata.*")
-    warning: str | None = None  # the validation warning (without "<provider>: "); None: not worth one
+    #: the validation warning (without "<provider>: "), or a function of the resource giving it; None: not
+    #: worth one
+    warning: str | Callable[[Any], str] | None = None
     why: str = ""  # without a warning: why none is needed (for the docs)
     keeps: tuple[str, ...] = ()  # fields under the prefix that ARE stored ("metadata.customer_id")
     warn_when: Callable[[Any], bool] | None = None  # default: the resource sets the field
@@ -55,6 +57,9 @@ class NotStored:
         """Where the warning points, relative to the resource."""
         return tuple(self.field.removesuffix(".*").split("."))
 
+    def message(self, resource: Any) -> str:
+        return self.warning(resource) if callable(self.warning) else str(self.warning)
+
     def is_set_on(self, resource: Any) -> bool:
         from ..reconcile.kinds import kind
 
@@ -64,18 +69,58 @@ class NotStored:
                    for name, value in kind(self.kind).fields(resource).items())
 
 
-def auth_not_stored(gateway: str, unsupported: tuple[str, ...], *, keeps_scopes: bool = False,
-                    keeps_secret: bool = False) -> tuple[NotStored, ...]:
+@dataclass(frozen=True)
+class Partly(NotStored):
+    """A field the gateway keeps only in part: it IS compared (the provider's ``canonical`` gives the part it
+    keeps, e.g. the credential schemes a gateway can express), and the plan gets ``warning`` where it asks for
+    the part that is lost. Listed in ``Capabilities.partly``, never in ``not_stored``."""
+
+
+def _listed(names: list[str] | tuple[str, ...]) -> str:
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+
+
+#: why a scheme cannot be expressed on a cloud gateway, as the warnings say it
+_WHY_NOT = {
+    "oauth2": "it issues no OAuth 2.0 client-credentials tokens",
+    "jwt": "it cannot validate bearer tokens of an external issuer",
+    "mtls": "it does not check client certificates per subscriber",
+}
+
+
+def _scheme_gap(cls: type, gateway: str, unsupported: tuple[str, ...], why_not: dict[str, str] | None,
+                covered_by: dict[str, str] | None = None) -> NotStored:
+    reasons = {**_WHY_NOT, **(why_not or {})}
+    covered = covered_by or {}
+
+    def lost(p: Any) -> list[str]:
+        return [s for s in p.auth if s in unsupported and not (s in covered and covered[s] in p.auth)]
+
+    def warning(p: Any) -> str:
+        names = lost(p)
+        why = "; ".join(f"{s}: {reasons[s]}" for s in names)
+        them = "it is" if len(names) == 1 else "they are"
+        return (f"auth lists {_listed(names)}, which {gateway} cannot express ({why}); {them} enforced by "
+                "`apimon gateway serve` (local target) only")
+
+    return cls("product", "auth", warn_when=lambda p: bool(lost(p)), warning=warning)
+
+
+def auth_not_stored(gateway: str, unsupported: tuple[str, ...], *, keeps: tuple[str, ...] = (),
+                    keeps_scopes: bool = False, keeps_secret: bool = False,
+                    why_not: dict[str, str] | None = None) -> tuple[NotStored, ...]:
     """What a gateway cannot keep of ``products.<id>.auth`` (it cannot express the schemes in
-    ``unsupported``), ``scopes``, and the subscribers' ``client_secret`` / ``client_cert_sha256``."""
-    listed = ", ".join(unsupported[:-1]) + " and " + unsupported[-1] if len(unsupported) > 1 else unsupported[0]
-    out = [
-        NotStored("product", "auth", warn_when=lambda p: any(s in unsupported for s in p.auth),
-                  warning=f"{listed} cannot be expressed on {gateway}; they are enforced by `apimon gateway "
-                          "serve` (local target) only"),
-        NotStored("product", "auth.*", why=f"{gateway} keeps no token settings on a product"),
-        NotStored("subscriber", "client_cert_sha256", why="client certificates are checked by the local gateway only"),
-    ]
+    ``unsupported``), ``scopes``, and the subscribers' ``client_secret`` / ``client_cert_sha256``.
+
+    ``keeps``: the auth fields it does keep: "auth" (the schemes it can express, compared as the provider's
+    ``canonical`` gives them; the warning about the others is then ``auth_partly``'s), "auth.jwt.issuer"...
+    The warning names the schemes the product lists that the gateway cannot express, and why (``why_not``
+    overrides the reasons)."""
+    out: list[NotStored] = [] if "auth" in keeps else [_scheme_gap(NotStored, gateway, unsupported, why_not)]
+    out.append(NotStored("product", "auth.*", keeps=tuple(k for k in keeps if k.startswith("auth.")),
+                         why=f"{gateway} keeps no other token settings on a product"))
+    out.append(NotStored("subscriber", "client_cert_sha256",
+                         why="client certificates are checked by the local gateway only"))
     if not keeps_scopes:
         out.append(NotStored("product", "scopes", warn_when=lambda p: bool(p.scopes),
                              warning=f"token scopes cannot be expressed on {gateway}; they are not checked there"))
@@ -84,10 +129,24 @@ def auth_not_stored(gateway: str, unsupported: tuple[str, ...], *, keeps_scopes:
     return tuple(out)
 
 
+def auth_partly(gateway: str, unsupported: tuple[str, ...], *, why_not: dict[str, str] | None = None,
+                covered_by: dict[str, str] | None = None) -> tuple[Partly, ...]:
+    """For a gateway that keeps "auth" (``auth_not_stored(..., keeps=("auth", ...))``): the warning about the
+    schemes it cannot express, while the ones it can are compared. ``covered_by``: a scheme that is not lost
+    when another one is listed too ({"oauth2": "jwt"}: the jwt issuer issues the client-credentials tokens)."""
+    return (_scheme_gap(Partly, gateway, unsupported, why_not, covered_by),)  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Capabilities:
     not_stored: tuple[NotStored, ...] = ()
     replacements: tuple[Replacement, ...] = ()
+    #: fields kept only in part: compared, with a validation warning where the plan asks for the lost part
+    partly: tuple[Partly, ...] = ()
+
+    def warnings(self) -> tuple[NotStored, ...]:
+        """Every declaration that may warn at validation (``apimon validate``; ``--strict``: errors)."""
+        return tuple(g for g in (*self.not_stored, *self.partly) if g.warning is not None)
 
     def stores(self, kind: str, name: str) -> bool:
         return not any(n.kind == kind and n.covers(name) for n in self.not_stored)

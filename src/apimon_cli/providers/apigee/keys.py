@@ -137,6 +137,9 @@ class ApigeeKeys:
                                 f"{attribute(busy[0], EXPIRES_ATTR)}; run `apimon keys finish` after that, or "
                                 f"`apimon keys revoke {sid} --key {tail}` to end it now")
         key, secret = secrets.token_urlsafe(36), secrets.token_urlsafe(48)
+        planned = self.desired.subscribers.get(sid)  # type: ignore[attr-defined]
+        if planned is not None and planned.client_secret is not None and planned.client_secret.value:
+            secret = planned.client_secret.value  # the new key keeps the plan's client secret
         self.api.sensitive.update((key, secret))
         marker = [{"name": ROTATED_ATTR, "value": _iso(now)}]
         self.api.post(f"{self._app_path(app.email, sid)}/keys",  # type: ignore[attr-defined]

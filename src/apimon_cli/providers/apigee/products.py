@@ -18,7 +18,7 @@ from ...reconcile.changes import Change
 from ..base import ProviderError
 from .client import AlreadyExists, NotFound, seg
 from .rateplans import OUTPUT_ONLY, ms_iso, plan_body_for_put, plan_owned, plan_terms, rate_plan_body, window
-from .read import BURST_ATTR, MANAGED, RATE_ATTR, managed, quota_to_api
+from .read import AUTH_ATTR, BURST_ATTR, MANAGED, RATE_ATTR, as_held, attrs_of, auth_from_attrs, managed, quota_to_api
 
 
 class ApigeeProducts:
@@ -52,11 +52,22 @@ class ApigeeProducts:
             body.pop(k, None)
         if product.quota:
             body.update(quota_to_api(product.quota))
-        attrs = [a for a in body.get("attributes", []) if a.get("name") not in (MANAGED, RATE_ATTR, BURST_ATTR)]
+        held = as_held(product)
+        # scopes are apimon's on a product with oauth2 (and removed when the plan drops oauth2); otherwise
+        # scopes set by hand survive, like operation groups
+        if "oauth2" in held.auth or "oauth2" in auth_from_attrs(attrs_of(body)):
+            if held.scopes:
+                body["scopes"] = list(held.scopes)
+            else:
+                body.pop("scopes", None)
+        attrs = [a for a in body.get("attributes", [])
+                 if a.get("name") not in (MANAGED, RATE_ATTR, BURST_ATTR, AUTH_ATTR)]
         attrs.append({"name": MANAGED, "value": "true"})
         if product.rate_limit:
             attrs += [{"name": RATE_ATTR, "value": str(product.rate_limit.rate)},
                       {"name": BURST_ATTR, "value": str(product.rate_limit.burst)}]
+        if held.auth != ("api_key",):
+            attrs.append({"name": AUTH_ATTR, "value": ",".join(held.auth)})
         body["attributes"] = attrs
         return body
 

@@ -7,8 +7,12 @@ Mapping
 - product -> API product ``{name: id, displayName, description, approvalType: auto, environments (target),
   proxies (apis), quota, quotaInterval, quotaTimeUnit}``. Apigee has no weekly quota unit: a week is written
   as ``quotaInterval "7"`` days. ``rate_limit`` is recorded in the attributes ``apimon-rate`` and
-  ``apimon-burst`` (not enforced: spike arrest lives in proxies). Updates are read-modify-write PUTs, so
-  operation groups, scopes and foreign attributes survive (``products``).
+  ``apimon-burst`` (not enforced: spike arrest lives in proxies). auth api_key/oauth2 -> the attribute
+  ``apimon-auth``; with oauth2, scopes -> the product's ``scopes`` (jwt and mtls cannot be expressed:
+  validation warns). Updates are read-modify-write PUTs, so operation groups, scopes of products without
+  oauth2 and foreign attributes survive (``products``).
+- client_secret -> the consumer secret of the subscriber's credential (an imported one: ``subscribers``);
+  read back and compared by value, shown only by `apimon keys show --secret`.
 - pricing -> one published rate plan per product (monetization add-on): fee -> fixedRecurringFee,
   setup_fee -> setupFee, per_unit -> FIXED_PER_UNIT, graduated -> BANDED, stairstep -> STAIRSTEP
   (``rateplans``). ``free``, ``volume`` and ``package`` have no rate plan; included/minimum/maximum and
@@ -48,7 +52,7 @@ from .client import ApigeeClient, ApigeeError, seg, session_from_environment
 from .keys import ApigeeKeys
 from .products import ApigeeProducts
 from .rateplans import as_rate_plan, plan_summary, plan_terms, pricing_from_rate_plan
-from .read import ApigeeFacts, ApigeeReading, managed, primary_credential
+from .read import ApigeeFacts, ApigeeReading, as_held, managed, primary_credential
 from .spec import DEFAULT_ENDPOINT
 from .subscribers import ApigeeSubscribers
 
@@ -104,7 +108,10 @@ class ApigeeProvider(ApigeeKeys, ApigeeReading, ApigeeProducts, ApigeeSubscriber
     def canonical(self, kind: str, resource: Any) -> Any:
         """A product's pricing as the rate plan apimon would write, so what Apigee cannot hold (no plan for
         free/volume/package, no flat fee on BANDED tiers) is never a difference."""
-        if kind == "product" and self.monetization:
+        if kind != "product":
+            return resource
+        resource = as_held(resource)  # the credentials an API product can express (read.as_held)
+        if self.monetization:
             b = self.desired.billing
             return replace(resource, pricing=as_rate_plan(resource.pricing, b.currency, b.period))
         return resource
@@ -204,6 +211,18 @@ class ApigeeProvider(ApigeeKeys, ApigeeReading, ApigeeProducts, ApigeeSubscriber
             if managed(app.raw):
                 cred = primary_credential(app.raw, None, self.now_ms())
                 return cred.get("consumerKey") if cred else None
+        if apps:
+            raise not_owned(subscriber_id)
+        return None
+
+    def reveal_secret(self, subscriber_id: str) -> str | None:
+        """The consumer secret of the subscriber's key: its OAuth 2.0 client secret (client id = the key). Apigee
+        returns it with the app, so `apimon keys show --secret` can show it."""
+        apps = [app for app in self.list_apps() if app.name == subscriber_id]
+        for app in apps:
+            if managed(app.raw):
+                cred = primary_credential(app.raw, None, self.now_ms())
+                return cred.get("consumerSecret") if cred else None
         if apps:
             raise not_owned(subscriber_id)
         return None

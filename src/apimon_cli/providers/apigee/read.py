@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...model import LiveState, Pricing, Product, Quota, RateLimit, Subscriber, Unmanaged
+from ...model import ClientSecret, LiveState, Pricing, Product, Quota, RateLimit, Subscriber, Unmanaged
 from ...reconcile.fields import key_fingerprint
 from ..transport import paginate
 from .client import ApigeeError, seg
@@ -27,6 +27,12 @@ MANAGED = "apimon-managed"
 RATE_ATTR = "apimon-rate"
 BURST_ATTR = "apimon-burst"
 META_PREFIX = "apimon-meta-"
+#: the credential schemes of products.<id>.auth that Apigee can express, comma-separated (an attribute like
+#: apimon-rate: an app's credential is always both an API key and OAuth client credentials; which one a call
+#: presents is the proxy's VerifyAPIKey / OAuthV2 policy)
+AUTH_ATTR = "apimon-auth"
+#: the schemes an Apigee API product can express (jwt and mtls cannot: validation warns)
+EXPRESSIBLE = ("api_key", "oauth2")
 NAME_KEYS = ("first_name", "last_name", "user_name")
 
 
@@ -95,6 +101,23 @@ def rate_limit_from_attrs(attrs: dict[str, str]) -> RateLimit | None:
     except (KeyError, ValueError):
         return None
     return RateLimit(rate, burst) if rate > 0 else None
+
+
+def auth_from_attrs(attrs: dict[str, str]) -> tuple[str, ...]:
+    listed = [s.strip() for s in (attrs.get(AUTH_ATTR) or "").split(",")]
+    return tuple(s for s in EXPRESSIBLE if s in listed) or ("api_key",)
+
+
+def as_held(p: Product) -> Product:
+    """A product's credentials as an Apigee API product holds them, for comparison: the expressible schemes
+    (API keys when none), scopes only with oauth2, no token settings (validation warns about the rest)."""
+    from dataclasses import replace
+
+    from ...model import DEFAULT_TOKEN_TTL
+
+    auth = tuple(s for s in EXPRESSIBLE if s in p.auth) or ("api_key",)
+    return replace(p, auth=auth, scopes=tuple(sorted(set(p.scopes))) if "oauth2" in auth else (), jwt=None,
+                   token_ttl=DEFAULT_TOKEN_TTL)
 
 
 def developer_names(sub: Subscriber) -> dict[str, str]:
@@ -265,7 +288,11 @@ class ApigeeReading:
                    and all(r.get("status", "approved") == "approved" for r in refs))
         attrs = attrs_of(raw)
         metadata = tuple(sorted((k[len(META_PREFIX):], v) for k, v in attrs.items() if k.startswith(META_PREFIX)))
-        sub = Subscriber(id=app.name, product=product, email=app.email, enabled=enabled, metadata=metadata)
+        secret = (cred or {}).get("consumerSecret")
+        if secret:
+            self.api.sensitive.add(secret)
+        sub = Subscriber(id=app.name, product=product, email=app.email, enabled=enabled, metadata=metadata,
+                         client_secret=ClientSecret(value=secret) if secret else None)
         return sub, (cred or {}).get("consumerKey")
 
     def _read_subscribers(self, live: LiveState, now: int) -> None:
@@ -292,6 +319,9 @@ class ApigeeReading:
 
 def product_model(raw: dict, pricing: Pricing) -> Product:
     attrs = attrs_of(raw)
+    auth = auth_from_attrs(attrs)
+    scopes = tuple(sorted(set(raw.get("scopes") or []))) if "oauth2" in auth else ()
     return Product(id=raw.get("name", ""), display_name=raw.get("displayName") or raw.get("name", ""),
                    description=raw.get("description", ""), apis=tuple(raw.get("proxies", [])),
-                   rate_limit=rate_limit_from_attrs(attrs), quota=quota_from_api(raw), pricing=pricing)
+                   rate_limit=rate_limit_from_attrs(attrs), quota=quota_from_api(raw), pricing=pricing,
+                   auth=auth, scopes=scopes)

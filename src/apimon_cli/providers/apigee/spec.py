@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from ..registry import Capabilities, ImportOption, NotStored, ProviderSpec, auth_not_stored
+import re
+
+from ..registry import Capabilities, ImportOption, NotStored, Partly, ProviderSpec, auth_not_stored, auth_partly
 
 DEFAULT_ENDPOINT = "https://apigee.googleapis.com"
 
+GATEWAY = "an Apigee API product"
+WHY_NOT = {
+    "jwt": "an API product has no issuer settings; a proxy's VerifyJWT policy checks such tokens",
+    "mtls": "client certificates are checked by the environment group's TLS settings, not per developer app",
+}
+KEY_CHARS = re.compile(r"[A-Za-z0-9_-]{1,2048}")  # consumer keys and secrets (keys create refuses others)
+
 CAPABILITIES = Capabilities(
     not_stored=(
-        *auth_not_stored("an Apigee API product", ("oauth2", "jwt", "mtls")),
+        # auth: api_key and oauth2 in the product attribute apimon-auth (an app's credential is both an API key and
+        # OAuth client credentials); scopes: the product's scopes; client_secret: the credential's consumer secret
+        *auth_not_stored(GATEWAY, ("jwt", "mtls"), keeps=("auth",), keeps_scopes=True, keeps_secret=True),
         NotStored("product", "max_concurrent",
                   warning="the gateway has no bound on a subscriber's requests in flight; max_concurrent is enforced "
                           "only by `apimon gateway serve` (local target)"),
@@ -18,6 +29,13 @@ CAPABILITIES = Capabilities(
                   warning="rate plans have no minimum; apimon's invoices apply it, Apigee's do not"),
         NotStored("product", "pricing.maximum",
                   warning="rate plans have no maximum; apimon's invoices apply it, Apigee's do not"),
+    ),
+    partly=(
+        *auth_partly(GATEWAY, ("jwt", "mtls"), why_not=WHY_NOT),
+        Partly("product", "scopes", warn_when=lambda p: bool(p.scopes) and not p.accepts("oauth2")
+               and p.accepts("jwt"),
+               warning="scopes are the API product's OAuth scopes, written only with oauth2; this product lists "
+                       "jwt without oauth2, so Apigee checks no scopes"),
     ),
 )
 
@@ -42,6 +60,11 @@ def plan_checks(parts, r) -> None:
                    f"apigee: rate plans cannot express model {p.model}; no rate plan is written (apimon's invoices "
                    "still use it)")
     for sid, sub in parts.subscribers.items():
+        secret = sub.client_secret.value if sub.client_secret is not None else None
+        if secret and not KEY_CHARS.fullmatch(secret):
+            r.error(("subscribers", sid, "client_secret", "from_env"),
+                    "apigee: consumer secrets may contain only letters, digits, '_' and '-' (at most 2 KB); the "
+                    "client secret does not (e.g. `openssl rand -hex 32`)")
         if not sub.email:
             r.error(("subscribers", sid, "email"),
                     "apigee: developers need an email address; add email: to the subscriber")

@@ -1,6 +1,12 @@
 """The Apigee provider's subscriber actions: a developer (email; names from metadata) and one app named after
 the subscriber holding the product, whose one credential is the subscriber's key. ``enabled: false``
 revokes the key; nothing is deleted. An email change moves the app to the new developer, keeping its key.
+
+The credential's consumer key and secret are also the app's OAuth 2.0 client credentials (client id = consumer
+key). A subscriber with ``client_secret.from_env`` gets an imported credential (``keys`` create with
+consumerKey + consumerSecret: the plan's key, else one apimon generates) instead of the one Apigee generates.
+Apigee cannot change an issued credential's secret: a new client secret deletes the credential and imports
+the same key again with the new secret, its products, attributes and status (a moment without the key).
 """
 
 from __future__ import annotations
@@ -15,6 +21,11 @@ from ..base import ProviderError
 from .client import AlreadyExists, NotFound, seg
 from .rateplans import OUTPUT_ONLY
 from .read import MANAGED, META_PREFIX, NAME_KEYS, AppHandle, developer_names, managed, primary_credential
+
+
+def new_key() -> str:
+    """A consumer key apimon makes for a credential it imports (letters, digits, '-' and '_', like Apigee's)."""
+    return secrets.token_urlsafe(36)
 
 
 class ApigeeSubscribers:
@@ -60,7 +71,8 @@ class ApigeeSubscribers:
             raise ProviderError(f"subscriber {sub.id}: Apigee developers need an email")
         self._ensure_developer(sub, email)
         body: dict = {"name": sub.id, "attributes": self._app_attributes(sub, [])}
-        if sub.key_value is None:
+        imported = sub.key_value is not None or sub.client_secret is not None
+        if not imported:
             body["apiProducts"] = [sub.product]
         try:
             app = self.api.post(f"/developers/{seg(email)}/apps", body)
@@ -69,16 +81,27 @@ class ApigeeSubscribers:
                                 "(created since the plan was read?); run `apimon plan` again") from None
         generated = [c["consumerKey"] for c in app.get("credentials", [])]
         self.api.sensitive.update(generated)
-        if sub.key_value is not None:
-            key = self._import_key(sub, email, sub.key_value, secrets.token_urlsafe(32), [])
+        self.api.sensitive.update(c.get("consumerSecret", "") for c in app.get("credentials", []))
+        if imported:
+            key = self._import_key(sub, email, sub.key_value or new_key(), self._secret_for(sub), [])
             for g in generated:  # exactly one key: the imported one
                 self.api.delete(self._key_path(email, sub.id, g))
         else:
             key = generated[0]
         if not sub.enabled:
             self.api.action(self._key_path(email, sub.id, key), "revoke")
-        return ("created (key imported)" if sub.key_value is not None else "created (key generated)") + (
-            ", key revoked" if not sub.enabled else "")
+        done = "created (key imported)" if sub.key_value is not None else "created (key generated)"
+        if sub.client_secret is not None:
+            done += ", client secret imported"
+        return done + (", key revoked" if not sub.enabled else "")
+
+    @staticmethod
+    def _secret_for(sub: Subscriber, current: dict | None = None) -> str:
+        """The consumer secret of a credential apimon imports: the plan's client secret, else the current
+        credential's (a key change keeps the client secret), else a new one."""
+        if sub.client_secret is not None and sub.client_secret.value:
+            return sub.client_secret.value
+        return (current or {}).get("consumerSecret") or secrets.token_urlsafe(32)
 
     def _import_key(self, sub: Subscriber, email: str, key: str, secret: str, attributes: list[dict]) -> str:
         """Add an existing key to the app and attach the subscriber's product to it (keys/create attaches
@@ -127,20 +150,26 @@ class ApigeeSubscribers:
             done.append("adopted" if change.adopt else "metadata updated")
             if any(change.changed(f"metadata.{k}") for k in NAME_KEYS):
                 self._update_developer_names(sub, email)
+        new_secret = change.changed("client_secret") and sub.client_secret is not None
         if cred is None or (change.changed("key") and sub.key_value is not None):
             old = cred
-            key = sub.key_value or None
+            key = sub.key_value or (new_key() if sub.client_secret is not None else None)
             if key is None:  # no credential at all: generate one holding the product
                 generated = self.api.post(self._app_path(email, sub.id),
                                           {"name": sub.id, "apiProducts": [sub.product]})
                 cred = generated.get("credentials", [{}])[-1]
             else:
-                self._import_key(sub, email, key, secrets.token_urlsafe(32), (old or {}).get("attributes", []))
+                self._import_key(sub, email, key, self._secret_for(sub, old), (old or {}).get("attributes", []))
                 cred = {"consumerKey": key, "status": "approved",
                         "apiProducts": [{"apiproduct": sub.product, "status": "approved"}]}
                 if old is not None:
                     self.api.delete(self._key_path(email, sub.id, old["consumerKey"]))
                 done.append("key replaced")
+            if new_secret:
+                done.append("client secret imported")
+        elif new_secret:
+            cred = self._replace_secret(sub, email, cred)
+            done.append("client secret replaced (key kept)")
         key = cred["consumerKey"]
         self.api.sensitive.add(key)
         products = [r.get("apiproduct", "") for r in cred.get("apiProducts", [])]
@@ -157,6 +186,28 @@ class ApigeeSubscribers:
             cred = {**cred, "apiProducts": [{"apiproduct": sub.product, "status": "approved"}]}
         done += self._set_enabled(sub, email, app, cred)
         return ", ".join(done) or "up to date"
+
+    def _replace_secret(self, sub: Subscriber, email: str, cred: dict) -> dict:
+        """A new consumer secret on the subscriber's key: Apigee cannot change an issued credential's secret and
+        a consumer key exists once per organization, so the credential is deleted and the same key imported
+        again with the new secret, its products and attributes; its status is restored by ``_set_enabled``."""
+        key = cred["consumerKey"]
+        path = self._key_path(email, sub.id, key)
+        products = [r.get("apiproduct", "") for r in cred.get("apiProducts", [])] or [sub.product]
+        self.api.delete(path)
+        self.api.sensitive.add(sub.client_secret.value if sub.client_secret else "")
+        try:
+            self.api.post(f"{self._app_path(email, sub.id)}/keys",
+                          {"consumerKey": key, "consumerSecret": self._secret_for(sub)})
+            body: dict = {"apiProducts": products}
+            if cred.get("attributes"):
+                body["attributes"] = cred["attributes"]
+            self.api.post(path, body)
+        except ProviderError as exc:
+            raise ProviderError(f"subscriber {sub.id}: its key was removed to import the new client secret, but "
+                                f"importing it again failed ({exc}); run `apimon apply` again to import it") from None
+        return {**cred, "status": "approved",
+                "apiProducts": [{"apiproduct": p, "status": "approved"} for p in products]}
 
     def _set_enabled(self, sub: Subscriber, email: str, app: dict, cred: dict) -> list[str]:
         key = cred["consumerKey"]

@@ -7,7 +7,13 @@ from ..registry import Capabilities, ImportOption, NotStored, ProviderSpec, auth
 
 CAPABILITIES = Capabilities(
     not_stored=(
-        *auth_not_stored("an API Gateway usage plan", ("oauth2", "jwt", "mtls")),
+        # usage plans and API keys hold no credential scheme but the key: auth, scopes and client secrets warn
+        *auth_not_stored("an API Gateway usage plan", ("oauth2", "jwt", "mtls"), why_not={
+            "oauth2": "API Gateway issues no client-credentials tokens (an Amazon Cognito user pool does)",
+            "jwt": "usage plans know API keys only; a Cognito or Lambda authorizer on the API's methods, outside "
+                   "apimon, checks tokens",
+            "mtls": "mutual TLS is a custom domain's truststore, not a usage plan's or an API key's",
+        }),
         NotStored("product", "max_concurrent",
                   warning="the gateway has no bound on a subscriber's requests in flight; max_concurrent is enforced "
                           "only by `apimon gateway serve` (local target)"),

@@ -4,6 +4,11 @@ Mapping:
 - product -> APIM product (``subscriptionRequired: true``, ``approvalRequired: false``, ``state: published``);
   apimon owns a product when the APIM tag ``apimon-managed`` is assigned to it. Others are never touched.
 - rate_limit / quota -> the product policy (``policy``); pricing and burst are not stored.
+- auth jwt (+ scopes) -> a ``validate-jwt`` element first in the product policy's inbound section: the issuer's
+  OpenID discovery document (``openid-config``; API Management has no element for a bare JWKS URL), the
+  audience, the issuer and the scopes as a required claim (``policy``). API Management still requires the
+  subscription key (the subscriber) on every call, so a caller sends both (validation warns). oauth2 (tokens
+  the gateway issues) and mtls cannot be expressed (validation warns); client secrets are not stored.
 - apis -> product-API links; an API missing from the service is a plan-time error.
 - subscriber -> APIM subscription named ``apimon-<subscriber id>`` (the ownership marker: names cannot change,
   so nothing else can make a subscription look like apimon's), display name = subscriber id, scope
@@ -35,6 +40,7 @@ from ..base import PlanNotes, Provider, ProviderError
 from .client import ARM_ENDPOINTS, SDK_ERRORS, env_int, explain, make_client
 from .keys import AzureKeys
 from .paging import PagedList, Scheduler
+from .policy import as_held
 from .read import SUB_PREFIX, WANTED_PRODUCT, AzureFacts, AzureReading, is_missing_products_by_tags, last
 from .write import AzureWriting, force_policy, refusal, writes_policy
 
@@ -119,6 +125,11 @@ class AzureProvider(AzureKeys, AzureReading, AzureWriting, Provider):
             raise self.explain(exc, f"reading API Management service {self.service}") from None
 
     # ---------------------------------------------------------------- plan hooks
+    def canonical(self, kind: str, resource: Any) -> Any:
+        """A product's credentials as API Management holds them (``policy.as_held``): what it cannot
+        express (oauth2, mtls, scopes without jwt) is never a difference; validation warns about it."""
+        return as_held(resource) if kind == "product" else resource
+
     def preflight(self, desired: DesiredState, live: LiveState, changes: ChangeSet) -> list[str]:
         """Every API the plan names exists; then the ETags of what the plan updates or deletes, read now and
         checked against what the list showed."""

@@ -265,7 +265,8 @@ def _assemble(rows: list, subs: list, details: dict, secrets: dict, facts: Azure
         value, policy_etag, apis = details.get(pid, (None, None, None))
         reading = read_policy(value)
         product = Product(id=pid, display_name=p.name or "", description=p.description or "",
-                          apis=tuple(apis or ()), rate_limit=reading.model_rate_limit, quota=reading.model_quota)
+                          apis=tuple(apis or ()), rate_limit=reading.model_rate_limit, quota=reading.model_quota,
+                          **reading.model_auth())
         live.handles[("product", pid)] = ProductHandle(
             owned=pid in owned, snapshot=snapshot, policy=value, policy_etag=policy_etag, foreign=reading.foreign,
             notes=reading.notes, apis=list(apis or ()))

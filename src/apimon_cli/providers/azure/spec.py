@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from ..registry import Capabilities, ImportOption, NotStored, ProviderSpec, auth_not_stored
+from ..registry import Capabilities, ImportOption, NotStored, Partly, ProviderSpec, auth_not_stored, auth_partly
+
+GATEWAY = "an API Management product"
+#: why API Management cannot express a scheme, as the validation warning says it
+WHY_NOT = {
+    "oauth2": "API Management issues no client-credentials tokens; list jwt with the identity provider that "
+              "issues them (e.g. Microsoft Entra ID), and API Management validates its tokens",
+    "mtls": "API Management checks client certificates with its own policy and certificates, not per subscriber",
+}
 
 CAPABILITIES = Capabilities(
     not_stored=(
-        *auth_not_stored("an API Management product", ("oauth2", "jwt", "mtls")),
+        # jwt and scopes are the product policy's validate-jwt (policy.py); the issuer's keys come from its
+        # discovery document, so jwks_uri is not written; the subscriber is the subscription key, not a claim
+        *auth_not_stored(GATEWAY, ("oauth2", "mtls"),
+                         keeps=("auth", "auth.jwt.issuer", "auth.jwt.audience"), keeps_scopes=True),
         NotStored("product", "max_concurrent",
                   warning="the gateway has no bound on a subscriber's requests in flight; max_concurrent is enforced "
                           "only by `apimon gateway serve` (local target)"),
@@ -23,11 +34,25 @@ CAPABILITIES = Capabilities(
                   warning="API Management subscriptions have no metadata; it is not written to Azure (apimon's "
                           "invoices and exports still use it)"),
     ),
+    partly=(
+        # oauth2 beside jwt: the jwt issuer (Entra ID...) issues the client-credentials tokens, validate-jwt
+        # checks them; oauth2 alone has no issuer on Azure
+        *auth_partly(GATEWAY, ("oauth2", "mtls"), why_not=WHY_NOT, covered_by={"oauth2": "jwt"}),
+        Partly("product", "scopes", warn_when=lambda p: bool(p.scopes) and p.accepts("oauth2")
+               and not p.accepts("jwt"),
+               warning="scopes are checked only in validate-jwt, for jwt tokens; this product lists oauth2 "
+                       "without jwt, so API Management checks no scopes"),
+    ),
 )
 
 
 def plan_checks(parts, r) -> None:
     for pid, product in parts.products.items():
+        if product.accepts("jwt"):
+            r.warn(("products", pid, "auth"),
+                   "azure: API Management requires the subscription key (Ocp-Apim-Subscription-Key) on every call "
+                   "to a product; validate-jwt checks the bearer token in addition, so callers send both "
+                   "(the local gateway accepts either)")
         if product.quota and product.quota.period == "month":
             r.warn(("products", pid, "quota", "period"),
                    "azure: API Management quotas renew after a fixed number of seconds, not on calendar months; "

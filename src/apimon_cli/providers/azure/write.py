@@ -18,7 +18,7 @@ from ...reconcile.changes import Change
 from ...render.words import count
 from ..base import ProviderError
 from .client import short
-from .policy import generate_policy, policies_equal
+from .policy import policies_equal, product_policy, token_check
 from .read import OWNER_TAG, SUB_PREFIX, WANTED_PRODUCT, ProductHandle, SubscriptionHandle
 
 
@@ -29,6 +29,9 @@ def force_policy() -> bool:
 
 def limits_text(p: Product) -> str:
     parts = []
+    token = token_check(p)
+    if token is not None:
+        parts.append(f"validate-jwt {token.issuer}" + (f" scopes {' '.join(token.scopes)}" if token.scopes else ""))
     if p.rate_limit:
         parts.append(f"rate-limit {p.rate_limit.rate}/s")
     if p.quota:
@@ -36,19 +39,24 @@ def limits_text(p: Product) -> str:
     return ", ".join(parts) or "no limits"
 
 
+#: the product fields the policy carries
+POLICY_FIELDS = ("rate_limit", "quota", "auth", "scopes")
+
+
 def writes_policy(c: Change, handle: ProductHandle | None) -> bool:
     """Whether applying ``c`` writes (or deletes) the product's policy."""
     want = c.desired
     if not isinstance(want, Product):
         return False
+    xml = product_policy(want)
     if c.action == "create":
-        return want.rate_limit is not None or want.quota is not None
-    if not (c.adopt or c.changed("rate_limit") or c.changed("quota")):
+        return xml is not None
+    if not (c.adopt or any(c.changed(f) for f in POLICY_FIELDS)):
         return False
     live_policy = handle.policy if handle else None
-    if want.rate_limit is None and want.quota is None:
+    if xml is None:
         return live_policy is not None
-    return not policies_equal(generate_policy(want.rate_limit, want.quota), live_policy)
+    return not policies_equal(xml, live_policy)
 
 
 def refusal(c: Change, live: LiveState) -> str | None:
@@ -99,11 +107,11 @@ class AzureWriting:
         from azure.mgmt.apimanagement.models import PolicyContract
 
         c, rg, svc = self.client, self.rg, self.service
-        if want.rate_limit is None and want.quota is None:
+        xml = product_policy(want)
+        if xml is None:
             if existed:
                 c.product_policy.delete(rg, svc, pid, "policy", if_match=etag or "*")
             return
-        xml = generate_policy(want.rate_limit, want.quota)
         kwargs = {"if_match": etag} if existed and etag else {}
         c.product_policy.create_or_update(rg, svc, pid, "policy", PolicyContract(value=xml, format="rawxml"),
                                           **kwargs)
