@@ -9,6 +9,9 @@ requests the plan made, by kind. Two runs:
 - ``per-developer``: the shared fake as it is (no organization-level app list): apimon falls back to listing
   apps per developer.
 
+Each run times ``plan`` and, as its ceiling, ``validate`` of the same plan (no HTTP); printed: median
+(min–max) of ``--runs`` runs and the per-run ratio plan / validate.
+
 Expected: pages of up to 1,000 with ``expand=true``, no per-resource GET, and "No changes.".
 """
 
@@ -25,8 +28,9 @@ from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "tests" / "providers")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "tests" / "providers"), str(ROOT / "benchmarks")]
 
+from benchstats import load, ratio_spread, spread  # noqa: E402
 from fakes.apigee import ApigeeFake  # noqa: E402
 from test_apigee_support import OrgAppsFake  # noqa: E402
 
@@ -89,37 +93,41 @@ def kind_of(path: str, query: dict) -> str:
     return "other: " + tail
 
 
-def run(label: str, fake_cls, products: int, developers: int, workdir: Path) -> None:
+def run(label: str, fake_cls, products: int, developers: int, workdir: Path, runs: int) -> None:
     with fake_cls(org=ORG, environments=["prod"], proxies=["petstore"]) as fake:
         t0 = time.perf_counter()
         seed(fake, products, developers)
         seeded = time.perf_counter() - t0
         plan = workdir / f"{label}.yaml"
         write_plan(plan, fake.endpoint, products, developers)
-        fake.reset_requests()
         hostport = fake.endpoint.split("//", 1)[1].rstrip("/")
         env = {**os.environ, "APIMON_APIGEE_TOKEN": "bench", "NO_COLOR": "1", "APIMON_ALLOW_ENDPOINTS": hostport}
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "apimon_cli.cli", "plan", str(plan)], env=env,
-                              capture_output=True, text=True, timeout=600)
-        wall = time.perf_counter() - t0
-        requests = list(fake.requests)
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "apimon_cli.cli", "validate", str(plan)], env=env,
-                       capture_output=True, text=True, timeout=600)
-        validate = time.perf_counter() - t0
+        walls, validates, ok = [], [], True
+        for _ in range(runs):
+            fake.reset_requests()
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "apimon_cli.cli", "plan", str(plan)], env=env,
+                                  capture_output=True, text=True, timeout=600)
+            walls.append(time.perf_counter() - t0)
+            requests = list(fake.requests)
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "apimon_cli.cli", "validate", str(plan)], env=env,
+                           capture_output=True, text=True, timeout=600)
+            validates.append(time.perf_counter() - t0)
+            ok &= proc.returncode == 0 and "No changes." in proc.stdout
     kinds = collections.Counter(kind_of(p, q) for _, p, q in requests)
     methods = collections.Counter(m for m, _, _ in requests)
     expand = all(q.get("expand") == "true" for _, p, q in requests
                  if kind_of(p, q).startswith(("list apiproducts", "list rateplans", "list apps")))
     counts = {q.get("count") or q.get("pageSize") for _, p, q in requests if q.get("count") or q.get("pageSize")}
-    ok = proc.returncode == 0 and "No changes." in proc.stdout
     print(f"\n[{label}] {products} products (+{products} rate plans), {developers} developers with one app each "
-          f"(seeded in {seeded:.1f} s)")
-    print(f"  apimon plan: {wall:.2f} s wall, exit {proc.returncode}, {'No changes.' if ok else 'UNEXPECTED'}"
-          f" (apimon validate of the same plan, no HTTP: {validate:.2f} s)")
-    print(f"  HTTP requests: {len(requests)} ({', '.join(f'{m} {n}' for m, n in sorted(methods.items()))});"
-          f" page sizes {sorted(counts)}; expand=true on every list: {expand}")
+          f"(seeded in {seeded:.1f} s); {runs} runs; {load()}")
+    print(f"  apimon plan: {spread(walls, '.2f', ' s')} wall, {'No changes.' if ok else 'UNEXPECTED'}; ceiling, "
+          f"apimon validate of the same plan (no HTTP) {spread(validates, '.2f', ' s')}: plan "
+          f"{ratio_spread(walls, validates)} of it")
+    print(f"  HTTP requests (last run): {len(requests)} "
+          f"({', '.join(f'{m} {n}' for m, n in sorted(methods.items()))}); page sizes {sorted(counts)}; "
+          f"expand=true on every list: {expand}")
     for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"    {n:6d}  {kind}")
     if not ok:
@@ -131,11 +139,12 @@ def main() -> int:
     parser.add_argument("--products", type=int, default=1000)
     parser.add_argument("--developers", type=int, default=5000)
     parser.add_argument("--only", choices=["org-apps", "per-developer"])
+    parser.add_argument("--runs", type=int, default=3, help=">= 3 for the README")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for label, cls in (("org-apps", OrgAppsFake), ("per-developer", ApigeeFake)):
             if args.only in (None, label):
-                run(label, cls, args.products, args.developers, Path(tmp))
+                run(label, cls, args.products, args.developers, Path(tmp), args.runs)
     return 0
 
 

@@ -6,9 +6,11 @@ the HTTP requests the plan made, by operation, against the most a page-only read
 ceil(plans/500) + ceil(keys/500) + one GetUsagePlanKeys page per owned plan + REST API/stage lookups.
 
 At APIMON_AWS_QUOTA_SCALE=1 the wall time is what AWS's account-wide quota (10 requests/s, burst 40)
-imposes; a second run at a large scale shows apimon's own cost.
+imposes; a second run at a large scale shows apimon's own cost. Each scale is planned ``--runs`` times
+(interleaved); printed: median (min–max) wall time beside its ceiling from the same run, the quota floor
+for the requests made (ratio wall / floor per run).
 
-    .venv/bin/python benchmarks/aws_plan.py [--plans 300] [--keys 10000] [--scales 1,100]
+    .venv/bin/python benchmarks/aws_plan.py [--plans 300] [--keys 10000] [--scales 1,100] [--runs 3]
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from benchstats import load, ratio_spread, spread  # noqa: E402
 from fakes.aws_gateway import AwsFake  # noqa: E402
 
 MANAGED = {"apimon:managed": "true"}
@@ -73,6 +77,7 @@ def main() -> int:
     ap.add_argument("--unmanaged-plans", type=int, default=10)
     ap.add_argument("--unmanaged-keys", type=int, default=100)
     ap.add_argument("--scales", default="1,100", help="APIMON_AWS_QUOTA_SCALE values to run plan with")
+    ap.add_argument("--runs", type=int, default=3, help=">= 3 for the README")
     args = ap.parse_args()
 
     with AwsFake() as fake, tempfile.TemporaryDirectory() as tmp:
@@ -88,26 +93,37 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "APIMON_"))}
         env.update({"AWS_ENDPOINT_URL": fake.endpoint_url, "AWS_ACCESS_KEY_ID": "testing",
                     "AWS_SECRET_ACCESS_KEY": "testing", "NO_COLOR": "1"})
-        for scale in [s.strip() for s in args.scales.split(",") if s.strip()]:
-            fake.reset_counts()
-            time.sleep(0.2)
-            t0 = time.monotonic()
-            proc = subprocess.run([sys.executable, "-m", "apimon_cli.cli", "plan", str(plan), "--detailed-exitcode"],
-                                  env=env | {"APIMON_AWS_QUOTA_SCALE": scale}, capture_output=True, text=True)
-            wall = time.monotonic() - t0
-            total = sum(fake.counts.values())
-            quota_floor = max(0, total - 40) / (10 * float(scale))
-            status = "no changes" if proc.returncode == 0 else f"exit {proc.returncode}"
-            print(f"\nplan at APIMON_AWS_QUOTA_SCALE={scale}: {status}, wall {wall:.1f} s "
-                  f"(AWS quota floor for {total} requests: {quota_floor:.1f} s)")
-            print(f"  HTTP requests: {total} (page-only bound {bound}): "
-                  + ", ".join(f"{op} {n}" for op, n in sorted(fake.counts.items())))
-            if proc.returncode not in (0, 2):
-                print(proc.stderr[-2000:])
-                return 1
-            if total > bound:
-                print("  FAIL: more requests than pages")
-                return 1
+        scales = [s.strip() for s in args.scales.split(",") if s.strip()]
+        figures: dict[str, list[tuple[float, float]]] = {scale: [] for scale in scales}
+        for run_no in range(1, args.runs + 1):
+            for scale in scales:
+                fake.reset_counts()
+                time.sleep(0.2)
+                t0 = time.monotonic()
+                proc = subprocess.run([sys.executable, "-m", "apimon_cli.cli", "plan", str(plan),
+                                       "--detailed-exitcode"], env=env | {"APIMON_AWS_QUOTA_SCALE": scale},
+                                      capture_output=True, text=True)
+                wall = time.monotonic() - t0
+                total = sum(fake.counts.values())
+                quota_floor = max(0, total - 40) / (10 * float(scale))
+                figures[scale].append((wall, quota_floor))
+                status = "no changes" if proc.returncode == 0 else f"exit {proc.returncode}"
+                print(f"run {run_no}, APIMON_AWS_QUOTA_SCALE={scale}: {status}, wall {wall:.1f} s (AWS quota floor "
+                      f"for {total} requests: {quota_floor:.1f} s); {load()}", flush=True)
+                if run_no == 1:
+                    print(f"  HTTP requests: {total} (page-only bound {bound}): "
+                          + ", ".join(f"{op} {n}" for op, n in sorted(fake.counts.items())))
+                if proc.returncode not in (0, 2):
+                    print(proc.stderr[-2000:])
+                    return 1
+                if total > bound:
+                    print("  FAIL: more requests than pages")
+                    return 1
+        print()
+        for scale in scales:
+            walls, floors = [w for w, _ in figures[scale]], [f for _, f in figures[scale]]
+            print(f"plan at APIMON_AWS_QUOTA_SCALE={scale}: {spread(walls, '.1f', ' s')}; ceiling, the quota floor "
+                  f"{spread(floors, '.1f', ' s')}: {ratio_spread(walls, floors) if min(floors) > 0 else 'n/a'} of it")
     return 0
 
 

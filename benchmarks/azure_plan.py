@@ -1,12 +1,15 @@
 """Azure plan benchmark. Run: ``.venv/bin/python benchmarks/azure_plan.py [--products 500] [--subscribers 5000]
-[--latency 0.005] [--concurrency 8,1]``.
+[--latency 0.005] [--concurrency 8,1] [--runs 3]``.
 
 Starts the Azure APIM ARM fake (tests/fakes/azure_apim.py) as a separate process, seeds it by running
 ``apply`` of a generated plan (plus products and subscriptions apimon does not own), then times ``plan``
 (read the service, check, diff, annotate: in process, as the CLI does it) with each read concurrency
 (APIMON_AZURE_CONCURRENCY) and counts the HTTP requests the fake served. The fake adds a fixed latency to
 every request (default 5 ms) to model network round trips; without it the numbers measure only local CPU.
-Exit status 1 if a plan is not "no changes" or bounded concurrency is not faster than concurrency 1.
+Each run times one plan per concurrency (interleaved, so machine load hits them alike); printed: median
+(min–max) over ``--runs`` runs, beside two ceilings from the same run: concurrency 1 (the speed-up, a
+same-run ratio) and the latency floor (requests x latency / concurrency: what the modelled network alone
+costs). Exit status 1 if a plan is not "no changes" or bounded concurrency is not faster than concurrency 1.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from benchstats import load, median, ratio_spread, spread  # noqa: E402
 
 
 def generate_plan(path: Path, url: str, products: int, subscribers: int) -> Path:
@@ -92,7 +98,8 @@ def main() -> int:
     ap.add_argument("--subscribers", type=int, default=5000)
     ap.add_argument("--latency", type=float, default=0.005, help="seconds the fake adds to every request")
     ap.add_argument("--concurrency", default="8,1", help="comma-separated APIMON_AZURE_CONCURRENCY values")
-    ap.add_argument("--repeat", type=int, default=3, help="plans per concurrency; the fastest is reported")
+    ap.add_argument("--runs", "--repeat", type=int, default=3, dest="runs",
+                    help="runs (one plan per concurrency each); >= 3 for the README")
     args = ap.parse_args()
 
     from apimon_cli.reconcile.engine import apply_changes, make_plan
@@ -122,31 +129,40 @@ def main() -> int:
             print(f"the fake serves one 100-item subscriptions page in {page_cost(url):.0f} ms (it rebuilds the "
                   "whole list per page, under one lock: server time that no client concurrency removes)\n")
             control(url, "/_fake/latency", {"seconds": args.latency})
-            results = {}
-            for conc in [int(c) for c in args.concurrency.split(",")]:
-                os.environ["APIMON_AZURE_CONCURRENCY"] = str(conc)
-                best = None
-                for _ in range(max(1, args.repeat)):
+            concs = [int(c) for c in args.concurrency.split(",")]
+            results: dict[int, list[tuple[float, float, int]]] = {c: [] for c in concs}
+            kinds_of: dict[int, collections.Counter] = {}
+            for run_no in range(1, max(1, args.runs) + 1):
+                line = []
+                for conc in concs:
+                    os.environ["APIMON_AZURE_CONCURRENCY"] = str(conc)
                     control(url, "/_fake/requests", method="DELETE")
                     started, cpu = time.perf_counter(), time.process_time()
                     run = make_plan([str(plan)])
                     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
                     run.provider.close()
-                    if best is None or elapsed < best[0]:
-                        requests = control(url, "/_fake/requests", method="GET")["requests"]
-                        best = (elapsed, cpu, requests, run.changes.empty)
-                elapsed, cpu, requests, empty = best
-                kinds = collections.Counter(kind_of(m, p) for m, p, _q in requests)
-                results[conc] = elapsed
-                failed |= not empty
-                print(f"plan, concurrency {conc}: {elapsed:.2f} s wall (best of {args.repeat}; apimon CPU "
-                      f"{cpu:.2f} s), {len(requests):,} HTTP requests ({'no changes' if empty else 'CHANGES'})")
-                for kind, n in sorted(kinds.items()):
+                    requests = control(url, "/_fake/requests", method="GET")["requests"]
+                    kinds_of[conc] = collections.Counter(kind_of(m, p) for m, p, _q in requests)
+                    results[conc].append((elapsed, cpu, len(requests)))
+                    failed |= not run.changes.empty
+                    line.append(f"concurrency {conc} {elapsed:.2f} s ({len(requests):,} requests, "
+                                f"{'no changes' if run.changes.empty else 'CHANGES'})")
+                print(f"run {run_no}: " + "; ".join(line) + f"; {load()}", flush=True)
+            print()
+            for conc in concs:
+                walls = [r[0] for r in results[conc]]
+                floors = [r[2] * args.latency / conc for r in results[conc]]
+                print(f"plan, concurrency {conc}: {spread(walls, '.2f', ' s')} wall (apimon CPU "
+                      f"{spread([r[1] for r in results[conc]], '.2f', ' s')}), {results[conc][-1][2]:,} HTTP requests; "
+                      f"latency floor {median(floors):.2f} s: {ratio_spread(walls, floors)} of it")
+                for kind, n in sorted(kinds_of[conc].items()):
                     print(f"    {n:6,}  {kind}")
             if 1 in results and len(results) > 1:
                 best = min(c for c in results if c != 1)
-                print(f"\nspeed-up of concurrency {best} over 1: {results[1] / results[best]:.1f}x")
-                failed |= results[best] >= results[1]
+                one = [r[0] for r in results[1]]
+                other = [r[0] for r in results[best]]
+                print(f"\nspeed-up of concurrency {best} over 1, same run: {ratio_spread(one, other)}")
+                failed |= median(other) >= median(one)
     finally:
         fake.terminate()
         fake.wait(timeout=10)

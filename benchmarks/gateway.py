@@ -14,12 +14,12 @@ in every round (rounds interleave the targets, so machine load hits them alike):
   gateway (asyncio loop) the same with APIMON_GATEWAY_UVLOOP=0: what uvloop brings
   nginx proxy_pass       the reference (one nginx process, upstream keep-alive), where nginx is installed
 
-Printed: each round's figures, then per target the min / median / max over the rounds, and the gateway's
-ratio to each ceiling computed within each round (min / median / max). The targets are checked on the
-medians. The upstream is nginx serving a fixed response when nginx is installed (one process, little CPU),
-else examples/upstream.py (aiohttp; then it takes a core of its own and caps every row). Every target gets
-the same request, x-api-key header included. On a 2-core machine wrk, the proxy and the upstream share the
-cores.
+Printed: each round's figures (with the load average), then per target the median (min–max) over the
+rounds, and the gateway's ratio to each ceiling computed within each round, median (min–max). The targets
+are checked on the medians. The upstream is nginx serving a fixed response when nginx is installed (one
+process, little CPU), else examples/upstream.py (aiohttp; then it takes a core of its own and caps every
+row). Every target gets the same request, x-api-key header included. On a 2-core machine wrk, the proxy and
+the upstream share the cores.
 
 Targets (2-core machine): the gateway keeps >= 80 % of the bare proxy's requests/s, >= 4,500 req/s,
 p99 <= 15 ms (medians). Exit status 1 if a target is missed, 2 if wrk is missing.
@@ -44,6 +44,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchstats import load, spread
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -254,7 +257,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--upstream", choices=["auto", "nginx", "aiohttp"], default="auto")
-    parser.add_argument("--rounds", type=int, default=3, help="repeat all targets N times (>= 3 for the README)")
+    parser.add_argument("--rounds", "--runs", type=int, default=3, dest="rounds",
+                        help="repeat all targets N times (>= 3 for the README)")
     parser.add_argument("--only", help="comma-separated subset: upstream,bare,gateway,asyncio,nginx (default: all)")
     parser.add_argument("--_bare-proxy", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -380,7 +384,7 @@ subscribers:
                 wanted = {w.strip() for w in args.only.split(",")}
                 targets = [t for t in targets if short[t[0]] in wanted]
             for round_no in range(1, args.rounds + 1):
-                print(f"round {round_no}/{args.rounds}", flush=True)
+                print(f"round {round_no}/{args.rounds} ({load()})", flush=True)
                 for name, url, proc in targets:
                     wait_ok(url, key)
                     result = run_wrk(url, key, args.duration, args.connections, args.threads,
@@ -408,15 +412,14 @@ subscribers:
 
     names = list(dict.fromkeys(name for name, _, _ in rows))
     by: dict[str, dict[str, float]] = {}
-    print(f"\nover {args.rounds} rounds: min / median / max")
+    print(f"\nover {args.rounds} rounds: median (min–max); {load()}")
     for name in names:
         rs = [r for n, r, _ in rows if n == name]
         med = {f: statistics.median(r[f] for r in rs) for f in ("rps", "p50", "p99", "cpu_us")}
         by[name] = med | {"errors": sum(r["errors"] for r in rs)}
 
         def mmm(field: str, fmt: str, rs=rs) -> str:
-            vals = sorted(r[field] for r in rs)
-            return " / ".join(format(v, fmt) for v in (vals[0], statistics.median(vals), vals[-1]))
+            return spread([r[field] for r in rs], fmt)
 
         print(f"  {name:<22} {mmm('rps', ',.0f')} req/s   p99 {mmm('p99', '.2f')} ms   "
               f"CPU {mmm('cpu_us', '.1f')} us/req")
@@ -437,7 +440,7 @@ subscribers:
         if rs:
             if den == "bare aiohttp proxy":
                 ratio_median = statistics.median(rs)
-            print(f"  {num} / {den}: {rs[0]:.0%} / {statistics.median(rs):.0%} / {rs[-1]:.0%} (same-round ratios)")
+            print(f"  {num} / {den}: {spread(rs, '.0%')} (same-round ratios)")
     if "Traceback" in gw_err:
         print(gw_err, file=sys.stderr)
     if "apimon gateway" in by:

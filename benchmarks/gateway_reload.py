@@ -4,7 +4,8 @@ A gateway serves a state with ``--keys`` API keys; one client sends small GETs b
 connection and records each latency. First without reloads (the baseline), then while the state changes
 ``--reloads`` times (each change touches the product every key belongs to, so every key's limits change:
 the worst case for a reload). The stall of a reload is the longest request latency in the second after the
-change. Printed: baseline p50/p99/max, and min/median/max of the per-reload stall.
+change. Printed: baseline p50/p99/max, and the per-reload stall as median (min–max) over the ``--reloads``
+(>= 3) reloads, beside its ceiling from the same run, the baseline's p99 (ratio stall / baseline p99).
 
 ``--src DIR`` runs another checkout's gateway (e.g. an export of main: ``git archive main src | tar -x -C
 /tmp/before``) to compare before/after on the same machine in the same way.
@@ -27,6 +28,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchstats import load, spread
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MS = 50.0
@@ -106,7 +110,7 @@ class Client(threading.Thread):
 def main() -> int:
     parser = argparse.ArgumentParser(description="apimon gateway hot-reload stall")
     parser.add_argument("--keys", type=int, default=90_000)
-    parser.add_argument("--reloads", type=int, default=5)
+    parser.add_argument("--reloads", "--runs", type=int, default=5, dest="reloads", help=">= 3 for the README")
     parser.add_argument("--src", help="run the gateway from this source tree (PYTHONPATH)")
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("APIMON_")}
@@ -153,7 +157,8 @@ def main() -> int:
     print(f"{args.keys:,} keys, {len(client.samples):,} requests; gateway from {args.src or 'this checkout'}")
     print(f"  baseline (no reload): p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms, max {base[-1]:.2f} ms")
     print(f"  reload stall (longest request within 1.5 s of a change), {len(stalls)} reloads: "
-          f"min {min(stalls):.1f} ms, median {statistics.median(stalls):.1f} ms, max {max(stalls):.1f} ms")
+          f"{spread(stalls, '.1f', ' ms')}; ceiling, the baseline p99 {p(0.99):.2f} ms: "
+          f"{spread([st / p(0.99) for st in stalls], '.1f', 'x')} of it; {load()}")
     ok = statistics.median(stalls) < TARGET_MS
     print(f"  [{'ok' if ok else 'MISSED'}] median reload stall < {TARGET_MS:.0f} ms")
     return 0 if ok else 1

@@ -1,13 +1,16 @@
-"""Report and portal benchmark. Run: ``.venv/bin/python benchmarks/report.py [--subscribers N]``.
+"""Report and portal benchmark. Run: ``.venv/bin/python benchmarks/report.py [--subscribers N] [--runs 3]``.
 
 A plan of 4 products and N subscribers, a ledger with 31 days of success/blocked/total per subscriber for
 the period and the one before; times the figures (ledger read + two invoice runs + what-ifs), the HTML
-report, and the portal (pricing page + N statements), and prints peak RSS.
+report, and the portal (pricing page + N statements), and prints peak RSS. Each of ``--runs`` runs also
+times the figures' ceiling, a bare read of the same ledger rows (``Ledger.iter_rows`` of both periods);
+printed: median (min–max) and the per-run ratio to it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import tempfile
@@ -15,6 +18,9 @@ import textwrap
 import time
 from datetime import date, timedelta
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchstats import load, ratio_spread, spread
 
 PLAN = """
 apimon: 1
@@ -60,7 +66,9 @@ def rows(n: int, start: date, end: date):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subscribers", type=int, default=10_000)
-    n = ap.parse_args().subscribers
+    ap.add_argument("--runs", type=int, default=3, help=">= 3 for the README")
+    args = ap.parse_args()
+    n = args.subscribers
     from apimon_cli.billing.periods import parse_period
     from apimon_cli.ledger import Ledger
     from apimon_cli.planfile.loader import load_or_raise
@@ -73,22 +81,34 @@ def main() -> None:
     plan.write_text(textwrap.dedent(PLAN).lstrip()
                     + "".join(f"  s{i:06d}: {{product: {PRODUCTS[i % 4]}}}\n" for i in range(n)))
     desired = load_or_raise([str(plan)]).desired
+    res: dict[str, list[float]] = {"read": [], "figures": [], "html": [], "portal": []}
     with Ledger.open(tmp / "ledger.db") as book:
         for s, e in ((date(2026, 10, 1), date(2026, 10, 31)), (date(2026, 11, 1), date(2026, 11, 30))):
             book.replace_window("local", "bench", s, e, rows(n, s, e))
         window = parse_period("2026-11", "month")
-        t0 = time.perf_counter()
-        report = gather(desired, book, window, "local", "bench", as_of=date(2026, 11, 20))
-        t1 = time.perf_counter()
-        html = render_report(report)
-        t2 = time.perf_counter()
-        files, _tokens = build(desired, book, window, "local", "bench", tokens_file=tmp / "portal-tokens.json",
-                               as_of=date(2026, 11, 20))
-        t3 = time.perf_counter()
+        for run_no in range(1, args.runs + 1):
+            t0 = time.perf_counter()
+            read = sum(1 for _ in book.iter_rows(date(2026, 10, 1), date(2026, 11, 30)))
+            tr = time.perf_counter()
+            report = gather(desired, book, window, "local", "bench", as_of=date(2026, 11, 20))
+            t1 = time.perf_counter()
+            html = render_report(report)
+            t2 = time.perf_counter()
+            out = tmp / f"portal-tokens-{run_no}.json"
+            files, _tokens = build(desired, book, window, "local", "bench", tokens_file=out, as_of=date(2026, 11, 20))
+            t3 = time.perf_counter()
+            os.remove(out)
+            for k, v in (("read", tr - t0), ("figures", t1 - tr), ("html", t2 - t1), ("portal", t3 - t2)):
+                res[k].append(v)
+            print(f"run {run_no}: ledger read {tr - t0:.2f} s ({read:,} rows), figures {t1 - tr:.2f} s, HTML "
+                  f"{t2 - t1:.2f} s, portal {t3 - t2:.2f} s; {load()}", flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{n:,} subscribers x 30 days ({n * 30 * 3:,} ledger rows in the period):")
-    print(f"  report figures {t1 - t0:.2f} s, HTML {t2 - t1:.2f} s ({len(html) / 1e6:.1f} MB)")
-    print(f"  portal {t3 - t2:.2f} s: {len(files):,} files, {sum(map(len, files.values())) / 1e6:.0f} MB")
+    print(f"{n:,} subscribers x 30 days ({n * 30 * 3:,} ledger rows in the period), median (min–max) of {args.runs}:")
+    print(f"  report figures {spread(res['figures'], '.2f', ' s')}; ceiling, the bare ledger read "
+          f"{spread(res['read'], '.2f', ' s')}: {ratio_spread(res['figures'], res['read'])} of it")
+    print(f"  HTML {spread(res['html'], '.2f', ' s')} ({len(html) / 1e6:.1f} MB)")
+    print(f"  portal {spread(res['portal'], '.2f', ' s')}: {len(files):,} files, "
+          f"{sum(map(len, files.values())) / 1e6:.0f} MB")
     print(f"  peak RSS {rss:.0f} MB")
     sys.stdout.flush()
 

@@ -1,8 +1,10 @@
 """Start-up benchmark. Run: ``.venv/bin/python benchmarks/startup.py [--runs 15] [--keep DIR]``.
 
-Prints the median wall time (and CPU time) of ``python -c pass`` (the floor), ``apimon --help`` and
-``apimon validate`` on a generated plan with 1,000 products and 10,000 subscribers, each run in a fresh
-process, and checks that neither command imports a cloud SDK (boto3, botocore, azure, google), via
+Prints the wall time (and CPU time), median (min–max) of ``--runs`` runs, of ``python -c pass`` (the floor,
+the ceiling of any Python CLI's start-up), ``apimon --help`` and ``apimon validate`` on a generated plan with
+1,000 products and 10,000 subscribers, each run in a fresh process, the three interleaved within a run, and
+each apimon figure's ratio to the floor of the same run, and checks that neither command imports a cloud
+SDK (boto3, botocore, azure, google), via
 ``python -X importtime``. Targets (issue, 2-core machine): --help <= 0.20 s; validate <= 1.0 s.
 Exit status 1 if a target is missed or a cloud SDK is imported.
 """
@@ -19,6 +21,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchstats import load, ratio_spread, spread
 
 PRODUCTS = 1_000
 SUBSCRIBERS = 10_000
@@ -81,19 +86,16 @@ def apimon_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "apimon_cli.cli"]
 
 
-def median_times(cmd: list[str], runs: int, env: dict, expect: int = 0) -> tuple[float, float]:
-    """Median wall-clock and median CPU (user + system) seconds of ``cmd``, each run in a fresh process."""
-    walls, cpus = [], []
-    for _ in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        walls.append(time.perf_counter() - t0)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-        if proc.returncode != expect:
-            sys.exit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}")
-    return statistics.median(walls), statistics.median(cpus)
+def timed(cmd: list[str], env: dict, expect: int = 0) -> tuple[float, float]:
+    """Wall-clock and CPU (user + system) seconds of ``cmd`` in a fresh process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != expect:
+        sys.exit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}")
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def imported_modules(args: list[str], env: dict) -> set[str]:
@@ -131,26 +133,34 @@ def main() -> int:
         size_mb = plan.stat().st_size / 1e6
         print(
             f"plan: {PRODUCTS:,} products, {SUBSCRIBERS:,} subscribers, {size_mb:.1f} MB; "
-            f"median of {args.runs} runs, wall clock; {os.cpu_count()} CPUs"
+            f"median (min–max) of {args.runs} runs, wall clock; {os.cpu_count()} CPUs"
         )
         # warm the OS cache and the .pyc files once
         subprocess.run([*apimon, "validate", str(plan)], env=env, capture_output=True)
-        results = {
-            "python -c pass": median_times([sys.executable, "-c", "pass"], args.runs, env),
-            "apimon --help": median_times([*apimon, "--help"], args.runs, env),
-            "apimon validate": median_times([*apimon, "validate", str(plan)], args.runs, env),
+        commands = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "apimon --help": [*apimon, "--help"],
+            "apimon validate": [*apimon, "validate", str(plan)],
         }
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+        for _ in range(args.runs):  # interleaved: the floor and the commands under the same load
+            for name, cmd in commands.items():
+                results[name].append(timed(cmd, env))
+        floor = [w for w, _ in results["python -c pass"]]
         ok = True
-        for name, (wall, cpu) in results.items():
+        for name, samples in results.items():
+            walls, cpus = [w for w, _ in samples], [c for _, c in samples]
+            wall = statistics.median(walls)
             target = TARGETS.get(name)
             verdict = "" if target is None else f"  target <= {target:.2f} s: {'ok' if wall <= target else 'MISSED'}"
+            vs = "" if name == "python -c pass" else f"  {ratio_spread(walls, floor)} the floor"
             ok &= target is None or wall <= target
-            print(f"{name:<18} wall {wall:6.3f} s   cpu {cpu:6.3f} s{verdict}")
-        if any(wall > 1.3 * cpu for wall, cpu in results.values()):
-            load = os.getloadavg()[0]
+            print(f"{name:<18} wall {spread(walls, '.3f', ' s')}   cpu {spread(cpus, '.3f', ' s')}{vs}{verdict}")
+        print(load())
+        if any(statistics.median(w for w, _ in v) > 1.3 * statistics.median(c for _, c in v)
+               for v in results.values()):
             print(
-                f"note: wall time well above CPU time (load average {load:.1f} on {os.cpu_count()} CPUs): "
-                "other work is competing, rerun on a quiet machine"
+                f"note: wall time well above CPU time ({load()}): other work is competing, rerun on a quiet machine"
             )
         for label, cmd_args, must in (
             ("apimon --help", ["--help"], "typer"),

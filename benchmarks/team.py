@@ -1,6 +1,8 @@
-"""Team setup benchmark (issue 13). Run: ``.venv/bin/python benchmarks/team.py [--rows 1000000] [--duration 8]``.
+"""Team setup benchmark (issue 13). Run: ``.venv/bin/python benchmarks/team.py [--rows 1000000] [--duration 8]
+[--runs 3]``.
 
-Printed in one run, each figure beside its ceiling measured in the same run:
+Printed in one run, every figure median (min–max) of ``--runs`` runs, each beside its ceiling measured in
+the same run (ratios computed within a run):
 
   ingest      1,000,000 usage rows into a PostgreSQL ledger (``Ledger.replace_window``: validation + COPY)
               vs a bare psycopg ``COPY`` of the same rows into the same table (target: >= 0.7x)
@@ -34,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchstats import load, median, ratio_spread, spread  # noqa: E402
+
 PYTHON = sys.executable
 PG = os.environ.get("APIMON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("APIMON_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -110,7 +114,7 @@ def run_child(*args: str) -> dict:
 # ---------------------------------------------------------------- ledger
 
 
-def bench_ledger(n: int, work: Path) -> list[tuple[str, bool]]:
+def bench_ledger(n: int, work: Path, runs: int) -> list[tuple[str, bool]]:
     import psycopg
 
     from apimon_cli.ledger import Ledger
@@ -118,42 +122,56 @@ def bench_ledger(n: int, work: Path) -> list[tuple[str, bool]]:
     from apimon_cli.ledger.store import _USAGE_V2
 
     checks = []
-    tag = uuid.uuid4().hex[:8]
-    ledger_db, bare_db = f"apimon_bench_ledger_{tag}", f"apimon_bench_bare_{tag}"
-    admin(f'CREATE DATABASE "{ledger_db}"')
-    admin(f'CREATE DATABASE "{bare_db}"')
-    try:
-        # ceiling: bare psycopg COPY of the same rows into the same table (same DDL, same key)
-        with psycopg.connect(db_url(bare_db), autocommit=True) as conn:
-            conn.execute(translate(_USAGE_V2))
-            t0 = time.perf_counter()
-            with conn.transaction(), conn.cursor() as cur, cur.copy(
-                "COPY usage (day, provider, target, subscriber, product, metric, count, pulled_at) FROM STDIN"
-            ) as copy:
-                for r in rows(n, as_tuples=True):
-                    copy.write_row(r)
-            bare_s = time.perf_counter() - t0
-        with Ledger.open(db_url(ledger_db)) as ledger:
-            t0 = time.perf_counter()
-            report = ledger.replace_window("bench", "pg", START, START + timedelta(days=DAYS - 1), rows(n),
-                                           pulled_at="2026-02-01T00:00:00+00:00")
-            ingest_s = time.perf_counter() - t0
-            assert report.new_count == n
-        ratio = bare_s / ingest_s
-        print(f"ingest {n:,} rows into PostgreSQL   {n / ingest_s:>12,.0f} rows/s ({ingest_s:.1f} s)   "
-              f"bare psycopg COPY {n / bare_s:>12,.0f} rows/s ({bare_s:.1f} s)   ratio {ratio:.2f}x (target >= 0.7x)")
-        checks.append(("ingest >= 0.7x bare COPY", ratio >= 0.7))
-
-        pq = run_child("export", db_url(ledger_db), str(work / "dataset"), "parquet")
-        cs = run_child("export", db_url(ledger_db), str(work / "usage.csv"), "csv")
-        assert pq["rows"] == cs["rows"] == n
-        print(f"export {n:,} rows to Parquet        {n / pq['seconds']:>12,.0f} rows/s ({pq['seconds']:.1f} s)   "
-              f"CSV export {n / cs['seconds']:>12,.0f} rows/s ({cs['seconds']:.1f} s)   "
-              f"peak RSS {pq['rss_mb']:.0f} MB (ceiling 200 MB; CSV {cs['rss_mb']:.0f} MB)")
-        checks.append(("parquet export peak RSS < 200 MB", pq["rss_mb"] < 200))
-    finally:
-        admin(f'DROP DATABASE IF EXISTS "{ledger_db}" WITH (FORCE)')
-        admin(f'DROP DATABASE IF EXISTS "{bare_db}" WITH (FORCE)')
+    res: dict[str, list[float]] = {"bare": [], "ingest": [], "parquet": [], "csv": [], "rss": [], "csv_rss": []}
+    for run_no in range(1, runs + 1):
+        tag = uuid.uuid4().hex[:8]
+        ledger_db, bare_db = f"apimon_bench_ledger_{tag}", f"apimon_bench_bare_{tag}"
+        admin(f'CREATE DATABASE "{ledger_db}"')
+        admin(f'CREATE DATABASE "{bare_db}"')
+        try:
+            # ceiling: bare psycopg COPY of the same rows into the same table (same DDL, same key)
+            with psycopg.connect(db_url(bare_db), autocommit=True) as conn:
+                conn.execute(translate(_USAGE_V2))
+                t0 = time.perf_counter()
+                with conn.transaction(), conn.cursor() as cur, cur.copy(
+                    "COPY usage (day, provider, target, subscriber, product, metric, count, pulled_at) FROM STDIN"
+                ) as copy:
+                    for r in rows(n, as_tuples=True):
+                        copy.write_row(r)
+                bare_s = time.perf_counter() - t0
+            admin(f'DROP DATABASE IF EXISTS "{bare_db}" WITH (FORCE)')
+            with Ledger.open(db_url(ledger_db)) as ledger:
+                t0 = time.perf_counter()
+                report = ledger.replace_window("bench", "pg", START, START + timedelta(days=DAYS - 1), rows(n),
+                                               pulled_at="2026-02-01T00:00:00+00:00")
+                ingest_s = time.perf_counter() - t0
+                assert report.new_count == n
+            out = work / f"run{run_no}"
+            out.mkdir()
+            pq = run_child("export", db_url(ledger_db), str(out / "dataset"), "parquet")
+            cs = run_child("export", db_url(ledger_db), str(out / "usage.csv"), "csv")
+            shutil.rmtree(out)
+            assert pq["rows"] == cs["rows"] == n
+        finally:
+            admin(f'DROP DATABASE IF EXISTS "{ledger_db}" WITH (FORCE)')
+            admin(f'DROP DATABASE IF EXISTS "{bare_db}" WITH (FORCE)')
+        res["bare"].append(n / bare_s)
+        res["ingest"].append(n / ingest_s)
+        res["parquet"].append(n / pq["seconds"])
+        res["csv"].append(n / cs["seconds"])
+        res["rss"].append(pq["rss_mb"])
+        res["csv_rss"].append(cs["rss_mb"])
+        print(f"run {run_no}/{runs}: ingest {n / ingest_s:,.0f} rows/s, bare COPY {n / bare_s:,.0f} rows/s "
+              f"({bare_s / ingest_s:.2f}x); Parquet export {n / pq['seconds']:,.0f} rows/s ({pq['rss_mb']:.0f} MB), "
+              f"CSV export {n / cs['seconds']:,.0f} rows/s; {load()}", flush=True)
+    ratio = median([i / b for i, b in zip(res["ingest"], res["bare"], strict=True)])
+    print(f"ingest {n:,} rows into PostgreSQL: {spread(res['ingest'])} rows/s; ceiling, bare psycopg COPY of the "
+          f"same rows {spread(res['bare'])} rows/s: {ratio_spread(res['ingest'], res['bare'])} (target >= 0.7x)")
+    checks.append(("ingest >= 0.7x bare COPY (median)", ratio >= 0.7))
+    print(f"export {n:,} rows to Parquet: {spread(res['parquet'])} rows/s, peak RSS {max(res['rss']):.0f} MB "
+          f"(ceiling 200 MB); CSV export of the same rows {spread(res['csv'])} rows/s "
+          f"({max(res['csv_rss']):.0f} MB): Parquet {ratio_spread(res['parquet'], res['csv'])} the CSV rate")
+    checks.append(("parquet export peak RSS < 200 MB", max(res["rss"]) < 200))
     return checks
 
 
@@ -164,13 +182,21 @@ def bench_gateway(work: Path, duration: int, connections: int, rounds: int) -> l
     import sqlite3
 
     import redis
-    from gateway import free_port, run_wrk, stop, wait_ok
+    from gateway import BODY, free_port, nginx_conf, run_wrk, start_nginx, stop, wait_ok
 
     prefix = f"apimon_bench_{uuid.uuid4().hex[:8]}:"
     up_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("APIMON_")}
-    upstream = subprocess.Popen([PYTHON, str(ROOT / "examples" / "upstream.py"), "--port", str(up_port)],
-                                stdout=subprocess.DEVNULL)
+    if shutil.which("nginx"):  # one nginx process serving a fixed response: little CPU taken from the gateway
+        (work / "nginx").mkdir()
+        upstream = start_nginx(nginx_conf(work / "nginx", "upstream", f"listen 127.0.0.1:{up_port} reuseport; "
+                                          f"location / {{ default_type application/json; return 200 '{BODY}'; }}"))
+        print("gateway upstream: nginx fixed response (1 process)")
+    else:
+        upstream = subprocess.Popen([PYTHON, str(ROOT / "examples" / "upstream.py"), "--port", str(up_port)],
+                                    stdout=subprocess.DEVNULL)
+        print("gateway upstream: examples/upstream.py (aiohttp, 1 process; `apt-get install -y nginx-light` frees "
+              "a core)")
     results: dict[str, list[dict]] = {}
     try:
         for backend in ("memory", "redis"):
@@ -211,35 +237,34 @@ subscribers:
                 wait_ok(url, key, 30)
                 pid = gw.pid if workers == 1 else None  # one process: its CPU time per request too
                 results.setdefault(label, []).append(run_wrk(url, key, duration, connections, 2, pid))
+                r = results[label][-1]
+                print(f"  {label:<20} {r['rps']:>8,.0f} req/s  p99 {r['p99']:6.1f} ms  {load()}", flush=True)
             finally:
                 stop(gw)
     finally:
-        stop(upstream)
+        import signal
+
+        stop(upstream, signal.SIGQUIT if upstream.args and upstream.args[0] == "nginx" else signal.SIGTERM)
         client = redis.Redis.from_url(REDIS)
         keys = list(client.scan_iter(match=prefix + "*"))
         if keys:
             client.delete(*keys)
-    import statistics
-
-    def mmm(values: list[float], fmt: str = "{:,.0f}") -> str:
-        return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
-
     for label, rs in results.items():
-        print(f"gateway {label:<20} req/s {mmm([r['rps'] for r in rs]):<26} p99 ms "
-              f"{mmm([r['p99'] for r in rs], '{:.1f}'):<20} errors {sum(r['errors'] for r in rs)}"
-              "  (min / median / max)")
+        print(f"gateway {label:<20} req/s {spread([r['rps'] for r in rs]):<24} p99 "
+              f"{spread([r['p99'] for r in rs], '.1f', ' ms'):<24} errors {sum(r['errors'] for r in rs)}")
     mem, red, two = (results[k] for k in ("memory back end", "redis back end", "redis, --workers 2"))
-    # ratios within each round (the same machine load), then min / median / max over the rounds
-    ratio = [r["rps"] / m["rps"] for r, m in zip(red, mem, strict=True) if m["rps"]]
-    workers = [t["rps"] / r["rps"] for t, r in zip(two, red, strict=True) if r["rps"]]
-    print(f"gateway redis / memory back end, same round: {mmm(ratio, '{:.2f}x')} (target >= 0.7x on the median)")
-    cpu_mem = statistics.median(r["cpu_us"] for r in mem)
-    cpu_red = statistics.median(r["cpu_us"] for r in red)
-    print(f"gateway CPU per request (median, less disturbed by other load): memory {cpu_mem:.0f} us, redis "
-          f"{cpu_red:.0f} us: {cpu_mem / cpu_red:.2f}x")
-    print(f"gateway --workers 2 / 1 (redis), same round: {mmm(workers, '{:.2f}x')} (2 cores shared with wrk and the "
-          "upstream: as measured)")
-    return [("gateway redis >= 0.7x memory (median)", bool(ratio) and statistics.median(ratio) >= 0.7)]
+    # ratios within each round (the same machine load), then median (min–max) over the rounds
+    rps = {k: [r["rps"] for r in v] for k, v in (("mem", mem), ("red", red), ("two", two))}
+    ratio = median([r / m for r, m in zip(rps["red"], rps["mem"], strict=True) if m])
+    print(f"gateway redis / memory back end (the ceiling), same round: {ratio_spread(rps['red'], rps['mem'])} "
+          "(target >= 0.7x on the median)")
+    cpu_mem = [r["cpu_us"] for r in mem]
+    cpu_red = [r["cpu_us"] for r in red]
+    print(f"gateway CPU per request (less disturbed by other load): memory {spread(cpu_mem, '.0f', ' us')}, redis "
+          f"{spread(cpu_red, '.0f', ' us')}: memory/redis {ratio_spread(cpu_mem, cpu_red)}")
+    print(f"gateway --workers 2 / 1 (redis), same round: {ratio_spread(rps['two'], rps['red'])} (2 cores shared "
+          "with wrk and the upstream: as measured)")
+    return [("gateway redis >= 0.7x memory (median)", ratio >= 0.7)]
 
 
 def main() -> int:
@@ -247,7 +272,8 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk measurement")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved gateway rounds (min / median / max)")
+    parser.add_argument("--runs", "--rounds", type=int, default=3, dest="runs",
+                        help="ledger runs and interleaved gateway rounds (>= 3 for the README)")
     parser.add_argument("--only", choices=["ledger", "gateway"], help="one half only")
     parser.add_argument("--_child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -257,18 +283,20 @@ def main() -> int:
         print(json.dumps(child_export(*rest)))
         return 0
     checks: list[tuple[str, bool]] = []
+    print(f"team benchmark: {args.runs} runs, figures median (min–max); {load()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="apimon-bench-team-") as tmp:
         work = Path(tmp)
         if args.only in (None, "ledger"):
-            checks += bench_ledger(args.rows, work)
+            checks += bench_ledger(args.rows, work, args.runs)
         if args.only in (None, "gateway"):
             if not shutil.which("wrk"):
                 print("benchmark: wrk is not installed (apt-get install -y wrk); gateway figures skipped",
                       file=sys.stderr)
             else:
                 (work / "gw").mkdir()
-                checks += bench_gateway(work / "gw", args.duration, args.connections, args.rounds)
+                checks += bench_gateway(work / "gw", args.duration, args.connections, args.runs)
     missed = [name for name, ok in checks if not ok]
+    print(f"{load()} at the end")
     print("targets: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
     return 1 if missed else 0
 

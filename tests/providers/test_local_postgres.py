@@ -104,3 +104,79 @@ def test_an_unreachable_database_is_one_line_with_the_password_masked(tmp_path):
     assert SECRET not in r.output
     r = run_cli("validate", str(write_plan(tmp_path / "bad.yaml", PLAN.format(url="mysql://x", limit=1, extra=""))))
     assert r.code == 1 and "database must be a postgresql:// URL" in r.stderr
+
+
+def test_key_rotation_and_finish_on_postgresql(tmp_path, postgres_db):
+    """`keys rotate` / `keys finish` on the local target with its state in PostgreSQL: the overlap serves
+    both keys through a gateway reading that database, the old key stops at the overlap's end (moved into
+    the past in the database, not waited for), finish removes it; no key value and no password printed."""
+    import asyncio
+    import json
+
+    import aiohttp
+    from conftest import load_example_upstream
+
+    from apimon_cli.gateway import Gateway, GatewayConfig
+
+    upstream = load_example_upstream()
+
+    def current(conn) -> str:
+        return conn.execute("SELECT api_key FROM subscribers WHERE id = 'acme'").fetchone()[0]
+
+    async def scenario():
+        up, port = await upstream.start()
+        try:
+            url = postgres_db.replace("postgres@", f"postgres:{SECRET}@", 1)
+            plan = write_plan(tmp_path / "plan.yaml", PLAN.format(url=url, limit=100, extra="").replace(
+                "http://127.0.0.1:9", f"http://127.0.0.1:{port}"))
+            r = run_cli("apply", str(plan), "--auto-approve")
+            assert r.code == 0, r.output
+            with psycopg.connect(postgres_db) as conn:
+                old = current(conn)
+            r = run_cli("keys", "rotate", "acme", "--plan", str(plan), "--overlap", "1h")
+            assert r.code == 0, r.output
+            with psycopg.connect(postgres_db) as conn:
+                new = current(conn)
+                rotating = conn.execute("SELECT api_key FROM subscriber_keys WHERE subscriber = 'acme'").fetchall()
+            assert new != old and (old,) in rotating
+            assert old not in r.output and new not in r.output and SECRET not in r.output
+            assert f"...{old[-4:]}" in r.output
+            r = run_cli("keys", "list", str(plan), "--json", "--subscriber", "acme")
+            assert r.code == 0, r.output
+            assert [k["state"] for k in json.loads(r.stdout)["subscribers"][0]["keys"]] == ["rotating-out", "active"]
+            config = GatewayConfig(tmp_path / "state", {"petstore": f"http://127.0.0.1:{port}"}, port=0,
+                                   database=postgres_db)
+
+            async def statuses(*keys: str) -> list[int]:
+                gw = Gateway(config)  # a gateway reading the state from PostgreSQL
+                await gw.start()
+                try:
+                    async with aiohttp.ClientSession() as s:
+                        out = []
+                        for key in keys:
+                            async with s.get(f"{gw.url}/petstore/pets", headers={"x-api-key": key}) as resp:
+                                await resp.read()
+                                out.append(resp.status)
+                        return out
+                finally:
+                    await gw.stop()
+
+            assert await statuses(old, new) == [200, 200]  # the overlap: both keys work
+            with psycopg.connect(postgres_db) as conn:  # the hour of overlap has passed
+                conn.execute("UPDATE subscriber_keys SET expires_at = '2026-01-01T00:00:00+00:00' "
+                             "WHERE api_key = %s", (old,))
+            assert await statuses(old, new) == [403, 200]  # the old key ends with the overlap
+            r = run_cli("keys", "finish", str(plan))
+            assert r.code == 0 and "Finished 1 rotation." in r.output, r.output
+            assert SECRET not in r.output
+            with psycopg.connect(postgres_db) as conn:
+                left = conn.execute("SELECT count(*) FROM subscriber_keys WHERE api_key = %s", (old,)).fetchone()[0]
+                assert left == 0
+                assert current(conn) == new
+            r = run_cli("keys", "show", "acme", "--plan", str(plan))
+            assert r.code == 0 and new in r.stdout
+            assert run_cli("plan", str(plan), "--detailed-exitcode").code == 0
+        finally:
+            await up.cleanup()
+
+    asyncio.run(scenario())
