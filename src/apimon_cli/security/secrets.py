@@ -48,7 +48,7 @@ def hash_generated(secret: str) -> str:
 def verify_secret(secret: str, hashed: str) -> bool:
     """Whether ``secret`` is the one ``hashed`` was made from (constant-time compare of the digests). A hash
     in an unknown format never verifies."""
-    if hashed.startswith("sha256$"):  # a generated secret (`apimon keys secret`): 256 random bits need no
+    if hashed.startswith("sha256$"):  # a generated 256-bit secret (hash_generated): it needs no
         # slow hash, nothing can be guessed
         expected_hex = hashed[7:]
         return hmac.compare_digest(hashlib.sha256(secret.encode()).hexdigest(), expected_hex)

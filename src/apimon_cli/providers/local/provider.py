@@ -323,8 +323,8 @@ class LocalProvider(LocalKeys, Provider):
         cert = sub.client_cert_sha256
         if owner is False:
             key = sub.key_value or secrets.token_urlsafe(30)
-            # the client secret: the plan's, scrypt-hashed; without one, `apimon keys secret` issues one (the
-            # state keeps only hashes, so a generated secret is shown once, when it is issued)
+            # the client secret: the plan's, scrypt-hashed (the state keeps only hashes); without one the
+            # subscriber gets no tokens (invalid_client)
             given = sub.client_secret.value if sub.client_secret else None
             secret_hash = hash_secret(given) if given else None
             try:
