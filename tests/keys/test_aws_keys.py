@@ -67,7 +67,7 @@ def acme_keys(fake) -> list[dict]:
         tags = front.get_tags(resourceArn=f"arn:aws:apigateway:us-east-1::/apikeys/{k['id']}")["tags"]
         if k["name"] == "acme" or tags.get("apimon:subscriber") == "acme":
             out.append({**k, "tags": tags, "in_plan": k["id"] in members})
-    return sorted(out, key=lambda k: str(k["createdDate"]))
+    return sorted(out, key=lambda k: (str(k["createdDate"]), k["name"]))  # createdDate is to the second
 
 
 def working(keys: list[dict]) -> list[dict]:
@@ -148,3 +148,17 @@ def test_revoke_on_aws(fake, tmp_path):
     r = cli(fake, "keys", "revoke", "acme", "--plan", str(plan), "--key", old["value"][-4:])
     assert r.code == 0, r.output
     assert [k["id"] for k in acme_keys(fake)] == [new["id"]]
+
+
+def test_a_rotation_key_created_in_the_same_second_is_the_newer():
+    """AWS gives createdDate to the second: a rotation key that ties with the key it rotates still sorts after
+    it whatever the ids, so an interrupted rotation is completed rather than the new key taken as a duplicate."""
+    from datetime import datetime, timezone
+
+    from apimon_cli.providers.aws.read import key_age
+
+    at = datetime(2026, 12, 4, 19, 21, 3, tzinfo=timezone.utc)
+    old = {"id": "zzzz", "name": "acme", "createdDate": at, "tags": {"apimon:managed": "true"}}
+    new = {"id": "aaaa", "name": "acme.rotated-20261204T192103Z", "createdDate": at,
+           "tags": {"apimon:managed": "true", "apimon:subscriber": "acme"}}
+    assert [k["id"] for k in sorted([new, old], key=key_age)] == ["zzzz", "aaaa"]

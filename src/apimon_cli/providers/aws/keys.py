@@ -21,7 +21,7 @@ from typing import Any
 
 from ...keys.model import ACTIVE, REVOKED, ROTATING_OUT, KeyAction, KeyInfo, Rotated, last4
 from ..base import ProviderError
-from .read import EXPIRES_TAG, MANAGED_TAGS, SUBSCRIBER_TAG, KeyHandle, owned, subscriber_of
+from .read import EXPIRES_TAG, MANAGED_TAGS, SUBSCRIBER_TAG, KeyHandle, key_age, owned, subscriber_of
 
 
 def _iso(moment: datetime) -> str:
@@ -86,8 +86,7 @@ class AwsKeys:
         wanted = set(subscriber_ids)
         now = datetime.now(UTC)
         out: dict[str, list[KeyInfo]] = {}
-        for k in sorted(self.api.items("GetApiKeys", includeValues=True),
-                        key=lambda k: (str(k.get("createdDate") or ""), k["id"])):
+        for k in sorted(self.api.items("GetApiKeys", includeValues=True), key=key_age):
             sid = subscriber_of(k)
             if not owned(k) or sid not in wanted:
                 continue

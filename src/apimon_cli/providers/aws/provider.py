@@ -55,7 +55,7 @@ from ...reconcile.solver import ApplyPolicy
 from ..base import PlanNotes, Provider, ProviderError, not_owned
 from .client import AwsClient
 from .keys import AwsKeys
-from .read import READ_THREADS, AwsReading, owned, rotating_out, subscriber_of
+from .read import READ_THREADS, AwsReading, key_age, owned, rotating_out, subscriber_of
 from .scheduler import QUOTA_SCALE_ENV, Quotas, QuotaScaleError, RetryPolicy, lower_bound_seconds, quota_scale
 from .write import AwsWriting
 
@@ -202,7 +202,7 @@ class AwsProvider(AwsKeys, AwsReading, AwsWriting, Provider):
             if any(not owned(k) for k in named):
                 raise not_owned(subscriber_id)
             return None
-        newest = max(mine, key=lambda k: (str(k.get("createdDate") or ""), k["id"]))
+        newest = max(mine, key=key_age)
         return self.api.call("GetApiKey", apiKey=newest["id"], includeValue=True).get("value")
 
     def pull_usage(self, start: date, end: date) -> Iterable[UsageRow]:

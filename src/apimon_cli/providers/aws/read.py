@@ -237,14 +237,21 @@ class AwsReading:
         with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="apimon-aws-read") as pool:
             futures = {p["id"]: pool.submit(self._plan_members, p["id"]) for p in plans}
             try:
-                keys = sorted(self.api.items("GetApiKeys", includeValues=want_values),
-                              key=lambda k: (str(k.get("createdDate") or ""), k["id"]))
+                keys = sorted(self.api.items("GetApiKeys", includeValues=want_values), key=key_age)
                 members = {plan_id: f.result() for plan_id, f in futures.items()}
             except BaseException:
                 for f in futures.values():
                     f.cancel()
                 raise
         return keys, members
+
+
+def key_age(key: dict) -> tuple:
+    """Oldest first. AWS gives createdDate to the second, so a key created in the same second as the one it
+    rotates ties: a rotation key (named ``<subscriber>.rotated-<stamp>``, later stamps later) is newer than the
+    key of the subscriber's own name, whatever the ids say."""
+    rotation = SUBSCRIBER_TAG in (key.get("tags") or {})
+    return (str(key.get("createdDate") or ""), rotation, key.get("name") or "", key["id"])
 
 
 def _without_value(key: dict) -> dict:
