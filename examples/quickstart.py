@@ -1,7 +1,8 @@
 """apimon's quick start: the whole monetization loop on the local target, no cloud account needed.
 
     sample upstream -> apimon apply plans/local.yaml -> apimon gateway serve -> traffic with three
-    subscribers' keys (one within its limits, one over its rate limit, one exhausting its quota)
+    subscribers' keys (one within its limits, one over its rate limit, one exhausting its quota) and one
+    subscriber's OAuth 2.0 access token (client credentials)
     -> apimon usage pull -> apimon invoice (table, and CSV in out/)
 
 Run it with `make quickstart`. It keeps everything in one folder, plans/.apimon/ beside the plan (the local
@@ -116,6 +117,46 @@ def traffic(gateway: str) -> None:
               f"{results['429 quota']:>10}  {story}")
 
 
+def token_traffic(gateway: str, subscriber: str = "globex", n: int = 10) -> None:
+    """One subscriber calls with a Bearer token instead of its key: a generated client secret (`apimon keys
+    secret`, printed once; used here, never shown), exchanged at POST /oauth2/token (client credentials)."""
+    import base64
+    import json
+    from urllib.parse import urlencode
+
+    secret = subprocess.run([*APIMON, "keys", "secret", subscriber, "--plan", PLAN], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    print(f"$ apimon keys secret {subscriber} --plan {PLAN}   (the secret, printed once, is used below)")
+    basic = base64.b64encode(f"{subscriber}:{secret}".encode()).decode()
+    form = urlencode({"grant_type": "client_credentials"}).encode()
+    req = urllib.request.Request(f"{gateway}/oauth2/token", data=form, headers={"Authorization": f"Basic {basic}"},
+                                 method="POST")
+    # a gateway picks a new secret up within a second: ask again briefly if it is not there yet
+    for attempt in range(20):
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                token = json.load(resp)
+            break
+        except urllib.error.HTTPError as exc:
+            if exc.code != 401 or attempt == 19:
+                raise SystemExit(f"quickstart: POST /oauth2/token answered {exc.code}") from None
+            time.sleep(0.1)
+    print(f"POST {gateway}/oauth2/token (grant_type=client_credentials) -> a {token['token_type']} token for "
+          f"{subscriber}, expires in {token['expires_in']} s")
+    results = Counter()
+    for _ in range(n):
+        bearer = {"Authorization": f"Bearer {token['access_token']}"}
+        req = urllib.request.Request(f"{gateway}/petstore/pets", headers=bearer)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                resp.read()
+                results[str(resp.status)] += 1
+        except urllib.error.HTTPError as exc:
+            results[str(exc.code)] += 1
+    print(f"with a token: {subscriber} sent {n} calls, {results['200']} answered 200 (metered and limited like its "
+          "key)")
+
+
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -156,6 +197,9 @@ def main() -> None:
 
     step(f"send traffic through {url} with three subscribers' keys")
     traffic(url)
+
+    step("call with an OAuth 2.0 access token instead of a key (client credentials)")
+    token_traffic(url)
 
     step("stop the gateway (SIGTERM: it writes its last usage counts first)")
     stop(gateway)

@@ -39,6 +39,9 @@ def test_quickstart_runs_the_whole_loop(tmp_path):
     sent, ok, rate_limited, quota = rows["initech"]  # a burst of 40 against burst 10
     assert sent == 40 and rate_limited >= 20 and ok + rate_limited == 40 and quota == 0
     assert rows["hooli"] == [70, 50, 0, 20]  # stopped by its quota of 50 a day
+    # one subscriber calls with an OAuth 2.0 token from the gateway's token endpoint; its secret is not shown
+    assert re.search(r"^with a token: globex sent 10 calls, 10 answered 200", out, re.M), out
+    assert "a Bearer token for globex, expires in 3600 s" in out
     invoice = list(csv.DictReader((tmp_path / "out").glob("invoice-*.csv").__next__().open()))
     assert {r["subscriber"] for r in invoice} == {"acme", "globex", "hooli", "initech"}
     assert any(r["subscriber"] == "acme" and r["line_type"] == "minimum" for r in invoice)

@@ -66,6 +66,7 @@ subscribers:
   wideco: {{product: wide, client_secret: {{from_env: ACME_SECRET}}}}
   partnerco: {{product: partner}}
   keyco: {{product: keys}}
+  newco: {{product: wide}}
 """
 ENV = {"ACME_SECRET": SECRET, "GONE_SECRET": OTHER_SECRET}
 
@@ -493,5 +494,69 @@ def test_rotate_signing_key_keeps_old_tokens_until_their_end_then_removes_the_ke
         with sqlite3.connect(tmp_path / "state" / "state.db") as conn:
             key, _retired, removed = store.rotate_signing_key(conn, "ES256", 960, now=time.time() + 4000)
             assert removed == [old_kid] and key.alg == "ES256"
+
+    asyncio.run(body())
+
+
+def test_keys_secret_issues_a_generated_secret_once_and_replaces_the_previous_one(tmp_path):
+    """A subscriber without client_secret in the plan gets one from `apimon keys secret`: printed once (the
+    state keeps a hash), it gets tokens from a running gateway; a second one replaces it."""
+    async def body():
+        up, up_port = await upstream.start()
+        _state(tmp_path, f"http://127.0.0.1:{up_port}", "http://127.0.0.1:9")
+        plan = str(tmp_path / "plan.yaml")
+        gw = Gateway(GatewayConfig(tmp_path / "state", {"petstore": f"http://127.0.0.1:{up_port}"}, port=0,
+                                   poll_interval=0.05))
+        await gw.start()
+        try:
+            async with aiohttp.ClientSession() as s:
+                status, _, got = await _token(s, gw.url, client="keyco", secret="x" * 20)
+                assert status == 401 and got["error"] == "invalid_client"
+                # keyco's product accepts only keys: the secret is issued with a warning
+                r = run_cli("keys", "secret", "keyco", "--plan", plan, env=ENV)
+                assert r.code == 0 and "does not accept oauth2" in r.stderr, r.output
+                r = run_cli("keys", "secret", "wideco", "--plan", plan, env=ENV)
+                assert r.code == 1 and "from the plan" in r.output  # the plan's from_env one stays
+                # a subscriber of the plan that is not on the gateway yet, a subscriber not in the plan
+                r = run_cli("keys", "secret", "nobody", "--plan", plan, env=ENV)
+                assert r.code == 1 and "not in the plan" in r.output
+                first = run_cli("keys", "secret", "newco", "--plan", plan, "--json", env=ENV)
+                assert first.code == 0, first.output
+                first_secret = json.loads(first.stdout)["client_secret"]
+                assert len(first_secret) >= 40
+                with sqlite3.connect(tmp_path / "state" / "state.db") as conn:
+                    stored = conn.execute("SELECT client_secret FROM subscriber_credentials "
+                                          "WHERE subscriber = 'newco'").fetchone()[0]
+                assert first_secret not in stored and stored.startswith("sha256$")
+                for _ in range(100):  # the running gateway picks the secret up
+                    status, _, tok = await _token(s, gw.url, client="newco", secret=first_secret)
+                    if status != 401:
+                        break
+                    await asyncio.sleep(0.05)
+                assert status == 200, tok
+                st, _, _ = await _call(s, f"{gw.url}/petstore/pets", tok["access_token"])
+                assert st == 200
+                # the plan still converges: a generated secret is not a difference
+                assert run_cli("plan", plan, "--detailed-exitcode", env=ENV).code == 0
+                second = run_cli("keys", "secret", "newco", "--plan", plan, env=ENV).stdout.strip()
+                assert second != first_secret
+                for _ in range(100):
+                    status, _, got = await _token(s, gw.url, client="newco", secret=first_secret)
+                    if status == 401:
+                        break
+                    await asyncio.sleep(0.05)
+                assert status == 401 and got["error"] == "invalid_client"  # the previous secret stopped working
+                status, _, got = await _token(s, gw.url, client="newco", secret=second)
+                assert status == 200, got
+                st, _, _ = await _call(s, f"{gw.url}/petstore/pets", tok["access_token"])
+                assert st == 200  # a token already issued stays valid until it expires
+                # partnerco's product accepts jwt only: its secret gets no token
+                third = run_cli("keys", "secret", "partnerco", "--plan", plan, env=ENV)
+                assert third.code == 0 and "does not accept oauth2" in third.stderr
+                status, _, got = await _token(s, gw.url, client="partnerco", secret=third.stdout.strip())
+                assert status in (400, 401) and got["error"] in ("unauthorized_client", "invalid_client"), got
+        finally:
+            await gw.stop()
+            await up.cleanup()
 
     asyncio.run(body())

@@ -139,6 +139,45 @@ def keys_show(
     sys.stdout.write(key + "\n")
 
 
+@keys_app.command("secret")
+def keys_secret(
+    subscriber: Annotated[str, typer.Argument(help="Subscriber id.", metavar="SUBSCRIBER")],
+    plans: PlanOpt,
+    json_out: JsonOpt = False,
+) -> None:
+    """Issue a new generated OAuth 2.0 client secret (local gateway) and print it once.
+
+    The state keeps only its hash, so it cannot be shown again: run this again for a new one (the previous
+    secret stops working at once; tokens already issued stay valid until they expire). A subscriber whose
+    plan entry sets client_secret: {from_env: VAR} keeps that one: change the variable and apply instead."""
+    from ..providers import ProviderError
+
+    out = make_output(json_mode=json_out)
+    loaded, session = _session(out, plans)
+    sub = loaded.desired.subscribers.get(subscriber)
+    if sub is None:
+        fail(out, f"error: subscriber {subscriber} is not in the plan; apimon issues secrets only to subscribers "
+                  "it manages")
+    if sub.client_secret is not None:
+        fail(out, f"error: subscriber {subscriber}: its client secret comes from the plan (client_secret: "
+                  "{from_env: ...}); change the variable and run `apimon apply` instead")
+    product = loaded.desired.products.get(sub.product)
+    if product is not None and not product.accepts("oauth2"):
+        out.warning(f"warning: product {sub.product} does not accept oauth2 (products.{sub.product}.auth): the "
+                    "secret gets no tokens until it does")
+    try:
+        with session as provider:
+            secret = provider.new_client_secret(subscriber)
+    except ProviderError as exc:
+        fail(out, f"error: {exc}")
+    if json_out:  # the one output that holds the secret, on request
+        import json
+
+        sys.stdout.write(json.dumps({"subscriber": subscriber, "client_secret": secret}, indent=2) + "\n")
+        return
+    sys.stdout.write(secret + "\n")
+
+
 @keys_app.command("list")
 def keys_list(
     plans: Annotated[list[str], typer.Argument(help="Plan file(s).", metavar="PLAN...")],

@@ -161,6 +161,13 @@ class Provider(ABC):
         consumer secret); None: no such subscriber, or a gateway that keeps none or only a hash."""
         return None
 
+    def new_client_secret(self, subscriber_id: str) -> str:
+        """A new generated OAuth 2.0 client secret for a subscriber apimon owns, returned once: the gateway
+        keeps only its hash, and the subscriber's previous secret stops working (``apimon keys secret``)."""
+        raise ProviderError(f"generated client secrets are issued by the local gateway; provider {self.name} "
+                            "keeps its own (Apigee: `apimon keys show SUBSCRIBER --secret`), or set "
+                            "client_secret: {from_env: VAR} in the plan")
+
     # ---- key lifecycle (apimon keys rotate|finish|list|revoke; see the ``keys`` package)
     def list_keys(self, subscriber_ids: list[str]) -> dict[str, list[KeyInfo]]:
         """The keys of the owned subscribers among ``subscriber_ids`` as the gateway holds them (never values)."""

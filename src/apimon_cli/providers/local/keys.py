@@ -14,6 +14,7 @@ import sqlite3
 from datetime import UTC, datetime
 
 from ...keys.model import ACTIVE, REVOKED, ROTATING_OUT, KeyAction, KeyInfo, Rotated, last4
+from ...security.secrets import generate_secret, hash_generated
 from ..base import ProviderError
 from .state import OWNER
 
@@ -120,6 +121,23 @@ class LocalKeys:
             return [KeyAction(sid, "expired", last4(k), "overlap ended: old key removed") for k, sid in due]
 
         return self._transaction(finish)  # type: ignore[attr-defined]
+
+    def new_client_secret(self, sid: str) -> str:
+        """A generated client secret (256 random bits; the state keeps its SHA-256 only), replacing the
+        subscriber's previous one in one transaction; a running gateway picks it up within a second."""
+        if not self.exists:  # type: ignore[attr-defined]
+            raise ProviderError(f"subscriber {sid} is not on the local gateway (apply the plan first?)")
+        value = generate_secret()
+
+        def issue(conn: sqlite3.Connection) -> str:
+            self._owned_subscriber(conn, sid)
+            conn.execute("INSERT INTO subscriber_credentials (subscriber, client_secret) VALUES (?, ?) "
+                         "ON CONFLICT (subscriber) DO UPDATE SET client_secret = excluded.client_secret",
+                         (sid, hash_generated(value)))
+            return "issued"
+
+        self._transaction(issue)  # type: ignore[attr-defined]
+        return value
 
     def revoke_key(self, sid: str, key: str | None, revoke_all: bool) -> list[KeyAction]:
         now = datetime.now(UTC)

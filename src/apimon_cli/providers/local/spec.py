@@ -22,11 +22,6 @@ def plan_checks(parts, r) -> None:
             if api in RESERVED_APIS:
                 r.error(("products", pid, "apis", i), f"the local gateway answers /{api}/ itself (OAuth 2.0 "
                         "endpoints); name the API otherwise")
-    for sid, sub in parts.subscribers.items():
-        product = parts.products.get(sub.product)
-        if product is not None and product.accepts("oauth2") and sub.client_secret is None:
-            r.warn(("subscribers", sid), f"product {sub.product} accepts oauth2, but the subscriber has no "
-                   "client_secret: {from_env: VAR}, so the local gateway issues it no tokens")
 
 
 SPEC = ProviderSpec(
