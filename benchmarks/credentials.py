@@ -1,12 +1,12 @@
 """Gateway throughput by credential (issue 15): JWT bearer tokens vs API keys on the same wrk load, and
 TLS vs plain HTTP.
 
-One `apimon gateway serve` (plain) and one with `--tls-cert/--tls-key` (a self-signed certificate made here)
-over the same state, in front of the sample upstream (examples/upstream.py). Each round runs wrk (2 threads,
-32 keep-alive connections, --duration s after a 2 s warm-up) with ``x-api-key``, then with ``Authorization:
-Bearer`` (a token from the gateway's own /oauth2/token), then with the key over TLS; the ratios are taken
-within each round (ceiling: the API-key figure of the same round). Targets: JWT >= 0.8x of API keys; TLS is
-reported. Needs wrk (``apt-get install -y wrk``).
+One `apimon gateway serve` (plain) and one with `--tls-cert/--tls-key` (a self-signed certificate made here),
+each over its own state of the same plan, in front of the sample upstream (examples/upstream.py). Each round
+runs wrk (2 threads, 32 keep-alive connections, --duration s after a 2 s warm-up) with ``x-api-key``, then
+with ``Authorization: Bearer`` (a token from the gateway's own /oauth2/token), then with the key over TLS;
+the ratios are taken within each round (ceiling: the API-key figure of the same round). Targets: JWT >= 0.8x
+of API keys; TLS is reported. Needs wrk (``apt-get install -y wrk``).
 
     .venv/bin/python benchmarks/credentials.py [--runs 3] [--duration 10]
 """
@@ -87,8 +87,7 @@ def main() -> int:
     up_port = free_port()
     upstream = subprocess.Popen([PY, str(ROOT / "examples" / "upstream.py"), "--port", str(up_port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    plan = tmp / "plan.yaml"
-    plan.write_text(f"""apimon: 1
+    text = f"""apimon: 1
 target: {{provider: local, local: {{state_dir: state, upstreams: {{petstore: "http://127.0.0.1:{up_port}"}}}}}}
 products:
   pro:
@@ -99,19 +98,27 @@ products:
     pricing: {{model: free}}
 subscribers:
   acme: {{product: pro, client_secret: {{from_env: BENCH_SECRET}}}}
-""")
+"""
     env = {**os.environ, "BENCH_SECRET": SECRET}
-    subprocess.run([PY, "-m", "apimon_cli.cli", "apply", str(plan), "--auto-approve"], env=env, check=True,
-                   capture_output=True)
-    with sqlite3.connect(tmp / "state" / "state.db") as conn:
-        key = conn.execute("SELECT api_key FROM subscribers WHERE id = 'acme'").fetchone()[0]
+    # two states of the same plan (one gateway per SQLite state): one served plain, one over TLS, both up
+    # the whole time so the rounds interleave the three measures
+    plans, keys_of = [], []
+    for name in ("plain", "tls"):
+        (tmp / name).mkdir()
+        plan = tmp / name / "plan.yaml"
+        plan.write_text(text)
+        subprocess.run([PY, "-m", "apimon_cli.cli", "apply", str(plan), "--auto-approve"], env=env, check=True,
+                       capture_output=True)
+        with sqlite3.connect(tmp / name / "state" / "state.db") as conn:
+            keys_of.append(conn.execute("SELECT api_key FROM subscribers WHERE id = 'acme'").fetchone()[0])
+        plans.append(plan)
     cert, cert_key = _cert(tmp)
     plain_port, tls_port = free_port(), free_port()
     time.sleep(0.5)
-    # one gateway per SQLite state (memory limits): the TLS gateway replaces the plain one afterwards
     gws: list[subprocess.Popen] = []
     try:
-        gws.append(_serve(plan, plain_port))
+        gws.append(_serve(plans[0], plain_port))
+        gws.append(_serve(plans[1], tls_port, "--tls-cert", str(cert), "--tls-key", str(cert_key)))
         basic = base64.b64encode(f"acme:{SECRET}".encode()).decode()
         req = urllib.request.Request(f"http://127.0.0.1:{plain_port}/oauth2/token",
                                      data=b"grant_type=client_credentials&scope=read",
@@ -121,26 +128,22 @@ subscribers:
             token = json.load(resp)["access_token"]
         keys, jwts, tls = [], [], []
         url = f"http://127.0.0.1:{plain_port}/petstore/pets"
-        for i in range(args.runs):
-            k = _wrk(url, f"x-api-key: {key}", args.duration)
-            j = _wrk(url, f"Authorization: Bearer {token}", args.duration)
-            keys.append(k["rps"])
-            jwts.append(j["rps"])
-            print(f"round {i + 1}: key {k['rps']:,.0f} req/s (p99 {k['p99']:.1f} ms), JWT {j['rps']:,.0f} req/s "
-                  f"(p99 {j['p99']:.1f} ms), errors {k['errors'] + j['errors']}; load {load()}", flush=True)
-        stop(gws.pop())
-        gws.append(_serve(plan, tls_port, "--tls-cert", str(cert), "--tls-key", str(cert_key)))
         tls_url = f"https://localhost:{tls_port}/petstore/pets"
         for i in range(args.runs):
-            t = _wrk(tls_url, f"x-api-key: {key}", args.duration)
+            k = _wrk(url, f"x-api-key: {keys_of[0]}", args.duration)
+            j = _wrk(url, f"Authorization: Bearer {token}", args.duration)
+            t = _wrk(tls_url, f"x-api-key: {keys_of[1]}", args.duration)
+            keys.append(k["rps"])
+            jwts.append(j["rps"])
             tls.append(t["rps"])
-            print(f"round {i + 1}: TLS key {t['rps']:,.0f} req/s (p99 {t['p99']:.1f} ms), errors {t['errors']}; "
-                  f"load {load()}", flush=True)
+            print(f"round {i + 1}: key {k['rps']:,.0f} req/s (p99 {k['p99']:.1f} ms), JWT {j['rps']:,.0f} req/s "
+                  f"(p99 {j['p99']:.1f} ms), TLS key {t['rps']:,.0f} req/s (p99 {t['p99']:.1f} ms), errors "
+                  f"{k['errors'] + j['errors'] + t['errors']}; {load()}", flush=True)
         print()
         print(f"API key (ceiling)   {spread(keys)} req/s")
         print(f"JWT bearer          {spread(jwts)} req/s  = {ratio_spread(jwts, keys)} of API keys (target >= 0.8x)")
         print(f"API key over TLS    {spread(tls)} req/s  = {ratio_spread(tls, keys)} of plain HTTP "
-              "(TLS rounds run after the plain ones, same gateway settings)")
+              "(same rounds, same gateway settings)")
     finally:
         for g in gws:
             stop(g)
