@@ -92,7 +92,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def own_redis():
+def own_redis(*options: str):
     """A redis-server of this test's own on a free port (the machine's Redis is never stopped)."""
     exe = shutil.which("redis-server")
     if exe is None:
@@ -101,7 +101,8 @@ def own_redis():
     procs = []
 
     def start():
-        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 *options],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(proc)
         deadline = time.monotonic() + 10
@@ -154,3 +155,172 @@ def test_redis_stopped_mid_traffic(tmp_path, on_error, capfd):
     err = capfd.readouterr().err
     assert err.count("is unreachable") == 1 and err.count("answers again after") == 1, err
     assert gw.summary.limits_errors >= 30 and gw.limits.outages == 1
+
+
+# ---------------------------------------------------------------- the back end's own connection (redis_limits)
+
+
+def _key_state(rate: float = 0.0, burst: float = 0.0, quota: int | None = None, subscriber: str = "bob"):
+    from apimon_cli.gateway.limits import Counters, KeyState, ProductLimits, ProductSlot
+
+    lim = ProductLimits("gold", frozenset({"petstore"}), rate=rate, burst=burst, quota_limit=quota, quota_period="day")
+    return KeyState(subscriber, True, ProductSlot(lim), Counters(burst, 0.0))
+
+
+async def _backend(url: str, prefix: str = "t:", **options):
+    from apimon_cli.gateway.clock import windows_at
+    from apimon_cli.gateway.redis_limits import RedisLimits
+
+    backend = RedisLimits(url, prefix=prefix, **options)
+    win = windows_at(time.time())
+    await backend.start(None, win)
+    return backend, win
+
+
+def test_one_batch_of_concurrent_requests_keeps_every_decision_exact(redis_prefix):
+    """All the admits of one loop iteration go out in one write; each is still its own atomic decision."""
+    url, prefix = redis_prefix
+
+    async def body():
+        backend, win = await _backend(url, prefix)
+        try:
+            bucket = _key_state(rate=0.001, burst=10)  # no refill during the test
+            results = await asyncio.gather(*(backend.admit(bucket, 0.0, win, time.time()) for _ in range(40)))
+            assert backend._wire is not None and backend._wire.sent == 1 + 40  # SCRIPT LOAD, then one batch
+            assert sum(r is None for r in results) == 10
+            refusals = [r for r in results if r is not None]
+            assert len(refusals) == 30 and all(r[0] == 429 and r[2]["RateLimit-Limit"] == "10" for r in refusals)
+
+            quota = _key_state(rate=1e6, burst=1e6, quota=7, subscriber="carol")
+            results = await asyncio.gather(*(backend.admit(quota, 0.0, win, time.time()) for _ in range(25)))
+            assert sum(r is None for r in results) == 7
+            assert all(b"quota_exceeded" in r[1] for r in results if r is not None)
+            assert backend.quota_count(("carol", win.window["day"])) == 7 and backend.errors == 0
+        finally:
+            await backend.close()
+
+    asyncio.run(body())
+
+
+def test_a_redis_that_lost_its_scripts_is_answered_with_eval_and_counts_stay_exact():
+    import redis
+
+    async def body(url):
+        backend, win = await _backend(url)
+        try:
+            ks = _key_state(quota=100)
+            assert await backend.admit(ks, 0.0, win, time.time()) is None
+            redis.Redis.from_url(url).script_flush()  # what a Redis restart does to the script cache
+            results = await asyncio.gather(*(backend.admit(ks, 0.0, win, time.time()) for _ in range(5)))
+            assert results == [None] * 5 and backend.errors == 0 and backend.outages == 0
+            assert backend.quota_count(("bob", win.window["day"])) == 6
+            assert redis.Redis.from_url(url).script_exists(backend._sha) == [True]  # EVAL loaded it again
+        finally:
+            await backend.close()
+
+    with own_redis() as (url, start):
+        start()
+        asyncio.run(body(url))
+
+
+def test_password_and_database_from_the_url_over_tcp_and_a_unix_socket(tmp_path):
+    import redis
+
+    async def body(url):
+        over_unix, win = await _backend(f"unix://{sock}?db=3&password=s3cret")
+        try:
+            assert await over_unix.admit(_key_state(quota=5, subscriber="ann"), 0.0, win, time.time()) is None
+            assert over_unix.errors == 0
+        finally:
+            await over_unix.close()
+        good, win = await _backend(db3)
+        bad, _ = await _backend(url.replace("redis://", "redis://:wrong@"), on_error="deny")
+        try:
+            assert await good.admit(_key_state(quota=5), 0.0, win, time.time()) is None and good.errors == 0
+            assert (await bad.admit(_key_state(quota=5), 0.0, win, time.time()))[0] == 503  # AUTH refused
+            assert bad.outages == 1
+        finally:
+            await good.close()
+            await bad.close()
+        client = redis.Redis.from_url(db3)
+        assert sorted(k.decode() for k in client.scan_iter(match="t:q:*")) == [
+            f"t:q:gold:{who}:{win.window['day']}" for who in ("ann", "bob")]
+
+    sock = tmp_path / "redis.sock"
+    with own_redis("--requirepass", "s3cret", "--unixsocket", str(sock), "--unixsocketperm", "700") as (url, start):
+        start()
+        db3 = url.replace("redis://", "redis://:s3cret@").replace("/0", "/3")
+        asyncio.run(body(url))
+
+
+def test_no_answer_within_the_timeout_fails_the_waiting_requests_and_drops_the_connection():
+    """A Redis that accepts and then stays silent: the requests wait ``timeout`` once (one timer, not one
+    per request), on_error decides, and the connection is closed (a late reply must not answer another
+    request); the next request after the back-off opens a new connection."""
+    connections: list[asyncio.Event] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        closed = asyncio.Event()
+        connections.append(closed)
+        data = await reader.read(65536)
+        if b"SCRIPT" in data:
+            writer.write(b"$40\r\n" + b"0" * 40 + b"\r\n")  # answers the SCRIPT LOAD of start(), then nothing
+        while await reader.read(65536):
+            pass
+        closed.set()
+        writer.close()
+
+    async def body():
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        backend, win = await _backend(f"redis://127.0.0.1:{port}/0", on_error="deny", timeout=0.2)
+        try:
+            assert backend.outages == 0
+            ks = _key_state(quota=5)
+            started = time.monotonic()
+            results = await asyncio.gather(*(backend.admit(ks, 0.0, win, time.time()) for _ in range(20)))
+            took = time.monotonic() - started
+            assert [r[0] for r in results] == [503] * 20 and 0.15 < took < 1.0, took
+            assert backend.outages == 1 and backend.errors == 20 and backend._wire is None
+            await asyncio.wait_for(connections[0].wait(), 2)  # the silent connection was closed
+            backend._retry_at = 0.0  # the back-off is over
+            assert (await backend.admit(ks, 0.0, win, time.time()))[0] == 503
+            assert len(connections) == 2  # a new connection, not the one that may still answer late
+        finally:
+            await backend.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(body())
+
+
+REPLIES = [b"*2\r\n:0\r\n:5\r\n", b"*3\r\n:1\r\n:1000000\r\n:2000000\r\n", b"-NOSCRIPT No matching script.\r\n",
+           b"+OK\r\n", b"$40\r\n" + b"a" * 40 + b"\r\n", b"$-1\r\n", b"*0\r\n", b"*2\r\n*1\r\n:-1\r\n$3\r\nabc\r\n",
+           b"*2\r\n:2\r\n:7\r\n"]
+
+
+def test_the_pure_python_reply_reader_reads_what_hiredis_reads():
+    from apimon_cli.gateway.redis_limits import ReplyError, _PyReader
+
+    expected = [[0, 5], [1, 1000000, 2000000], ReplyError("NOSCRIPT No matching script."), b"OK", b"a" * 40,
+                None, [], [[-1], b"abc"], [2, 7]]
+
+    def norm(replies):
+        return [(type(r).__name__, str(r)) if isinstance(r, Exception) else r for r in replies]
+
+    def read_all(reader, stream: bytes, step: int) -> list:
+        out = []
+        for i in range(0, len(stream), step):  # replies split anywhere, several in one chunk
+            reader.feed(stream[i:i + step])
+            while (reply := reader.gets()) is not False:
+                out.append(reply)
+        return out
+
+    stream = b"".join(REPLIES)
+    for step in (1, 3, 7, len(stream)):
+        assert norm(read_all(_PyReader(), stream, step)) == norm(expected)
+    try:
+        import hiredis
+    except ImportError:
+        return
+    assert norm(read_all(hiredis.Reader(replyError=ReplyError), stream, 5)) == norm(expected)
