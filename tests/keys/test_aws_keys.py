@@ -7,7 +7,7 @@ summed under the subscriber; `keys finish` detaches and deletes the old key afte
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import UTC, date
 
 import pytest
 from conftest import run_cli, write_plan
@@ -153,11 +153,11 @@ def test_revoke_on_aws(fake, tmp_path):
 def test_a_rotation_key_created_in_the_same_second_is_the_newer():
     """AWS gives createdDate to the second: a rotation key that ties with the key it rotates still sorts after
     it whatever the ids, so an interrupted rotation is completed rather than the new key taken as a duplicate."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from apimon_cli.providers.aws.read import key_age
 
-    at = datetime(2026, 12, 4, 19, 21, 3, tzinfo=timezone.utc)
+    at = datetime(2026, 12, 4, 19, 21, 3, tzinfo=UTC)
     old = {"id": "zzzz", "name": "acme", "createdDate": at, "tags": {"apimon:managed": "true"}}
     new = {"id": "aaaa", "name": "acme.rotated-20261204T192103Z", "createdDate": at,
            "tags": {"apimon:managed": "true", "apimon:subscriber": "acme"}}
