@@ -234,6 +234,26 @@ def test_quotes_in_provider_and_target_are_stored_verbatim(ledger):
     assert [r.target for r in ledger.iter_rows()] == ["it's; DROP TABLE usage; --"]
 
 
+
+ODD = ["tab\there", "new\nline", "cr\rhere", "back\\slash", r"\N", "\\.", "50% off %s", "naïve 日本", "{0}"]
+
+
+@pytest.mark.parametrize("target", ["acct", "t\\a\tb%s"])
+@pytest.mark.parametrize("occupied", [False, True], ids=["empty-window", "stored-window"])
+def test_any_text_in_names_is_stored_verbatim(ledger, occupied, target):
+    # PostgreSQL: such chunks (or all, for such a target) leave the preformatted COPY path for psycopg's
+    # escaping: the same rows either way
+    if occupied:
+        ledger.replace_window("local", target, *JAN, [row("old", "2026-01-09", 1)])
+    plain = [row(f"s{i:04d}", "2026-01-02", i) for i in range(5000)]  # more than one chunk, all plain
+    odd = [row(name, "2026-01-03", i, product=name) for i, name in enumerate(ODD)]
+    report = ledger.replace_window("local", target, *JAN, [*plain, *odd])
+    assert report.new_count == len(plain) + len(odd)
+    got = {(r.target, r.subscriber, r.product, r.count) for r in ledger.iter_rows()}
+    assert got == {(target, r.subscriber, r.product, r.count) for r in [*plain, *odd]}
+    assert ledger.first_seen("local", target)[("back\\slash", "back\\slash")] == (date(2026, 1, 3), "ledger")
+
+
 def test_report_details_are_capped_but_counts_exact(ledger):
     rows = [row(f"s{i:03d}", "2026-01-01", i) for i in range(50)]
     report = ledger.replace_window("aws", "acct", *JAN, rows, detail_limit=10)

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
+from itertools import chain
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 SCHEMES = ("postgresql://", "postgres://")
@@ -164,6 +165,17 @@ def _mapped(exc: Exception, secrets: Iterable[str]) -> sqlite3.Error:
     return err
 
 
+# --- COPY text ---
+_PLAIN = frozenset({str, int})  # exact types whose COPY text is ``str(value)`` (bool, float, None: psycopg)
+
+
+def _needs_escape(text: str, tabs: int, newlines: int) -> bool:
+    """Whether preformatted COPY text lines hold a character inside a value that the text format escapes
+    or refuses: any backslash, CR or NUL, or more tabs / newlines than the separators themselves."""
+    return ("\\" in text or "\r" in text or "\0" in text or text.count("\t") != tabs
+            or text.count("\n") != newlines)
+
+
 # --- the connection ----------------------------------------------------------------------------------
 def _int_numeric_loader():
     from psycopg.adapt import Loader
@@ -234,17 +246,39 @@ class PgConnection:
             self.total_changes += cur.rowcount
         return cur
 
-    def copy_rows(self, sql: str, rows: Iterable[tuple]) -> int:
-        """``COPY ... FROM STDIN`` of ``rows`` (tuples in the statement's column order); returns the count."""
+    def copy_rows(self, sql: str, chunks: Iterable[Sequence[tuple]], consts: tuple = ()) -> int:
+        """``COPY ... FROM STDIN`` (text format) of ``chunks`` (lists of row tuples), each row written as
+        ``consts + row`` in the statement's column order; returns the number of rows.
+
+        A chunk whose values are all exact ``str``/``int`` and hold no character the COPY text format
+        escapes (backslash, tab, newline, carriage return) or refuses (NUL) is sent as one preformatted
+        block: ``line % row`` per row, C-level, about a tenth of psycopg's per-row adaptation. Any other
+        chunk (or every chunk, when a constant needs escaping) goes row by row through psycopg's
+        ``write_row`` (escaping, ``None`` -> NULL): the same values reach the server either way. Rows of
+        one COPY have no order, so the two paths may interleave.
+        """
         import psycopg
 
+        head = "".join(f"{c}\t".replace("%", "%%") for c in consts)
+        fast = all(type(c) in _PLAIN for c in consts) and not _needs_escape(head, len(consts), 0)
+        lines: dict[int, str] = {}
         n = 0
         try:
             with self._pg.cursor() as cur, cur.copy(sql) as copy:
-                write = copy.write_row
-                for r in rows:
-                    write(r)
-                    n += 1
+                for chunk in chunks:
+                    if not chunk:
+                        continue
+                    n += len(chunk)
+                    if fast and _PLAIN.issuperset(map(type, chain.from_iterable(chunk))):
+                        width = len(chunk[0])
+                        line = lines.get(width) or lines.setdefault(width, head + "\t".join(["%s"] * width) + "\n")
+                        text = "".join(map(line.__mod__, chunk))
+                        if not _needs_escape(text, len(chunk) * (len(consts) + width - 1), len(chunk)):
+                            copy.write(text)
+                            continue
+                    write = copy.write_row
+                    for r in chunk:
+                        write(consts + r)
         except psycopg.Error as exc:
             raise _mapped(exc, self._secrets) from None
         self.total_changes += n

@@ -604,10 +604,10 @@ class Ledger:
         conn.execute(pg.window_lock_sql(), window)
         checked = _validated_chunks(rows, start, end)
         if not self._occupied(window):
-            p, t, at = window["p"], window["t"], window["at"]
+            # the constant columns first: each row is (provider, target, pulled_at) + _ROW_PARAMS(row)
             report.new_count = conn.copy_rows(
-                "COPY usage (day, provider, target, subscriber, product, metric, count, pulled_at) FROM STDIN",
-                ((r.day, p, t, r.subscriber, r.product, r.metric, r.count, at) for c in checked for r in c),
+                "COPY usage (provider, target, pulled_at, day, subscriber, product, metric, count) FROM STDIN",
+                (list(map(_ROW_PARAMS, c)) for c in checked), (window["p"], window["t"], window["at"]),
             )
             self._fresh_details(report, window)
             return
@@ -615,7 +615,7 @@ class Ledger:
         conn.execute("DELETE FROM temp.staged")
         conn.execute("DELETE FROM temp.incoming")
         conn.copy_rows("COPY pg_temp.staged (day, subscriber, product, metric, count) FROM STDIN",
-                       chain.from_iterable(map(_ROW_PARAMS, c) for c in checked))
+                       (list(map(_ROW_PARAMS, c)) for c in checked))
         self._merge(report, window)
 
     def _create_staging(self) -> None:
