@@ -513,3 +513,29 @@ def test_v2_ledger_gains_the_push_sync_table_keeping_its_rows(tmp_path):
         assert [r.count for r in ledger.iter_rows()] == [11]
     tables = {n for (n,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "push_sync" in tables
+
+
+def test_first_seen_record_of_a_pull_is_its_rows_earliest_day_with_usage(ledger):
+    # gathered from the answer while it streams in: the same as min(day) over the stored rows, count > 0
+    days = [f"2026-01-{d:02d}" for d in (17, 3, 9, 28, 5, 12)]  # not in order
+    rows = [row(f"s{i:03d}", day, (i * 7 + j) % 3, product=("gold", "silver")[i % 2])
+            for j, day in enumerate(days) for i in range(700)]  # more than a chunk (4096 rows)
+
+    def recorded() -> dict:
+        return {(s, p): (d, src) for s, p, d, src in ledger._conn.execute(
+            "SELECT subscriber, product, first_day, source FROM first_seen WHERE provider = 'aws'")}
+
+    def from_rows() -> dict:
+        return {(s, p): (d, "ledger") for s, p, d in ledger._conn.execute(
+            "SELECT subscriber, product, min(day) FROM usage WHERE count > 0 GROUP BY subscriber, product")}
+
+    ledger.replace_window("aws", "acct", *JAN, rows)
+    assert recorded() == from_rows() and len(recorded()) == 700
+    # a re-pull with usage earlier for some, later (only) for others: dates move earlier, never later
+    moved = [row(r.subscriber, "2026-01-02" if r.subscriber < "s100" else "2026-01-30", 1, product=r.product)
+             for r in rows[:700]]
+    before = recorded()
+    ledger.replace_window("aws", "acct", *JAN, moved)
+    after = recorded()
+    assert all(after[k][0] == "2026-01-02" for k in after if k[0] < "s100")
+    assert all(after[k] == before[k] for k in after if k[0] >= "s100")
