@@ -108,6 +108,7 @@ class GatewayEvents:
         self._lock = OutboxLock(self.path)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apimon-events-writer")
         self._proc: subprocess.Popen | None = None
+        self._spawned = 0.0
         self._task: asyncio.Task | None = None
         self._write_lock = asyncio.Lock()
         self.written = 0  # events handed to the events process
@@ -139,6 +140,7 @@ class GatewayEvents:
         """Start the events process; its first frame (the configuration, secrets included) goes through the
         pipe, never through argv or the environment."""
         lock_fd = self._lock.fileno()
+        self._spawned = time.monotonic()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "apimon_cli.events.worker", str(lock_fd)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, pass_fds=(lock_fd,) if lock_fd is not None else (), bufsize=0,
@@ -252,6 +254,8 @@ class GatewayEvents:
     def _hand_over(self, batch: list[tuple], alerts: list[tuple]) -> None:
         proc = self._proc
         if proc is None or proc.poll() is not None:
+            if time.monotonic() - self._spawned < 1.0:  # at most one a second; the batch stays queued
+                raise OSError("the events process exited")
             code = None if proc is None else proc.returncode
             self.log(f"events: the events process exited (code {code}); starting another")
             self._spawn()
@@ -421,8 +425,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the gateway ends this process by closing the pipe
     stdin = sys.stdin.buffer
-    out = sys.stdout
-    sys.stdout = sys.stderr  # nothing but the final figures on the pipe back
+    out_fd = os.dup(sys.stdout.fileno())
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing but the final figures on the pipe back
 
     def log(msg: str) -> None:
         sys.stderr.write(f"apimon gateway: {msg}\n")
@@ -459,9 +463,11 @@ def worker_main(argv: list[str] | None = None) -> int:
                     time.sleep(0.5)
     finally:
         writer.stop()
-        out.write(json.dumps({"written": writer.written, "delivered": writer.delivered,
-                              "waiting": writer.waiting}) + "\n")
-        out.flush()
+        try:  # the gateway reads them; a gateway that was killed reads nothing
+            os.write(out_fd, (json.dumps({"written": writer.written, "delivered": writer.delivered,
+                                          "waiting": writer.waiting}) + "\n").encode())
+        except OSError:
+            pass
     return 0
 
 
