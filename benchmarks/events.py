@@ -11,7 +11,8 @@ In one run, against a real Kafka-protocol broker (Tansu 0.6.0 from the calfkit-m
   bare producer         a confluent-kafka producer loop (the same settings: idempotence, acks=all, linger
                         20 ms) of messages of the same size: the broker's own produce rate, the ceiling
 
-Every figure is median (min–max) of ``--runs`` runs (the gateway rows alternate off / on per round), each
+CPU us/req is the gateway's and its events process's (the child that writes the outbox and produces), per
+request. Every figure is median (min–max) of ``--runs`` runs (the gateway rows alternate off / on per round), each
 beside its ceiling from the same run: the kafka sink beside the gateway without events (ratio and p99
 difference within each round), consume beside the bare producer's rate.
 Targets (issue 12): kafka sink >= 0.85x the throughput without events and p99 within +3 ms (medians);

@@ -216,12 +216,22 @@ def parse_wrk(text: str) -> dict:
 
 
 def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process (Linux /proc)."""
+    """user + system CPU time of a process and its live children (the gateway's events process), Linux /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        kids = [int(k) for t in os.listdir(f"/proc/{pid}/task")
+                for k in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except OSError:
+        kids = []
+    for kid in kids:
+        cpu = cpu_seconds(kid)
+        if cpu == cpu:  # not NaN: a child that just exited counts nothing
+            total += cpu
+    return total
 
 
 def run_wrk(url: str, key: str, duration: int, connections: int, threads: int, pid: int | None) -> dict:

@@ -263,3 +263,102 @@ def test_events_flush_delivers_what_a_stopped_gateway_left_and_leaves_a_running_
     msgs = read_topic(kafka.bootstrap, "apimon.events", expect=30)
     reqs = [m for m in msgs if m.event["type"] == T.REQUEST]
     assert len(msgs) == 30 and len({m.event["id"] for m in reqs}) == 25
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (of any of its threads: a child started from the writer thread is
+    listed under that thread)."""
+    import os
+
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            kids += [int(x) for x in f.read().split()]
+    return kids
+
+
+def _gone(pid: int, within: float) -> bool:
+    import os
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # exited, not reaped yet (its parent is gone)
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return not os.path.exists(f"/proc/{pid}")
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill-9"])
+def test_the_events_process_writes_and_delivers_what_it_got_when_the_gateway_ends(kafka, upstream, tmp_path, how):
+    """The events process (a child of the gateway: outbox + delivery) ignores a Ctrl-C sent to the whole
+    process group and ends only when its pipe closes: after the gateway's own drain on Ctrl-C, and also
+    when the gateway is killed, once it has written and delivered the batches it already received."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    kafka.create_topic("apimon.events", partitions=3)
+    plan, env, keys = _setup(tmp_path, kafka, upstream)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("APIMON_")} | env
+    proc = subprocess.Popen([sys.executable, "-m", "apimon_cli.cli", "gateway", "serve", str(plan), "--listen",
+                             "127.0.0.1:0"], env=full_env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = ""
+        while "listening on" not in line:
+            line = proc.stderr.readline()
+            assert line, "the gateway did not start"
+        url = next(w for w in line.split() if w.startswith("http://"))
+        s = requests.Session()
+        for _ in range(40):
+            assert s.get(url + "/petstore/pets/1", headers={"x-api-key": keys["acme"]}).status_code == 200
+        (child,) = _children(proc.pid)
+        time.sleep(0.5)  # past the 0.1 s hand-over: the batch is with the events process
+        if how == "ctrl-c":  # the terminal sends it to the whole process group
+            os.killpg(proc.pid, signal.SIGINT)
+        else:  # kill -9 of the gateway alone (a SIGKILL to the group would end the events process too)
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+        assert _gone(child, 15), "the events process outlived the gateway"
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in err, err
+    if how == "ctrl-c":
+        assert proc.returncode == 0, err
+    with sqlite3.connect(tmp_path / "state" / "events-gateway.db") as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)  # written, then delivered
+    msgs = read_topic(kafka.bootstrap, "apimon.events", expect=40 + 5)
+    assert len({m.event["id"] for m in msgs if m.event["type"] == T.REQUEST}) == 40
+
+
+def test_a_dead_events_process_is_replaced_and_later_events_still_arrive(kafka, upstream, tmp_path):
+    import os
+    import signal
+
+    kafka.create_topic("apimon.events", partitions=3)
+    plan, env, keys = _setup(tmp_path, kafka, upstream)
+    gw = GatewayProcess(plan, env=env)
+    try:
+        s = requests.Session()
+        for _ in range(10):
+            assert s.get(gw.url + "/petstore/pets/1", headers={"x-api-key": keys["acme"]}).status_code == 200
+        time.sleep(1.5)  # handed over and delivered
+        (child,) = _children(gw.proc.pid)
+        os.kill(child, signal.SIGKILL)
+        assert _gone(child, 5)
+        time.sleep(1.1)
+        for _ in range(20):
+            assert s.get(gw.url + "/petstore/pets/1", headers={"x-api-key": keys["acme"]}).status_code == 200
+        time.sleep(0.5)
+        assert len(_children(gw.proc.pid)) == 1
+    finally:
+        gw.stop()
+    assert "events: the events process exited (code -9); starting another" in gw.stderr
+    msgs = read_topic(kafka.bootstrap, "apimon.events", expect=30 + 5)
+    assert len({m.event["id"] for m in msgs if m.event["type"] == T.REQUEST}) == 30

@@ -1,17 +1,26 @@
-"""The gateway's side of events: a bounded in-process queue, quota alerts, the outbox, delivery threads.
+"""The gateway's side of events: a bounded in-process queue, quota alerts, and an events process that owns
+the outbox and the delivery threads.
 
 The hot path (``request``) appends one tuple to a list: no I/O, no serialisation, no lock. Every
-``flush_interval`` (0.1 s) the event loop swaps the list out and a writer thread turns it into CloudEvents and
-appends them to the outbox (``<state_dir>/events-gateway.db``) in one transaction. One thread per sink
-delivers from the outbox (``delivery.KafkaPump`` / ``WebhookPump``), so a slow or dead broker or webhook
-never reaches the event loop: the gateway keeps its latency, the outbox grows on disk, and delivery resumes
-where it stopped. ``events: delivery to kafka stalled`` is logged once when nothing was acknowledged for
-``STALL_AFTER`` seconds while events wait, ``... resumed`` once when acknowledgements come back.
+``flush_interval`` (0.1 s) the event loop swaps the list out and a writer thread hands it, marshalled in one
+C call, through a pipe to the gateway's **events process** (``python -m apimon_cli.events.worker``, a child
+started with the gateway and ended by it). That process turns each batch into CloudEvents and appends them
+to the outbox (``<state_dir>/events-gateway.db``) in one transaction; one thread per sink delivers from the
+outbox (``delivery.KafkaPump`` / ``WebhookPump``). None of that runs under the gateway's GIL, so neither the
+serialisation, SQLite nor librdkafka's Python side take time from the event loop, and a slow or dead
+broker or webhook never reaches it: the gateway keeps its latency, the outbox grows on disk, and delivery
+resumes where it stopped. ``events: delivery to kafka stalled`` is logged once when nothing was
+acknowledged for ``STALL_AFTER`` seconds while events wait, ``... resumed`` once when acknowledgements come
+back.
 
-If the writer cannot keep up (the disk stalls) the queue stops at ``queue_limit`` events: further events
-are dropped, counted, and logged once; the gateway itself never waits. On SIGTERM the queue is written to the
-outbox, the sinks get ``drain_timeout`` to acknowledge what is in flight, and everything else stays in the
-outbox: the next ``gateway serve`` delivers it first (outbox order).
+If the events process cannot keep up (the disk stalls) the pipe fills, the writer thread waits, and the
+queue stops at ``queue_limit`` events: further events are dropped, counted, and logged once; the gateway
+itself never waits. On SIGTERM the queue goes to the events process, the gateway closes the pipe, and the
+events process writes it to the outbox, gives the sinks ``drain_timeout`` to acknowledge what is in flight
+and exits; everything else stays in the outbox: the next ``gateway serve`` delivers it first (outbox
+order). The events process ignores SIGINT/SIGTERM/SIGHUP (a Ctrl-C reaches the whole process group): it
+ends when its pipe closes, also when the gateway was killed, after writing what it received. It inherits
+the outbox lock, so ``apimon events flush`` leaves the outbox alone until both have exited.
 
 Quota alerts: when a counted call takes a subscriber's quota window to or past a threshold (``quota_alerts``
 percent of the limit), one ``com.apimon.quota.threshold`` is raised, once per subscriber, window and
@@ -21,7 +30,14 @@ threshold: the thresholds already raised are kept in the outbox file, so a resta
 from __future__ import annotations
 
 import asyncio
+import json
+import marshal
 import math
+import os
+import pickle
+import signal
+import struct
+import subprocess
 import sys
 import threading
 import time
@@ -40,6 +56,7 @@ from .outbox import GATEWAY_OUTBOX, Outbox, OutboxError, OutboxLock
 STALL_AFTER = 5.0
 _OUTCOMES = ("success", "blocked", "failed", "other")
 _METRIC_BY_STATUS: tuple[int, ...] = ()
+_FRAME = struct.Struct("!I")  # the length before each frame on the pipe to the events process
 
 
 def _metric_table() -> tuple[int, ...]:
@@ -62,7 +79,10 @@ def window_bounds(window: str) -> tuple[str, str]:
     return date(y, m, 1).isoformat(), date(y + (m == 12), m % 12 + 1, 1).isoformat()
 
 
+
 class GatewayEvents:
+    """In the gateway process: the queue, the alerts, the events process."""
+
     def __init__(
         self,
         config: EventsConfig,
@@ -85,17 +105,13 @@ class GatewayEvents:
         self._alerts: list[tuple] = []
         self._fired: set[tuple[str, str, int]] = set()
         self._thresholds = tuple(sorted(config.quota_alerts))
-        self._ids = IdSequence()
         self._lock = OutboxLock(self.path)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apimon-events-writer")
-        self._outbox: Outbox | None = None
+        self._proc: subprocess.Popen | None = None
+        self._spawned = 0.0
         self._task: asyncio.Task | None = None
-        self._stop = threading.Event()
-        self._wake_kafka = threading.Event()
-        self._wake_webhook = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._write_lock = asyncio.Lock()
-        self.written = 0
+        self.written = 0  # events handed to the events process
         self.delivered = {"kafka": 0, "webhook": 0}
         self.waiting = {"kafka": 0, "webhook": 0}
 
@@ -105,28 +121,44 @@ class GatewayEvents:
         if not self._lock.acquire():
             raise OutboxError(f"{self.path} is in use by another `apimon gateway serve` on the same state")
         try:
-            self._outbox = Outbox(self.path, synchronous="NORMAL")
-            self._outbox.forget_alerts(windows)
-            self._fired = self._outbox.alerts(windows)
+            outbox = Outbox(self.path, synchronous="NORMAL")
+            try:
+                outbox.forget_alerts(windows)
+                self._fired = outbox.alerts(windows)
+            finally:
+                outbox.close()
         except BaseException:
             self._lock.release()
             raise
 
     def start(self, host: str, port: int) -> None:
         self.source = gateway_source(host, port)
-        global _METRIC_BY_STATUS
-        _METRIC_BY_STATUS = _metric_table()
+        self._spawn()
         self._task = asyncio.get_running_loop().create_task(self._flusher())
-        if self.config.kafka is not None:
-            self._threads.append(threading.Thread(target=self._kafka_loop, name="apimon-events-kafka", daemon=True))
-        if self.config.webhook is not None:
-            self._threads.append(threading.Thread(target=self._webhook_loop, name="apimon-events-webhook",
-                                                  daemon=True))
-        for t in self._threads:
-            t.start()
+
+    def _spawn(self) -> None:
+        """Start the events process; its first frame (the configuration, secrets included) goes through the
+        pipe, never through argv or the environment."""
+        lock_fd = self._lock.fileno()
+        self._spawned = time.monotonic()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "apimon_cli.events.worker", str(lock_fd)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, pass_fds=(lock_fd,) if lock_fd is not None else (), bufsize=0,
+        )
+        self._send(pickle.dumps({"config": self.config, "path": str(self.path), "source": self.source,
+                                 "drain_timeout": self.drain_timeout}))
+
+    def _send(self, frame: bytes) -> None:
+        """Write one frame to the events process (blocks while its pipe is full: on the writer thread)."""
+        assert self._proc is not None and self._proc.stdin is not None
+        fd = self._proc.stdin.fileno()
+        view = memoryview(_FRAME.pack(len(frame)) + frame)
+        while view:
+            view = view[os.write(fd, view):]
 
     async def stop(self) -> None:
-        """Write what is queued, give the sinks ``drain_timeout``, keep the rest in the outbox."""
+        """Hand over what is queued; the events process writes it, gives the sinks ``drain_timeout`` and
+        keeps the rest in the outbox."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -134,22 +166,34 @@ class GatewayEvents:
             await self.write()
         except Exception as exc:
             self.log(f"events: writing {count(len(self._buf), 'queued event')} to {self.path} failed: {exc}")
-        self._stop.set()
-        self._wake_kafka.set()
-        self._wake_webhook.set()
-        loop = asyncio.get_running_loop()
-        for t in self._threads:
-            await loop.run_in_executor(None, t.join, self.drain_timeout + 10)
-        if self._outbox is not None:
-            await loop.run_in_executor(self._writer, self._outbox.close)
+        stats = await asyncio.get_running_loop().run_in_executor(self._writer, self._finish)
         self._writer.shutdown(wait=True)
         self._lock.release()
+        if stats:
+            self.delivered.update(stats.get("delivered", {}))
+            self.waiting.update(stats.get("waiting", {}))
         if self.dropped:
             self.log(f"events: {count(self.dropped, 'event')} dropped: the outbox could not keep up")
         waiting = max(self.waiting[s] for s in self.config.sinks) if self.config.sinks else 0
         if waiting:
             self.log(f"events: {count(waiting, 'event')} waiting in {self.path}; the next `apimon gateway serve` "
                      "delivers them first (or `apimon events flush`)")
+
+    def _finish(self) -> dict:
+        """Close the pipe, wait for the events process to write, drain and exit; its figures (one JSON line)."""
+        proc = self._proc
+        if proc is None:
+            return {}
+        try:
+            out, _ = proc.communicate(timeout=self.drain_timeout + 20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        lines = (out or b"").decode(errors="replace").strip().splitlines()
+        try:
+            return json.loads(lines[-1]) if lines else {}
+        except ValueError:
+            return {}
 
     # ---------------------------------------------------------------- the hot path
     def request(self, now: float, subscriber: str, product: str, api: str | None, method: str, status: int,
@@ -182,7 +226,7 @@ class GatewayEvents:
                      "up; events are dropped until it does")
         self.dropped += 1
 
-    # ---------------------------------------------------------------- queue -> outbox
+    # ---------------------------------------------------------------- queue -> events process
     async def _flusher(self) -> None:
         while True:
             await asyncio.sleep(self.flush_interval)
@@ -190,7 +234,7 @@ class GatewayEvents:
                 await asyncio.shield(self.write())
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the disk: keep the events queued and try again
+            except Exception as exc:  # the events process is gone: keep the events queued, start another
                 self.log(f"events: writing to {self.path} failed ({exc}); will retry")
 
     async def write(self) -> None:
@@ -200,11 +244,63 @@ class GatewayEvents:
             batch, alerts = self._buf, self._alerts
             self._buf, self._alerts = [], []
             try:
-                await asyncio.get_running_loop().run_in_executor(self._writer, self._write, batch, alerts)
+                await asyncio.get_running_loop().run_in_executor(self._writer, self._hand_over, batch, alerts)
             except BaseException:
                 self._buf = batch + self._buf
                 self._alerts = alerts + self._alerts
                 raise
+            self.written += len(batch) + len(alerts)
+
+    def _hand_over(self, batch: list[tuple], alerts: list[tuple]) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            if time.monotonic() - self._spawned < 1.0:  # at most one a second; the batch stays queued
+                raise OSError("the events process exited")
+            code = None if proc is None else proc.returncode
+            self.log(f"events: the events process exited (code {code}); starting another")
+            self._spawn()
+        self._send(marshal.dumps((batch, alerts)))
+
+
+class EventsWriter:
+    """In the events process: batches from the gateway -> CloudEvents -> the outbox; the delivery threads."""
+
+    def __init__(self, config: EventsConfig, path: Path, source: str, *, log: Callable[[str], None],
+                 drain_timeout: float = 2.0):
+        self.config = config
+        self.path = Path(path)
+        self.source = source
+        self.log = log
+        self.drain_timeout = drain_timeout
+        self._ids = IdSequence()
+        self._outbox = Outbox(self.path, synchronous="NORMAL")
+        self._stop = threading.Event()
+        self._wake_kafka = threading.Event()
+        self._wake_webhook = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.written = 0
+        self.delivered = {"kafka": 0, "webhook": 0}
+        self.waiting = {"kafka": 0, "webhook": 0}
+
+    def start(self) -> None:
+        global _METRIC_BY_STATUS
+        _METRIC_BY_STATUS = _metric_table()
+        if self.config.kafka is not None:
+            self._threads.append(threading.Thread(target=self._kafka_loop, name="apimon-events-kafka", daemon=True))
+        if self.config.webhook is not None:
+            self._threads.append(threading.Thread(target=self._webhook_loop, name="apimon-events-webhook",
+                                                  daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        """The sinks get ``drain_timeout`` for what is in flight; the rest stays in the outbox."""
+        self._stop.set()
+        self._wake_kafka.set()
+        self._wake_webhook.set()
+        for t in self._threads:
+            t.join(self.drain_timeout + 10)
+        self._outbox.close()
 
     def _write(self, batch: list[tuple], alerts: list[tuple]) -> None:
         assert self._outbox is not None
@@ -320,6 +416,59 @@ class GatewayEvents:
             self.delivered["webhook"] = pump.delivered
             self.waiting["webhook"] = pump.waiting()
             outbox.close()
+
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """``python -m apimon_cli.events.worker``: the gateway's events process. Reads frames from stdin (the
+    first: the configuration; then marshalled batches) until EOF, then drains and prints its figures."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # the gateway ends this process by closing the pipe
+    stdin = sys.stdin.buffer
+    out_fd = os.dup(sys.stdout.fileno())
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing but the final figures on the pipe back
+
+    def log(msg: str) -> None:
+        sys.stderr.write(f"apimon gateway: {msg}\n")
+        sys.stderr.flush()
+
+    def frame() -> bytes | None:
+        head = stdin.read(_FRAME.size)
+        if len(head) < _FRAME.size:
+            return None
+        (n,) = _FRAME.unpack(head)
+        data = stdin.read(n)
+        return data if len(data) == n else None
+
+    first = frame()
+    if first is None:
+        return 0
+    setup = pickle.loads(first)
+    try:
+        writer = EventsWriter(setup["config"], Path(setup["path"]), setup["source"], log=log,
+                              drain_timeout=setup["drain_timeout"])
+    except OutboxError as exc:
+        log(f"events: {exc}")
+        return 1
+    writer.start()
+    try:
+        while (data := frame()) is not None:
+            batch, alerts = marshal.loads(data)
+            while True:
+                try:
+                    writer._write(batch, alerts)
+                    break
+                except Exception as exc:  # the disk: keep the batch and try again (the pipe fills meanwhile)
+                    log(f"events: writing to {writer.path} failed ({exc}); will retry")
+                    time.sleep(0.5)
+    finally:
+        writer.stop()
+        try:  # the gateway reads them; a gateway that was killed reads nothing
+            os.write(out_fd, (json.dumps({"written": writer.written, "delivered": writer.delivered,
+                                          "waiting": writer.waiting}) + "\n").encode())
+        except OSError:
+            pass
+    return 0
 
 
 def metered_observer(events: GatewayEvents) -> Callable:

@@ -231,6 +231,10 @@ class OutboxLock:
         self._fd = fd
         return True
 
+    def fileno(self) -> int | None:
+        """The locked descriptor (a child that inherits it holds the lock with this process)."""
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
