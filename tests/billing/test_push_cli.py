@@ -143,3 +143,18 @@ def test_removed_subscriber_never_pushed_fails_unless_allowed(world, fakes, allo
     r = run("billing", "push", str(plan), *window, "--allow-unpriced", allow=allow)
     assert r.returncode == 0, r.stderr
     assert "not pushable" in r.stderr  # still reported, never dropped
+
+
+def test_a_missing_credential_stops_before_anything_is_sent_with_a_located_json_error(world, fakes, allow):
+    # the last vendor's token is unset: nothing may go to the other two (no half-done push without a summary)
+    plan, ledger, *_ = world
+    env = cli_env(allow)
+    del env["OPENMETER_TOKEN"]
+    proc = subprocess.run([sys.executable, "-m", "apimon_cli.cli", "billing", "push", str(plan), "--json",
+                           "--ledger", str(ledger)], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1, proc.stderr
+    assert all(f.request_count == 0 for f in fakes.values())
+    [err] = json.loads(proc.stdout)["errors"]
+    assert err["file"] == str(plan) and isinstance(err["line"], int) and isinstance(err["column"], int)
+    assert err["field"] == "billing.push.openmeter.token" and "OPENMETER_TOKEN is not set" in err["message"]
+    assert f"{plan}:" in proc.stderr and "OPENMETER_TOKEN is not set" in proc.stderr

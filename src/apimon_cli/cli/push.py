@@ -17,6 +17,7 @@ billing_app = typer.Typer(
 )
 
 VENDORS = ("stripe", "lago", "openmeter")
+SECRET_FIELD = {"stripe": "api_key", "lago": "api_key", "openmeter": "token"}
 PlanArgs = Annotated[list[str], typer.Argument(help="Plan file(s) with a billing.push block.", metavar="PLAN")]
 ToOpt = Annotated[
     Optional[list[str]],
@@ -111,6 +112,18 @@ def push(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: Perio
     provider, target = _target(out, desired)
     results = []
     failed = False
+    if not dry_run:  # every credential before anything is sent: a push never stops half-way for a missing one
+        missing = [s for s in sinks if not s.secret]
+        if missing:
+            errors = []
+            for s in missing:
+                file, line, col = s.where.rsplit(":", 2) if s.where.count(":") >= 2 else (None, None, None)
+                errors.append({"file": file, "line": int(line) if line else None, "column": int(col) if col else None,
+                               "field": f"billing.push.{s.vendor}.{SECRET_FIELD[s.vendor]}",
+                               "message": f"environment variable {s.secret_env} is not set; set it to the "
+                                          f"{s.vendor} credential (nothing was sent)"})
+                out.error(f"{s.where}: error: {errors[-1]['field']}: {errors[-1]['message']}")
+            fail(out, "error: billing push: a credential is missing; nothing was sent", errors=errors)
     with open_ledger(out, ledger_path(ledger, plans), must_exist=True) as book:
         target = book.resolve_target(provider, target)
         for sink in sinks:
@@ -118,9 +131,6 @@ def push(plans: PlanArgs, to: ToOpt = None, from_: FromOpt = None, period: Perio
                 plan = plan_push(book, desired, sink, provider, target, start, end, _now())
                 results.append(("plan", sink, plan))
                 continue
-            if not sink.secret:
-                fail(out, f"{sink.where}: error: billing.push.{sink.vendor}: environment variable {sink.secret_env} "
-                          f"is not set; set it to the {sink.vendor} credential")
             from ..billing.push.vendors import make_client
 
             try:
