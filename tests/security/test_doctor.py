@@ -97,3 +97,28 @@ def test_doctor_on_an_invalid_plan_or_a_newer_ledger(tmp_path):
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     r = run_cli("doctor", str(good), "--ledger", str(ledger))
     assert r.code == 1 and "newer than this apimon knows" in r.stdout
+
+
+def test_doctor_json_gives_the_errors_like_every_json_command(tmp_path):
+    # issue 11: with --json, errors are {"errors": [{file, line, column, field, message}]} on stdout
+    path = write_plan(tmp_path / "plan.yaml", "apimon: 1\ntarget: {provider: local}\nproducts:\n"
+                      "  p: {display_name: P, pricing: {model: bogus}}\n")
+    r = run_cli("doctor", str(path), "--json")
+    assert r.code == 1
+    body = json.loads(r.stdout)
+    assert body["problems"] == 1
+    [err] = body["errors"]
+    assert (err["file"], err["line"], err["field"]) == (str(path), 4, "products.p.pricing.model")
+    assert "bogus" in err["message"] and isinstance(err["column"], int)
+    good = write_plan(tmp_path / "ok.yaml", "apimon: 1\ntarget: {provider: local}\nproducts: {}\n")
+    ledger = tmp_path / "ledger.db"
+    Ledger.open(ledger).close()
+    import sqlite3
+
+    with sqlite3.connect(ledger) as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    body = json.loads(run_cli("doctor", str(good), "--ledger", str(ledger), "--json").stdout)
+    [err] = body["errors"]
+    assert err["file"] is None and err["message"].startswith("ledger: ") and "newer" in err["message"]
+    ok = json.loads(run_cli("doctor", str(good), "--json").stdout)
+    assert ok["problems"] == 0 and ok["errors"] == []

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import PlanArgs, ledger_path, make_output, print_diagnostics
+from .common import PlanArgs, error_entry, ledger_path, make_output, print_diagnostics
 
 
 def doctor(
@@ -41,7 +41,10 @@ def doctor(
     checks.append(_ledger(ledger_path(ledger, plans)))
     problems = [c for c in checks if c.status == PROBLEM]
     if json_out:
-        out.json({"checks": [c.as_dict() for c in checks], "problems": len(problems)})
+        # errors as every --json command gives them: the plan's located errors, then each problem check
+        errors = [error_entry(d) for d in loaded.errors] + [
+            error_entry(f"{c.name}: {c.detail}") for c in problems if not (c.name == "plan" and loaded.errors)]
+        out.json({"checks": [c.as_dict() for c in checks], "problems": len(problems), "errors": errors})
     else:
         width = max(len(c.name) for c in checks)
         for c in checks:
