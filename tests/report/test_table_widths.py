@@ -103,3 +103,28 @@ def test_usage_table_fits_and_keeps_every_count_whole(site, columns):
         assert "calls per day" not in header
         assert any(line.startswith("Calls per day (30 days), by subscriber") for line in lines)
         assert not any(re.search(r"\d,\d{3}", s) for s in sparks)
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_usage_table_with_idle_days_is_never_truncated(tmp_path, columns):
+    # a sparkline with idle days holds spaces: it used to be measured by its longest run of bars, so the
+    # table "fitted" at 80 columns and rich then cut every header and the sparkline short ("subscri…", "…")
+    from push_helpers import fill, local_target
+
+    from apimon_cli.ledger import Ledger
+
+    (tmp_path / "plan.yaml").write_text(
+        "apimon: 1\ntarget: {provider: local}\nproducts:\n  pro: {display_name: Pro, pricing: {model: free}}\n"
+        "subscribers:\n" + "".join(f"  {s}: {{product: pro}}\n" for s in ("acme", "hooli", "initech")))
+    (tmp_path / ".apimon").mkdir()
+    rows = {(s, "pro", d): 10 + i for i, s in enumerate(("acme", "hooli", "initech"))
+            for d in ("2026-11-01", "2026-11-02", "2026-11-03")}
+    with Ledger.open(tmp_path / ".apimon" / "ledger.db") as book:
+        fill(book, rows, "2026-11-01", "2026-11-03", target=local_target(tmp_path))
+    lines = _render(tmp_path / "plan.yaml", columns, "usage", "show")
+    text = "\n".join(lines)
+    assert "…" not in text and max(cell_len(line) for line in lines) <= columns, text
+    header = next(line for line in lines if "success" in line)
+    assert all(word in header for word in ("subscriber", "success", "blocked", "failed", "total")), text
+    sparks = [line for line in lines if re.search("[▁▂▃▄▅▆▇█]", line)]
+    assert len(sparks) == 3 and all("███" in s or "▇" in s or "▆" in s for s in sparks), text

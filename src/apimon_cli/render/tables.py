@@ -24,6 +24,25 @@ def _fits(out: Output, table) -> bool:
     return Measurement.get(out.out, out.out.options.update(width=10_000, max_width=10_000), table).minimum <= width
 
 
+class _Whole:
+    """A cell that is never wrapped, measured at its full width. rich measures text by its longest word, also
+    in a ``no_wrap`` column, so a sparkline with idle days (spaces) looked narrow: the table "fitted" at 80
+    columns and was then cut short (headers and sparklines ending in an ellipsis)."""
+
+    def __init__(self, text: str) -> None:
+        from rich.text import Text
+
+        self.text = Text(text, no_wrap=True)
+
+    def __rich_console__(self, console, options):
+        yield self.text
+
+    def __rich_measure__(self, console, options):
+        from rich.measure import Measurement
+
+        return Measurement(self.text.cell_len, self.text.cell_len)
+
+
 def _quantity(q) -> str:
     return "" if q is None else f"{q:,}"
 
@@ -95,7 +114,7 @@ def usage_tables(out: Output, title: str, by: str, metrics, rows, spark: dict | 
         for key, counts, is_total in rows:
             cells = [f"{counts.get(m, 0):,}" for m in metrics]
             if with_spark:
-                cells.append("" if is_total else sparkline(spark.get(key, [0] * days)))
+                cells.append("" if is_total else _Whole(sparkline(spark.get(key, [0] * days))))
             if is_total:
                 table.add_section()
                 table.add_row("total", *cells, style="bold")
@@ -117,5 +136,5 @@ def usage_tables(out: Output, title: str, by: str, metrics, rows, spark: dict | 
     daily.add_column("calls per day", no_wrap=True)
     for key, _counts, is_total in rows:
         if not is_total:
-            daily.add_row(out.mask(str(key)), sparkline(spark.get(key, [0] * days)))
+            daily.add_row(out.mask(str(key)), _Whole(sparkline(spark.get(key, [0] * days))))
     return [counts, daily]
