@@ -12,7 +12,9 @@ Written from Stripe's public API reference and usage-based billing guide:
 * ``POST /v1/billing/meter_event_adjustments``: ``type=cancel``, ``event_name``, ``cancel[identifier]``;
   only events Stripe received within the last 24 hours can be cancelled.
 * ``GET /v1/billing/meters`` and ``GET /v1/billing/meters/{id}/event_summaries`` (``customer``,
-  ``start_time``, ``end_time`` required): the aggregated (sum) value of the customer's non-cancelled events.
+  ``start_time``, ``end_time`` required): the aggregated (sum) value of the customer's non-cancelled events;
+  with ``value_grouping_window`` (``day`` or ``hour``) one summary per window that has usage, newest first,
+  ``limit`` (1-100, default 10) and ``starting_after`` paging, so the SDK's ``auto_paging_iter`` works.
 * ``Idempotency-Key`` on POSTs: a repeat within 24 h replays the first response (``Idempotent-Replayed:
   true``); different parameters are ``400 idempotency_error``; a repeat while the first is still running is
   ``409 idempotency_error``.
@@ -302,11 +304,37 @@ class StripeFake(FakeServer):
             if not q.get(required):
                 return _err(400, f"Missing required param: {required}.", code="parameter_missing", param=required)
         start, end = int(q["start_time"]), int(q["end_time"])
-        value = self.total(q["customer"], names[0], start, end)
-        return Reply(200, {"object": "list", "has_more": False, "url": req.path, "data": [
-            {"id": "mtrusg_" + secrets.token_hex(6), "object": "billing.meter_event_summary",
-             "aggregated_value": float(value), "start_time": start, "end_time": end, "livemode": False,
-             "meter": meter_id}]})
+        window = q.get("value_grouping_window")
+        if window is None:  # one summary for the whole range
+            value = self.total(q["customer"], names[0], start, end)
+            return Reply(200, {"object": "list", "has_more": False, "url": req.path, "data": [
+                {"id": "mtrusg_" + secrets.token_hex(6), "object": "billing.meter_event_summary",
+                 "aggregated_value": float(value), "start_time": start, "end_time": end, "livemode": False,
+                 "meter": meter_id}]})
+        size = {"day": 86_400, "hour": 3_600}.get(window)
+        if size is None:
+            return _err(400, "Invalid value_grouping_window: must be one of day or hour", param="value_grouping_window")
+        limit = int(q.get("limit", 10))
+        if not 1 <= limit <= 100:
+            return _err(400, "Invalid limit: must be between 1 and 100", param="limit")
+        # one summary per window that has usage, newest first (as Stripe lists them), paged by id
+        summaries = []
+        for w0 in range(start, end, size):
+            w1 = min(w0 + size, end)
+            with self.lock:
+                has = any(e.customer == q["customer"] and e.event_name == names[0] and not e.canceled
+                          and w0 <= e.timestamp < w1 for e in self.events.values())
+            if has:
+                summaries.append({"id": f"mtrusg_{meter_id}_{w0}", "object": "billing.meter_event_summary",
+                                  "aggregated_value": float(self.total(q["customer"], names[0], w0, w1)),
+                                  "start_time": w0, "end_time": w1, "livemode": False, "meter": meter_id})
+        summaries.reverse()
+        after = q.get("starting_after")
+        if after:
+            ids = [x["id"] for x in summaries]
+            summaries = summaries[ids.index(after) + 1:] if after in ids else []
+        return Reply(200, {"object": "list", "has_more": len(summaries) > limit, "url": req.path,
+                           "data": summaries[:limit]})
 
     def fake_totals(self, req: Request) -> Reply:
         return Reply(200, {name: self.totals(name) for name in self.meters})

@@ -82,3 +82,31 @@ def test_openmeter_cloudevents_content_types_validation_and_dedup(openmeter_fake
     single = {**auth, "Content-Type": "application/cloudevents+json"}
     assert requests.post(url, data=json.dumps(e), headers=single).status_code == 204  # same id + source
     assert openmeter_fake.total("acme") == 4
+
+
+def test_stripe_event_summaries_per_day_through_the_official_sdk(stripe_fake):
+    # what a user (or a check) reads back with the stripe package: per-day summaries, paged
+    import stripe
+
+    client = stripe.StripeClient("sk_test_pushsecret0001", base_addresses={"api": stripe_fake.url},
+                                 max_network_retries=0)
+    today = int(time.time()) // 86400 * 86400
+    for back, value in ((3, 7), (2, 11), (1, 13)):
+        client.v1.billing.meter_events.create(params={
+            "event_name": "api_requests", "timestamp": today - back * 86400 + 43200,
+            "payload": {"stripe_customer_id": "cus_sum", "value": str(value)}})
+    [meter] = client.v1.billing.meters.list().data
+    params = {"customer": "cus_sum", "start_time": today - 5 * 86400, "end_time": today + 86400}
+    [whole] = client.v1.billing.meters.event_summaries.list(meter.id, params=params).data
+    assert whole.aggregated_value == 31
+    page = client.v1.billing.meters.event_summaries.list(
+        meter.id, params={**params, "value_grouping_window": "day", "limit": 2})
+    assert page.has_more and len(page.data) == 2
+    days = [(s.start_time, s.aggregated_value) for s in page.auto_paging_iter()]
+    assert days == [(today - 86400, 13), (today - 2 * 86400, 11), (today - 3 * 86400, 7)]
+    try:
+        client.v1.billing.meters.event_summaries.list(meter.id, params={**params, "value_grouping_window": "week"})
+    except stripe.InvalidRequestError as exc:
+        assert exc.param == "value_grouping_window"
+    else:
+        raise AssertionError("a week window must be refused")
