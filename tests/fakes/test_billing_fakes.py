@@ -110,3 +110,25 @@ def test_stripe_event_summaries_per_day_through_the_official_sdk(stripe_fake):
         assert exc.param == "value_grouping_window"
     else:
         raise AssertionError("a week window must be refused")
+
+
+def test_a_request_cut_off_mid_body_is_not_processed_nor_remembered(stripe_fake):
+    """A client killed while sending (headers out, body not): like Stripe, nothing is created and the
+    Idempotency-Key is not taken, so the client's retry with the full body succeeds."""
+    import socket
+    from urllib.parse import urlencode, urlsplit
+
+    now = int(time.time())
+    form = {"event_name": "api_requests", "payload[stripe_customer_id]": "cus_cut", "payload[value]": "4",
+            "timestamp": str(now - 3600), "identifier": "id-cut"}
+    body = urlencode(form).encode()
+    u = urlsplit(stripe_fake.url)
+    with socket.create_connection((u.hostname, u.port)) as s:
+        s.sendall(b"POST /v1/billing/meter_events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                  b"sk_test_pushsecret0001\r\nIdempotency-Key: k-cut\r\nContent-Type: application/x-www-form-"
+                  b"urlencoded\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10])
+    time.sleep(0.2)
+    assert stripe_fake.total("cus_cut") == 0
+    ok = _stripe(stripe_fake, "/v1/billing/meter_events", form, **{"Idempotency-Key": "k-cut"})
+    assert ok.status_code == 200, ok.text
+    assert ok.headers.get("Idempotent-Replayed") is None and stripe_fake.total("cus_cut") == 4
