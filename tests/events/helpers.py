@@ -155,14 +155,14 @@ class UpstreamThread:
 class GatewayProcess:
     """`apimon gateway serve` in a child process; the bound URL is read from its 'listening on' line."""
 
-    def __init__(self, plan, env: dict | None = None):
+    def __init__(self, plan, env: dict | None = None, args: tuple[str, ...] = (), ready_timeout: float = 20):
         import os
         import subprocess
         import sys
 
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("APIMON_")} | {"NO_COLOR": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "apimon_cli.cli", "gateway", "serve", str(plan), "--listen", "127.0.0.1:0"],
+            [sys.executable, "-m", "apimon_cli.cli", "gateway", "serve", str(plan), "--listen", "127.0.0.1:0", *args],
             env=full_env | (env or {}), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []
@@ -177,7 +177,7 @@ class GatewayProcess:
 
         self.reader = threading.Thread(target=read, daemon=True)
         self.reader.start()
-        assert ready.wait(20) and self.proc.poll() is None, "".join(self.lines)
+        assert ready.wait(ready_timeout) and self.proc.poll() is None, "".join(self.lines)
         self.url = next(w for line in self.lines for w in line.split() if w.startswith("http://"))
 
     def stop(self, timeout: float = 30) -> float:

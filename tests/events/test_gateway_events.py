@@ -362,3 +362,90 @@ def test_a_dead_events_process_is_replaced_and_later_events_still_arrive(kafka, 
     assert "events: the events process exited (code -9); starting another" in gw.stderr
     msgs = read_topic(kafka.bootstrap, "apimon.events", expect=30 + 5)
     assert len({m.event["id"] for m in msgs if m.event["type"] == T.REQUEST}) == 30
+
+
+def test_an_in_process_gateway_with_an_events_block_publishes_to_kafka_and_the_webhook(kafka, upstream, tmp_path,
+                                                                                      monkeypatch):
+    """`Gateway(config_from_plan(...))` in this process, not `gateway serve`: its start() starts the events
+    pipeline and its stop() writes and delivers the last requests' events (it used to publish nothing)."""
+    import asyncio
+
+    import aiohttp
+
+    from apimon_cli.gateway import Gateway, config_from_plan
+    from apimon_cli.planfile.loader import load_plans
+
+    hook = WebhookReceiver()
+    try:
+        plan, env, keys = _setup(tmp_path, kafka, upstream, webhook=(
+            f"  webhook: {{url: \"{hook.url}\", secret: {{from_env: WHSEC}}, types: [{T.REQUEST}]}}"))
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        config = config_from_plan(load_plans([str(plan)]).desired, listen="127.0.0.1:0")
+
+        async def main() -> None:
+            gw = Gateway(config)
+            await gw.start()
+            try:
+                async with aiohttp.ClientSession() as s:
+                    for _ in range(4):
+                        async with s.get(gw.url + "/petstore/pets/1", headers={"x-api-key": keys["acme"]}) as r:
+                            assert r.status == 200
+            finally:
+                await gw.stop()
+
+        asyncio.run(main())
+        msgs = read_topic(kafka.bootstrap, "apimon.events", expect=4 + 5)  # + apply's created events
+        reqs = [m for m in msgs if m.event["type"] == T.REQUEST]
+        assert len(reqs) == 4 and {m.key for m in reqs} == {b"acme"}
+        got = [Webhook(SECRET).verify(r.body, r.headers) for r in hook.received]
+        assert sorted(e["id"] for e in got) == sorted(m.event["id"] for m in reqs)
+        with sqlite3.connect(tmp_path / "state" / "events-gateway.db") as conn:
+            assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
+    finally:
+        hook.close()
+
+
+def test_workers_with_an_events_block_publish_every_request_once_and_each_alert_once(kafka, upstream, tmp_path,
+                                                                                     redis_prefix):
+    """`gateway serve --workers 2` with events and Redis limits: each worker has its own events process and
+    outbox (events-gateway.db, events-gateway-1.db), every request is one event, an alert fires once for
+    both workers (they share the quota in Redis and the alerts raised in events-gateway.db)."""
+    hook = WebhookReceiver()
+    try:
+        webhook = f"  webhook: {{url: \"{hook.url}\", secret: {{from_env: WHSEC}}}}"
+        text = PLAN.format(up=upstream.url, bootstrap=kafka.bootstrap, webhook=webhook).replace(
+            "local: {state_dir: state,",
+            f"local: {{limits: {{backend: redis, url: \"{redis_prefix[0]}\", key_prefix: \"{redis_prefix[1]}\"}}, "
+            "state_dir: state,")
+        plan = write_plan(tmp_path / "plan.yaml", text)
+        env = {"ACME_KEY": IMPORTED, "WHSEC": SECRET, "APIMON_ALLOW_ENDPOINTS": hook.hostport}
+        assert run_cli("apply", str(plan), "--auto-approve", env=env).code == 0
+        with sqlite3.connect(tmp_path / "state" / "state.db") as conn:
+            keys = dict(conn.execute("SELECT id, api_key FROM subscribers"))
+        gw = GatewayProcess(plan, env=env, args=("--workers", "2"), ready_timeout=60)
+        try:
+            assert "(2 workers;" in "".join(gw.lines)
+            for _ in range(12):  # a fresh connection each: the kernel spreads them over both workers
+                requests.get(gw.url + "/petstore/pets/1", headers={"x-api-key": keys["bob"], "connection": "close"})
+                time.sleep(0.5)  # under bob's rate limit: only his quota (10) says no
+            for _ in range(20):
+                requests.get(gw.url + "/orders/pets/1", headers={"x-api-key": keys["acme"], "connection": "close"})
+        finally:
+            gw.stop(timeout=60)
+        assert gw.code == 0, gw.stderr
+        assert "events:" not in gw.stderr, gw.stderr
+        msgs = read_topic(kafka.bootstrap, "apimon.events", expect=32 + 2 + 5)
+        reqs = [m.event for m in msgs if m.event["type"] == T.REQUEST]
+        assert len(reqs) == 32 and len({e["id"] for e in reqs}) == 32
+        assert Counter(e["subject"] for e in reqs) == {"bob": 12, "acme": 20}
+        alerts = [m.event for m in msgs if m.event["type"] == T.QUOTA_THRESHOLD]
+        assert sorted(a["data"]["percent"] for a in alerts) == [50, 100]
+        got = [Webhook(SECRET).verify(r.body, r.headers) for r in hook.received]
+        assert sorted(e["data"]["percent"] for e in got if e["type"] == T.QUOTA_THRESHOLD) == [50, 100]
+        assert (tmp_path / "state" / "events-gateway-1.db").exists()
+        for name in ("events-gateway.db", "events-gateway-1.db"):
+            with sqlite3.connect(tmp_path / "state" / name) as conn:
+                assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,), name
+    finally:
+        hook.close()

@@ -103,7 +103,9 @@ def flush(plans: PlanArgs) -> None:
     if loaded.desired.target.provider == "local":
         from ..providers.local import state_dir_of
 
-        paths.append(gateway_outbox_path(state_dir_of(loaded.desired)))
+        state = state_dir_of(loaded.desired)
+        paths.append(gateway_outbox_path(state))  # and the other workers' of `gateway serve --workers N`
+        paths += sorted(state.glob("events-gateway-*.db"), key=lambda p: (len(p.name), p.name))
     left = 0
     hint = " ".join(plans)
     for path in paths:

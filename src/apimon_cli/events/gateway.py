@@ -51,7 +51,7 @@ from . import types as T
 from .cloudevent import IdSequence, _dumps, _q, gateway_source, quota_threshold_data, request_body, rfc3339
 from .config import EventsConfig
 from .delivery import KafkaPump, WebhookPump, pending_bits
-from .outbox import GATEWAY_OUTBOX, Outbox, OutboxError, OutboxLock
+from .outbox import GATEWAY_OUTBOX, Outbox, OutboxError, OutboxLock, gateway_outbox_name
 
 STALL_AFTER = 5.0
 _OUTCOMES = ("success", "blocked", "failed", "other")
@@ -92,9 +92,11 @@ class GatewayEvents:
         queue_limit: int = 200_000,
         flush_interval: float = 0.1,
         drain_timeout: float = 2.0,
+        worker: int = 0,
     ):
         self.config = config
-        self.path = Path(state_dir) / GATEWAY_OUTBOX
+        self.path = Path(state_dir) / gateway_outbox_name(worker)
+        self.alerts_path = Path(state_dir) / GATEWAY_OUTBOX  # shared by the workers of --workers N
         self.log = log or (lambda msg: sys.stderr.write(f"apimon gateway: {msg}\n"))
         self.queue_limit = queue_limit
         self.flush_interval = flush_interval
@@ -121,7 +123,8 @@ class GatewayEvents:
         if not self._lock.acquire():
             raise OutboxError(f"{self.path} is in use by another `apimon gateway serve` on the same state")
         try:
-            outbox = Outbox(self.path, synchronous="NORMAL")
+            Outbox(self.path, synchronous="NORMAL").close()  # a file that cannot be used stops the start
+            outbox = Outbox(self.alerts_path, synchronous="NORMAL")
             try:
                 outbox.forget_alerts(windows)
                 self._fired = outbox.alerts(windows)
@@ -146,7 +149,7 @@ class GatewayEvents:
             stdout=subprocess.PIPE, pass_fds=(lock_fd,) if lock_fd is not None else (), bufsize=0,
         )
         self._send(pickle.dumps({"config": self.config, "path": str(self.path), "source": self.source,
-                                 "drain_timeout": self.drain_timeout}))
+                                 "drain_timeout": self.drain_timeout, "alerts_path": str(self.alerts_path)}))
 
     def _send(self, frame: bytes) -> None:
         """Write one frame to the events process (blocks while its pipe is full: on the writer thread)."""
@@ -266,7 +269,7 @@ class EventsWriter:
     """In the events process: batches from the gateway -> CloudEvents -> the outbox; the delivery threads."""
 
     def __init__(self, config: EventsConfig, path: Path, source: str, *, log: Callable[[str], None],
-                 drain_timeout: float = 2.0):
+                 drain_timeout: float = 2.0, alerts_path: Path | None = None):
         self.config = config
         self.path = Path(path)
         self.source = source
@@ -274,6 +277,9 @@ class EventsWriter:
         self.drain_timeout = drain_timeout
         self._ids = IdSequence()
         self._outbox = Outbox(self.path, synchronous="NORMAL")
+        # where alerts are claimed: this outbox, or worker 0's (``--workers N``: one claim for all workers)
+        self._alerts_db = (self._outbox if alerts_path is None or Path(alerts_path) == self.path
+                           else Outbox(Path(alerts_path), synchronous="NORMAL"))
         self._stop = threading.Event()
         self._wake_kafka = threading.Event()
         self._wake_webhook = threading.Event()
@@ -300,6 +306,8 @@ class EventsWriter:
         self._wake_webhook.set()
         for t in self._threads:
             t.join(self.drain_timeout + 10)
+        if self._alerts_db is not self._outbox:
+            self._alerts_db.close()
         self._outbox.close()
 
     def _write(self, batch: list[tuple], alerts: list[tuple]) -> None:
@@ -319,7 +327,7 @@ class EventsWriter:
                                     rq, rs)
                 append((eid, T.REQUEST, source, when, sub, body, bits))
         if alerts:
-            fresh = self._outbox.claim_alerts([(a[1], a[6], a[7]) for a in alerts])
+            fresh = self._alerts_db.claim_alerts([(a[1], a[6], a[7]) for a in alerts])
             abits = pending_bits(config, T.QUOTA_THRESHOLD)
             for (now, sub, prod, limit, used, period, window, pct) in alerts:
                 if (sub, window, pct) not in fresh or not abits:
@@ -412,10 +420,17 @@ class EventsWriter:
                     self._wake_webhook.wait(wait)
                     self._wake_webhook.clear()
         finally:
-            pump.close()
-            self.delivered["webhook"] = pump.delivered
-            self.waiting["webhook"] = pump.waiting()
-            outbox.close()
+            try:  # shutting down: the rows due now get ``drain_timeout`` to reach a healthy webhook (as Kafka's)
+                deadline = time.monotonic() + (self.drain_timeout if stalled_at is None else 0.0)
+                while time.monotonic() < deadline and pump.waiting():
+                    res = pump.step(stop=lambda: time.monotonic() >= deadline)
+                    if not res.delivered:  # nothing due, or the webhook fails: the rest stays in the outbox
+                        break
+            finally:
+                pump.close()
+                self.delivered["webhook"] = pump.delivered
+                self.waiting["webhook"] = pump.waiting()
+                outbox.close()
 
 
 
@@ -446,7 +461,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     setup = pickle.loads(first)
     try:
         writer = EventsWriter(setup["config"], Path(setup["path"]), setup["source"], log=log,
-                              drain_timeout=setup["drain_timeout"])
+                              drain_timeout=setup["drain_timeout"], alerts_path=setup.get("alerts_path"))
     except OutboxError as exc:
         log(f"events: {exc}")
         return 1
@@ -494,16 +509,15 @@ def metered_observer(events: GatewayEvents) -> Callable:
     return observe
 
 
-async def attach(gateway) -> GatewayEvents | None:
-    """Start the events pipeline of a started gateway whose plan has an events block (None otherwise);
-    ``await events.stop()`` after ``gateway.stop()`` writes and delivers what the last requests produced."""
-    config = gateway.config.events
-    if config is None:
-        return None
+def prepare(gateway) -> GatewayEvents:
+    """The events pipeline of a gateway whose config has an events block, before it listens: the outbox
+    taken (raises OutboxError), the observer added (requests before ``start`` wait in the queue).
+    ``Gateway.start`` calls it and then ``events.start(host, port)``; ``Gateway.stop`` ends it after the
+    drain, so the last requests' events are written and delivered."""
     from ..gateway.clock import windows_at
 
-    events = GatewayEvents(config, gateway.config.state_dir, log=lambda m: sys.stderr.write(f"apimon gateway: {m}\n"))
+    events = GatewayEvents(gateway.config.events, gateway.config.state_dir,
+                           log=lambda m: sys.stderr.write(f"apimon gateway: {m}\n"), worker=gateway.config.worker)
     events.open(list(windows_at(gateway.clock()).window.values()))
-    events.start(gateway.config.host, gateway.port)
     gateway.add_observer(metered_observer(events))
     return events

@@ -8,12 +8,13 @@ gateway's last usage counts). A row is one event with a bit per sink still to de
 a sink's acknowledgement clears its bit and a row with no bit left is deleted. Where it lives:
 
 - the gateway: ``<state_dir>/events-gateway.db`` (its own file, locked while the gateway runs, so an
-  ``apimon events flush`` never delivers the same rows at the same time);
+  ``apimon events flush`` never delivers the same rows at the same time); with ``--workers N`` worker i > 0
+  has ``events-gateway-<i>.db``;
 - ``apply``, ``usage pull`` and ``events flush``: ``.apimon/events-outbox.db`` beside the first plan file
   (where the default ledger and the local target's default state live).
 
 Also here: ``quota_alerts``, the thresholds already announced per subscriber and quota window (so an alert
-fires once, also across gateway restarts).
+fires once, also across gateway restarts; every worker claims them in ``events-gateway.db``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from ..sqlitetx import rollback_quietly
 KAFKA, WEBHOOK = 1, 2
 SINK_BITS = {"kafka": KAFKA, "webhook": WEBHOOK}
 GATEWAY_OUTBOX = "events-gateway.db"
+
+
+def gateway_outbox_name(worker: int = 0) -> str:
+    """The outbox of `gateway serve`'s worker ``worker`` (``--workers N``): 0 is ``events-gateway.db``."""
+    return GATEWAY_OUTBOX if not worker else f"events-gateway-{worker}.db"
 CLI_OUTBOX = "events-outbox.db"
 
 _SCHEMA = """

@@ -52,6 +52,7 @@ class GatewayConfig:
     limits: dict | None = None
     database: str | None = None  # target.local.database: the state in PostgreSQL (None: state_dir/state.db)
     reuse_port: bool = False  # SO_REUSEPORT on the listener: one of `gateway serve --workers N`'s processes
+    worker: int = 0  # that process's index: worker i > 0 keeps its events in events-gateway-<i>.db
     # ---- OAuth 2.0 (target.local.oauth2): the iss of issued tokens (default: the gateway's URL) and the
     # algorithm of new signing keys
     issuer: str | None = None

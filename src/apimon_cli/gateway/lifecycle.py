@@ -102,6 +102,7 @@ class Gateway:
         self._gate: ConnectionGate | None = None
         self._exit = ExitStack()
         self._started = 0.0
+        self.events = None  # events.gateway.GatewayEvents when config.events is set (started with the gateway)
 
     # ---------------------------------------------------------------- what the CLI and tests read
     @property
@@ -183,6 +184,17 @@ class Gateway:
             await self._close_pools()
             await self._close_db()
             raise
+        if cfg.events is not None:  # the plan's events block: an observer, the queue and the events process
+            from ..events.gateway import prepare
+            from ..events.outbox import OutboxError
+
+            try:
+                self.events = prepare(self)
+            except OutboxError as exc:
+                await self._runner.cleanup()
+                await self._close_pools()
+                await self._close_db()
+                raise GatewayError(str(exc)) from None
         self._site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=1024, reuse_port=cfg.reuse_port or None,
                                  ssl_context=tls)
         try:
@@ -191,9 +203,14 @@ class Gateway:
             await self._runner.cleanup()
             await self._close_pools()
             await self._close_db()
+            if self.events is not None:
+                await self.events.stop()
+                self.events = None
             raise GatewayError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
         sockets = self._site._server.sockets if self._site._server else ()  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1] if sockets else cfg.port
+        if self.events is not None:
+            self.events.start(cfg.host, self.port)
         if isinstance(self.auth, GatewayAuth) and not self.auth.issuer:
             self.auth.issuer = self.url  # the iss of the tokens it issues (target.local.oauth2.issuer overrides)
         self._tasks = [asyncio.create_task(t()) for t in (self._poll, self._flusher, self._sweeper)]
@@ -371,6 +388,9 @@ class Gateway:
         lost_quota = [(sid, win, n) for (sid, win), n in self.limits.take_pending().items()]
         await self.limits.close()
         await self._close_db()
+        if self.events is not None:  # after the drain: the last requests' events are written and delivered
+            events, self.events = self.events, None
+            await events.stop()
         self._exit.close()
         refused = self.pipeline.refused + (self._gate.refused if self._gate else 0)
         return Summary(self.meter.requests, self.meter.unauthenticated, time.monotonic() - self._started, lost,
@@ -459,17 +479,7 @@ def run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await gateway.start()
-            events = None
-            if config.events is not None:  # the plan's events block: an observer and its delivery threads
-                from ..events.gateway import attach
-                from ..events.outbox import OutboxError
-
-                try:
-                    events = await attach(gateway)
-                except OutboxError as exc:
-                    await gateway.stop()
-                    raise GatewayError(str(exc)) from None
+            await gateway.start()  # with the plan's events block: the events pipeline too
             # Everything loaded so far (the CLI, the plan loader, aiohttp) lives as long as the process: keep
             # it out of the cyclic GC's full collections, which otherwise stall the loop for tens of ms.
             gc.collect()
@@ -477,10 +487,7 @@ def run(
             if on_ready is not None:
                 on_ready(gateway)
             await stop.wait()
-            summary = await gateway.stop()
-            if events is not None:  # after the drain: the last requests' events are written and delivered
-                await events.stop()
-            return summary
+            return await gateway.stop()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

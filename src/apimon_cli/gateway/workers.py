@@ -5,7 +5,10 @@ Each worker is a whole gateway (its own event loop, key table, upstream pools) w
 outside them: products and keys in the state (each polls its revision, so an apply reaches all of them within
 a second), usage counts in the state (each adds its own deltas), rate-limit buckets and quota counters in
 Redis (``target.local.limits.backend: redis``). With the memory back end each process would keep buckets
-and quotas of its own, N times the configured limits, so more than one worker is refused.
+and quotas of its own, N times the configured limits, so more than one worker is refused. With an events
+block each worker has its own events process and outbox (worker 0 ``events-gateway.db``, worker i
+``events-gateway-<i>.db``); the quota alerts already raised are kept in ``events-gateway.db`` for all of
+them, so an alert still fires once per subscriber, window and threshold.
 
 The parent reserves the port (a bound, non-listening socket with ``SO_REUSEPORT``: port 0 becomes a real
 port every worker then binds), starts the workers (``spawn``), prints one line once all listen, restarts a
@@ -51,11 +54,6 @@ def check_workers(config: GatewayConfig, workers: int) -> None:
             f"process would keep its own rate-limit buckets and quota counters, so the limits would not be shared "
             f"(each subscriber would get {workers} times its rate and quota); set target.local.limits: "
             "{backend: redis, url: \"redis://HOST:6379/0\"} or run one worker"
-        )
-    if config.events is not None:
-        raise GatewayError(
-            f"--workers {workers} with an events block is not supported yet: the gateway's event outbox "
-            "belongs to one process; run one worker per state directory"
         )
 
 
@@ -109,7 +107,8 @@ def serve_workers(config: GatewayConfig, workers: int, *, on_ready: Callable[[Wo
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def start(i: int):
-        p = ctx.Process(target=_worker, args=(config, i, ready, done), name=f"apimon-gateway-{i}", daemon=False)
+        p = ctx.Process(target=_worker, args=(replace(config, worker=i), i, ready, done), name=f"apimon-gateway-{i}",
+                        daemon=False)
         p.start()
         procs[i] = p
         return p
