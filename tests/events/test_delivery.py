@@ -55,6 +55,9 @@ def test_every_event_reaches_kafka_in_structured_mode_with_ce_headers(kafka, tmp
     assert m.headers["content-type"] == b"application/cloudevents+json"
     assert m.headers["ce_id"] == events[7].id.encode() and m.headers["ce_type"] == T.REQUEST.encode()
     assert m.headers["ce_specversion"] == b"1.0" and m.headers["ce_subject"] == b"sub-2"
+    # every attribute of the envelope (all but data) is a ce_* header with the same value
+    assert {k: v.decode() for k, v in m.headers.items() if k.startswith("ce_")} == {
+        f"ce_{k}": v for k, v in m.event.items() if k != "data"}
     # one subscriber's events stay in one partition, in order
     for sub in {m.key for m in msgs}:
         mine = [x for x in msgs if x.key == sub]

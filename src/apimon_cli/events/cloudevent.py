@@ -92,7 +92,8 @@ class CloudEvent:
 
 def kafka_headers(event_id: str, source: str, type_: str, time: str, subject: str | None) -> list[tuple[str, bytes]]:
     """The CloudEvents attributes as ``ce_*`` headers (Kafka protocol binding), next to the structured value,
-    so consumers can route without parsing it."""
+    so consumers can route without parsing it (every attribute of the envelope but ``data``: also
+    ``ce_datacontenttype``, since ``content-type`` names the structured envelope)."""
     headers = [
         ("content-type", CONTENT_TYPE.encode()),
         ("ce_specversion", SPECVERSION.encode()),
@@ -100,6 +101,7 @@ def kafka_headers(event_id: str, source: str, type_: str, time: str, subject: st
         ("ce_source", source.encode()),
         ("ce_type", type_.encode()),
         ("ce_time", time.encode()),
+        ("ce_datacontenttype", b"application/json"),
     ]
     if subject is not None:
         headers.append(("ce_subject", subject.encode()))
