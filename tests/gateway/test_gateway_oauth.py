@@ -560,3 +560,47 @@ def test_keys_secret_issues_a_generated_secret_once_and_replaces_the_previous_on
             await up.cleanup()
 
     asyncio.run(body())
+
+
+def test_token_endpoint_reads_a_split_body_and_bounds_huge_and_slow_ones(tmp_path):
+    """The form is read to its end however the client splits it into packets; a body over 8 KiB is 413
+    (declared or streamed), one that stalls is 408 after the body timeout: hostile clients of the token
+    endpoint are bounded like those of the APIs."""
+    from gwutil import raw, status_of
+
+    form = f"grant_type=client_credentials&client_id=acme&client_secret={SECRET}".encode()
+
+    async def body():
+        up, up_port = await upstream.start()
+        _state(tmp_path, f"http://127.0.0.1:{up_port}", "http://127.0.0.1:9")
+        gw = Gateway(GatewayConfig(tmp_path / "state", {"petstore": f"http://127.0.0.1:{up_port}"}, port=0,
+                                   body_timeout=1.0))
+        await gw.start()
+        head = (b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                b"Connection: close\r\n")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(head + b"Content-Length: %d\r\n\r\n" % len(form) + form[:20])
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            writer.write(form[20:])
+            async with asyncio.timeout(10):
+                answer = await reader.read()
+            writer.close()
+            assert status_of(answer) == 200 and b'"access_token"' in answer, answer[:300]
+
+            declared = await raw(gw.port, head + b"Content-Length: 9000\r\n\r\n")
+            assert status_of(declared) == 413 and b"invalid_request" in declared, declared[:300]
+            chunk = b"a" * 4000
+            streamed = await raw(gw.port, head + b"Transfer-Encoding: chunked\r\n\r\n"
+                                 + b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(3)))
+            assert status_of(streamed) == 413 and b"8192" in streamed, streamed[:300]
+
+            started = time.monotonic()
+            stalled = await raw(gw.port, head + b"Content-Length: 100\r\n\r\ngrant_type=", read_timeout=10)
+            assert status_of(stalled) == 408 and time.monotonic() - started < 5, stalled[:300]
+        finally:
+            await gw.stop()
+            await up.cleanup()
+
+    asyncio.run(body())
