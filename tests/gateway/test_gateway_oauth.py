@@ -604,3 +604,60 @@ def test_token_endpoint_reads_a_split_body_and_bounds_huge_and_slow_ones(tmp_pat
             await up.cleanup()
 
     asyncio.run(body())
+
+
+def test_a_jwks_sent_in_pieces_is_read_whole_and_a_huge_one_is_refused(tmp_path):
+    """Identity providers' JWKS are several KiB (Entra ID's carries x5c chains) and arrive in several
+    packets: the gateway reads the document to its end (at most 1 MiB) before parsing it."""
+
+    async def body():
+        up, up_port = await upstream.start()
+        idp = Idp()
+        huge = {"on": False}
+
+        async def jwks(request):
+            idp.fetches += 1
+            doc = idp.jwks()
+            # padding keys of other ids, as a provider with many rotated keys publishes
+            doc["keys"] = [{"kty": "oct", "kid": f"old-{i}", "k": "A" * 200} for i in range(40)] + doc["keys"]
+            data = json.dumps(doc).encode()
+            if huge["on"]:
+                data = b'{"keys": [' + b'{"kty": "oct", "kid": "x", "k": "AAAA"},' * 40_000 + b"{}]}"
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            for i in range(0, len(data), 1500):
+                await resp.write(data[i:i + 1500])
+                if i < 6000:
+                    await asyncio.sleep(0.05)
+            await resp.write_eof()
+            return resp
+
+        app = web.Application()
+        app.router.add_get("/jwks", jwks)
+        idp.runner = web.AppRunner(app)
+        await idp.runner.setup()
+        site = web.TCPSite(idp.runner, "127.0.0.1", 0)
+        await site.start()
+        idp.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        _state(tmp_path, f"http://127.0.0.1:{up_port}", idp.url)
+        gw = Gateway(GatewayConfig(tmp_path / "state", {"petstore": f"http://127.0.0.1:{up_port}"}, port=0))
+        await gw.start()
+        try:
+            async with aiohttp.ClientSession() as s:
+                url = f"{gw.url}/petstore/pets"
+                st, _, got = await _call(s, url, idp.token())
+                assert st == 200, got
+                huge["on"] = True
+                (cache,) = gw.auth._jwks.values()
+                cache.fetched -= 31
+                st, _, got = await _call(s, url, idp.token(kid="rotated-away"))
+                assert st == 401 and got["check"] == "kid", got  # the huge JWKS is refused, the old keys kept
+                assert idp.fetches == 2
+                st, _, got = await _call(s, url, idp.token())
+                assert st == 200, got
+        finally:
+            await gw.stop()
+            await up.cleanup()
+            await idp.runner.cleanup()
+
+    asyncio.run(body())
