@@ -560,3 +560,104 @@ def test_keys_secret_issues_a_generated_secret_once_and_replaces_the_previous_on
             await up.cleanup()
 
     asyncio.run(body())
+
+
+def test_token_endpoint_reads_a_split_body_and_bounds_huge_and_slow_ones(tmp_path):
+    """The form is read to its end however the client splits it into packets; a body over 8 KiB is 413
+    (declared or streamed), one that stalls is 408 after the body timeout: hostile clients of the token
+    endpoint are bounded like those of the APIs."""
+    from gwutil import raw, status_of
+
+    form = f"grant_type=client_credentials&client_id=acme&client_secret={SECRET}".encode()
+
+    async def body():
+        up, up_port = await upstream.start()
+        _state(tmp_path, f"http://127.0.0.1:{up_port}", "http://127.0.0.1:9")
+        gw = Gateway(GatewayConfig(tmp_path / "state", {"petstore": f"http://127.0.0.1:{up_port}"}, port=0,
+                                   body_timeout=1.0))
+        await gw.start()
+        head = (b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                b"Connection: close\r\n")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(head + b"Content-Length: %d\r\n\r\n" % len(form) + form[:20])
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            writer.write(form[20:])
+            async with asyncio.timeout(10):
+                answer = await reader.read()
+            writer.close()
+            assert status_of(answer) == 200 and b'"access_token"' in answer, answer[:300]
+
+            declared = await raw(gw.port, head + b"Content-Length: 9000\r\n\r\n")
+            assert status_of(declared) == 413 and b"invalid_request" in declared, declared[:300]
+            chunk = b"a" * 4000
+            streamed = await raw(gw.port, head + b"Transfer-Encoding: chunked\r\n\r\n"
+                                 + b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(3)))
+            assert status_of(streamed) == 413 and b"8192" in streamed, streamed[:300]
+
+            started = time.monotonic()
+            stalled = await raw(gw.port, head + b"Content-Length: 100\r\n\r\ngrant_type=", read_timeout=10)
+            assert status_of(stalled) == 408 and time.monotonic() - started < 5, stalled[:300]
+        finally:
+            await gw.stop()
+            await up.cleanup()
+
+    asyncio.run(body())
+
+
+def test_a_jwks_sent_in_pieces_is_read_whole_and_a_huge_one_is_refused(tmp_path):
+    """Identity providers' JWKS are several KiB (Entra ID's carries x5c chains) and arrive in several
+    packets: the gateway reads the document to its end (at most 1 MiB) before parsing it."""
+
+    async def body():
+        up, up_port = await upstream.start()
+        idp = Idp()
+        huge = {"on": False}
+
+        async def jwks(request):
+            idp.fetches += 1
+            doc = idp.jwks()
+            # padding keys of other ids, as a provider with many rotated keys publishes
+            doc["keys"] = [{"kty": "oct", "kid": f"old-{i}", "k": "A" * 200} for i in range(40)] + doc["keys"]
+            data = json.dumps(doc).encode()
+            if huge["on"]:
+                data = b'{"keys": [' + b'{"kty": "oct", "kid": "x", "k": "AAAA"},' * 40_000 + b"{}]}"
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            for i in range(0, len(data), 1500):
+                await resp.write(data[i:i + 1500])
+                if i < 6000:
+                    await asyncio.sleep(0.05)
+            await resp.write_eof()
+            return resp
+
+        app = web.Application()
+        app.router.add_get("/jwks", jwks)
+        idp.runner = web.AppRunner(app)
+        await idp.runner.setup()
+        site = web.TCPSite(idp.runner, "127.0.0.1", 0)
+        await site.start()
+        idp.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        _state(tmp_path, f"http://127.0.0.1:{up_port}", idp.url)
+        gw = Gateway(GatewayConfig(tmp_path / "state", {"petstore": f"http://127.0.0.1:{up_port}"}, port=0))
+        await gw.start()
+        try:
+            async with aiohttp.ClientSession() as s:
+                url = f"{gw.url}/petstore/pets"
+                st, _, got = await _call(s, url, idp.token())
+                assert st == 200, got
+                huge["on"] = True
+                (cache,) = gw.auth._jwks.values()
+                cache.fetched -= 31
+                st, _, got = await _call(s, url, idp.token(kid="rotated-away"))
+                assert st == 401 and got["check"] == "kid", got  # the huge JWKS is refused, the old keys kept
+                assert idp.fetches == 2
+                st, _, got = await _call(s, url, idp.token())
+                assert st == 200, got
+        finally:
+            await gw.stop()
+            await up.cleanup()
+            await idp.runner.cleanup()
+
+    asyncio.run(body())

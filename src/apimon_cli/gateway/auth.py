@@ -283,9 +283,15 @@ class GatewayAuth(ApiKeyAuth):
                 uri, headers={"Accept": "application/json"}, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise ValueError(f"JWKS answered {resp.status}")
-            body = await resp.content.read(self._tokens.JWKS_MAX_BYTES + 1)
-            if len(body) > self._tokens.JWKS_MAX_BYTES:
-                raise ValueError("JWKS too large")
+            # to its end, however the IdP splits it (one read() is only what has arrived), at most 1 MiB
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_any():
+                size += len(chunk)
+                if size > self._tokens.JWKS_MAX_BYTES:
+                    raise ValueError("JWKS too large")
+                chunks.append(chunk)
+            body = b"".join(chunks)
             import json
 
             return json.loads(body)

@@ -136,7 +136,8 @@ class Gateway:
         if isinstance(self.auth, GatewayAuth):
             from .oauth import OAuthEndpoints
 
-            self.pipeline.endpoints = OAuthEndpoints(self.auth, self.clock, issuer=lambda: self.auth.issuer or self.url)
+            self.pipeline.endpoints = OAuthEndpoints(self.auth, self.clock, issuer=lambda: self.auth.issuer or self.url,
+                                                     body_timeout=self.config.body_timeout)
         self.loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
         self._started = time.monotonic()
         cfg = self.config

@@ -42,9 +42,17 @@ def _oauth_error(status: int, error: str, description: str, headers: dict[str, s
     return _json(status, {"error": error, "error_description": description}, headers)
 
 
+def _closing(resp: web.Response) -> web.Response:
+    """The body was not read to its end: the connection cannot carry another request."""
+    resp.force_close()
+    return resp
+
+
 class OAuthEndpoints:
-    def __init__(self, auth: GatewayAuth, clock, *, issuer: callable, concurrency: int = 4):  # type: ignore[valid-type]
+    def __init__(self, auth: GatewayAuth, clock, *, issuer: callable, concurrency: int = 4,  # type: ignore[valid-type]
+                 body_timeout: float = 30.0):
         self.auth = auth
+        self.body_timeout = body_timeout  # the whole form must arrive within this (a slow client: 408)
         self.clock = clock
         self.issuer = issuer  # () -> the iss of issued tokens
         self._checks = asyncio.Semaphore(concurrency)
@@ -86,10 +94,25 @@ class OAuthEndpoints:
         if ctype != "application/x-www-form-urlencoded":
             return _oauth_error(400, "invalid_request", "send the request as application/x-www-form-urlencoded")
         if request.content_length is not None and request.content_length > MAX_FORM:
-            return _oauth_error(400, "invalid_request", f"the request body is larger than {MAX_FORM} bytes")
-        body = await request.content.read(MAX_FORM + 1)
-        if len(body) > MAX_FORM:
-            return _oauth_error(400, "invalid_request", f"the request body is larger than {MAX_FORM} bytes")
+            return _closing(_oauth_error(413, "invalid_request", f"the request body is larger than {MAX_FORM} bytes"))
+        expect = request.headers.get("Expect")
+        if expect and expect.lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # the whole body, however it is split into packets: at most MAX_FORM bytes within body_timeout
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while chunk := await request.content.readany():
+                    size += len(chunk)
+                    if size > MAX_FORM:
+                        return _closing(_oauth_error(413, "invalid_request",
+                                                     f"the request body is larger than {MAX_FORM} bytes"))
+                    chunks.append(chunk)
+        except TimeoutError:
+            return _closing(_oauth_error(408, "invalid_request",
+                                         f"the request body was not complete within {self.body_timeout:g} s"))
+        body = b"".join(chunks)
         try:
             pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
         except (UnicodeDecodeError, ValueError):
