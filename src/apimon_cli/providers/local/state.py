@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from ...model import DesiredState
+from ...sqlitetx import rollback_quietly
 from ..base import ProviderError
 
 OWNER = "apimon"
@@ -113,8 +114,7 @@ def connect_database(url: str, *, create: bool = True):
                 conn.execute("INSERT INTO meta VALUES ('revision', '0') ON CONFLICT DO NOTHING")
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                rollback_quietly(conn)
                 raise
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is not None and int(row[0]) > SCHEMA_VERSION:
@@ -196,5 +196,5 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
