@@ -66,7 +66,8 @@ def _track_request(request: Any, **_: Any) -> None:
 
 def caller_account(region: str | None, profile: str | None, endpoint_url: str | None) -> str:
     """The account id of the credentials in use (STS GetCallerIdentity), with apimon's timeouts and a few
-    retries. An ``endpoint_url`` override (LocalStack, moto) is asked too: it serves STS on the same port."""
+    retries. An ``endpoint_url`` override (LocalStack, moto) is asked too: it serves STS on the same port; AWS's
+    own endpoints (``*.amazonaws.com``) do not, so STS's default endpoint is asked then."""
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
@@ -75,7 +76,12 @@ def caller_account(region: str | None, profile: str | None, endpoint_url: str | 
                     read_timeout=TIMEOUTS.read, user_agent_extra="apimon")
     try:
         session = boto3.session.Session(profile_name=profile, region_name=region)
-        sts = session.client("sts", endpoint_url=endpoint_url, config=config)
+        # AWS's own API Gateway endpoint does not serve STS: ask STS's default endpoint then
+        from urllib.parse import urlsplit
+
+        host = (urlsplit(endpoint_url).hostname or "").rstrip(".").lower() if endpoint_url else ""
+        own = host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")
+        sts = session.client("sts", endpoint_url=None if own else endpoint_url, config=config)
         account = sts.get_caller_identity().get("Account")
     except (NoCredentialsError, PartialCredentialsError) as exc:
         raise ProviderError(f"no usable AWS credentials ({exc}); configure the standard AWS chain "
