@@ -190,12 +190,21 @@ def test_max_age_shows_in_plan_and_apply_rotates(tmp_path):
     r = run_cli("plan", str(plan), "--detailed-exitcode")
     assert r.code == 2 and "rotate key of acme:" in r.output and "days old" in r.output, r.output
     assert "rotate key of bob" not in r.output
+    assert "No changes" not in r.output  # a key to rotate is a change
+    r = run_cli("plan", str(plan), "--json", "--detailed-exitcode")
+    assert r.code == 2, r.output
+    rotations = json.loads(r.stdout)["key_rotations"]
+    assert [(k["subscriber"], k["max_age"], k["overlap"]) for k in rotations] == [("acme", "90d", "1d")]
+    assert rotations[0]["age_days"] > 90
+    r = run_cli("plan", str(plan), "--format", "markdown")
+    assert "rotate key of acme:" in r.stdout and "No changes" not in r.stdout, r.stdout
     old = state_keys(tmp_path)["acme"]
     r = run_cli("apply", str(plan), "--auto-approve")
     assert r.code == 0 and "rotated" in r.output, r.output
     assert state_keys(tmp_path)["acme"] != old
     assert [k["state"] for k in keys_list(plan)] == ["rotating-out", "active"]
     assert run_cli("plan", str(plan), "--detailed-exitcode").code == 0
+    assert json.loads(run_cli("plan", str(plan), "--json").stdout)["key_rotations"] == []
 
 
 def test_reveal_needs_a_terminal_and_out_writes_an_owner_only_file(tmp_path):

@@ -377,6 +377,15 @@ def rotations_due(run) -> list[tuple[str, int]]:
         return []  # a provider without key listing: nothing to rotate
 
 
+def rotations_json(run, due) -> list[dict]:
+    """``key_rotations`` of `plan --json` / `apply --json`: the keys past key.max_age that apply rotates."""
+    from ..keys.durations import format_duration
+
+    subs = run.loaded.desired.subscribers
+    return [{"subscriber": sid, "age_days": days, "max_age": format_duration(subs[sid].key_max_age),
+             "overlap": format_duration(subs[sid].key_overlap)} for sid, days in due]
+
+
 def print_rotations_due(out, run, due) -> None:
     from ..keys.durations import format_duration
 
