@@ -63,7 +63,7 @@ def _record(out, plans: list[str], ledger: str | None, loaded, provider, actions
 def _finish(out, plans, ledger, loaded, provider, subscribers=None, live=None) -> list:
     """Complete the rotations whose overlap has ended, and (with an events block) announce the ones ending
     soon, once."""
-    from ..keys.service import expiring_soon
+    from ..keys.service import EXPIRING_NOTICE, expiring_soon
     from ..ledger.store import Ledger, LedgerError
     from .common import ledger_path
 
@@ -85,7 +85,7 @@ def _finish(out, plans, ledger, loaded, provider, subscribers=None, live=None) -
                              if e.action == "expiring"}
         except LedgerError:
             pass
-    actions += expiring_soon(infos, announced)
+    actions += expiring_soon(infos, announced, getattr(loaded.desired.events, "key_expiring", EXPIRING_NOTICE))
     _record(out, plans, ledger, loaded, provider, actions)
     return actions
 
