@@ -201,6 +201,7 @@ def test_max_age_shows_in_plan_and_apply_rotates(tmp_path):
     old = state_keys(tmp_path)["acme"]
     r = run_cli("apply", str(plan), "--auto-approve")
     assert r.code == 0 and "rotated" in r.output, r.output
+    assert f"apimon keys show acme --plan {plan}`" in r.output  # a command that works as printed
     assert state_keys(tmp_path)["acme"] != old
     assert [k["state"] for k in keys_list(plan)] == ["rotating-out", "active"]
     assert run_cli("plan", str(plan), "--detailed-exitcode").code == 0

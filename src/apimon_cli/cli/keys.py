@@ -415,6 +415,6 @@ def apply_key_lifecycle(out, run, due, *, show: bool) -> bool:
         _record(out, plans, None, run.loaded, run.provider, rotation_actions(rotated))
         if show:
             out.print(f"  ~ key of {sid} rotated ({days} days old): new key ...{rotated.new.last4}; fetch it with "
-                      f"`apimon keys show {sid}`")
+                      f"`apimon keys show {sid} --plan {' --plan '.join(plans)}`")
     finish_after_apply(out, plans, None, run.loaded, run.provider, live=None if due else run.live)
     return ok
