@@ -135,7 +135,7 @@ def test_revoke_refuses_to_leave_no_key_unless_all(tmp_path):
         async with gateway(tmp_path, port) as gw, aiohttp.ClientSession() as s:
             assert await call(s, gw, old) == 403 and await call(s, gw, new) == 200
         r = run_cli("keys", "revoke", "acme", "--plan", str(plan), "--all")
-        assert r.code == 0 and "no working key" in r.output
+        assert r.code == 0 and f"no working key now; `apimon keys rotate acme --plan {plan}`" in r.output, r.output
         async with gateway(tmp_path, port) as gw, aiohttp.ClientSession() as s:
             assert await call(s, gw, new) == 403
         assert run_cli("keys", "show", "acme", "--plan", str(plan)).code == 1

@@ -329,7 +329,11 @@ def keys_revoke(
     for a in actions:
         out.print(f"Revoked key ...{a.last4} of {subscriber}.")
     if revoke_all:
-        out.warning(f"warning: {subscriber} has no working key now; `apimon keys rotate {subscriber}` issues a new one")
+        # local and Azure keep the subscriber (with a key nobody is shown): a rotation issues a new key; AWS and
+        # Apigee delete the keys, so the subscriber is re-created by apply
+        again = (f"apimon apply {' '.join(plans)}" if provider.name in ("aws", "apigee")
+                 else f"apimon keys rotate {subscriber} --plan {' --plan '.join(plans)}")
+        out.warning(f"warning: {subscriber} has no working key now; `{again}` issues a new one")
 
 
 @keys_app.command("audit")
