@@ -195,7 +195,6 @@ def _set_force_policy(force: bool) -> None:
 def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_out: bool,
                command: str = "apply", full: bool = False) -> None:
     from ..render.changes import render_apply_json, render_conflicts, render_plan
-
     from .keys import apply_key_lifecycle, print_rotations_due, rotations_due, rotations_json
 
     cs = run.changes
