@@ -234,4 +234,6 @@ def test_unmanaged_or_unknown_subscriber_is_refused(tmp_path):
     assert r.code == 1 and "not in the plan" in r.output
     r = run_cli("keys", "show", "nobody", "--plan", str(plan))
     assert r.code == 1 and "not in the plan" in r.output
+    r = run_cli("keys", "list", str(plan), "--subscriber", "nobody")
+    assert r.code == 1 and "not in the plan" in r.output, r.output
 

@@ -185,12 +185,15 @@ def keys_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Each subscriber's keys as the gateway holds them (last 4 characters, created, expires, state)."""
+    from ..keys.service import managed_subscriber
     from ..providers import ProviderError
 
     out = make_output(json_mode=as_json)
     loaded, session = _session(out, plans)
     ids = [subscriber] if subscriber else sorted(loaded.desired.subscribers)
     try:
+        if subscriber:
+            managed_subscriber(loaded.desired, subscriber)  # a typo is an error, not "No keys"
         with session as provider:
             keys = attach_journal(provider, plans, None).list_keys(ids)
     except ProviderError as exc:
