@@ -391,3 +391,19 @@ def test_a_new_key_value_with_no_overlap_replaces_the_old_one_at_once(fake, tmp_
     r = run_cli("apply", str(plan), "--auto-approve", env=env)
     assert r.code == 0 and "subscriber imported: key replaced (new value imported)\n" in r.stdout, r.output
     assert rotated in key_values(fake) and IMPORTED not in key_values(fake)
+
+
+def test_a_new_key_value_interrupted_before_the_old_key_got_its_end_converges(fake, tmp_path):
+    plan = write_plan(tmp_path / "plan.yaml", PLAN)
+    rotated = "rotated-key-value-9876543210fedcba"
+    assert run_cli("apply", str(plan), "--auto-approve", env=env_for(fake)).code == 0
+    env = env_for(fake, IMPORTED_KEY=rotated)
+    fake.inject("TagResource", status=400, times=1, message="injected")
+    assert run_cli("apply", str(plan), "--auto-approve", env=env).code == 1
+    assert rotated in key_values(fake) and IMPORTED in key_values(fake)  # both work: never none
+    r = run_cli("apply", str(plan), "--auto-approve", env=env)
+    assert r.code == 0, r.output
+    r = run_cli("keys", "list", str(plan), "--subscriber", "imported", "--json", env=env)
+    keys = json.loads(r.stdout)["subscribers"][0]["keys"]
+    assert [(k["last4"], k["state"]) for k in keys] == [(IMPORTED[-4:], "rotating-out"), (rotated[-4:], "active")]
+    assert keys[0]["expires"] is not None
