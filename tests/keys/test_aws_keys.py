@@ -148,6 +148,11 @@ def test_revoke_on_aws(fake, tmp_path):
     r = cli(fake, "keys", "revoke", "acme", "--plan", str(plan), "--key", old["value"][-4:])
     assert r.code == 0, r.output
     assert [k["id"] for k in acme_keys(fake)] == [new["id"]]
+    r = cli(fake, "keys", "revoke", "acme", "--plan", str(plan), "--all")
+    assert r.code == 0 and f"no working key now; `apimon apply {plan}` issues a new one" in r.output, r.output
+    assert acme_keys(fake) == []
+    assert cli(fake, "apply", str(plan), "--auto-approve").code == 0  # as the warning says
+    assert len(working(acme_keys(fake))) == 1
 
 
 def test_a_rotation_key_created_in_the_same_second_is_the_newer():

@@ -49,3 +49,39 @@ subscribers:
 def _events(body: bytes) -> list[dict]:
     data = json.loads(body)
     return data if isinstance(data, list) else [data]
+
+
+def test_key_expiring_is_published_once_at_the_configured_time_before_the_end(tmp_path):
+    hook = WebhookReceiver()
+    try:
+        text = f"""
+apimon: 1
+target: {{provider: local, local: {{state_dir: state}}}}
+events:
+  webhook: {{url: "{hook.url}", secret: {{from_env: WHSEC}}}}
+  key_expiring: NOTICE
+products:
+  pro: {{display_name: Pro, pricing: {{model: free}}}}
+subscribers:
+  acme: {{product: pro}}
+"""
+        plan = write_plan(tmp_path / "plan.yaml", text.replace("NOTICE", "1h"))
+        env = {"WHSEC": SECRET, "APIMON_ALLOW_ENDPOINTS": hook.hostport}
+        assert run_cli("apply", str(plan), "--auto-approve", env=env).code == 0
+        r = run_cli("keys", "rotate", "acme", "--plan", str(plan), "--overlap", "3h", env=env)
+        assert r.code == 0, r.output
+        hook.received.clear()
+
+        def expiring() -> list[dict]:
+            assert run_cli("keys", "finish", str(plan), env=env).code == 0
+            return [e for got in hook.received for e in _events(got.body) if e["type"] == "com.apimon.key.expiring"]
+
+        assert expiring() == []  # 3 hours left, notice 1h
+        write_plan(plan, text.replace("NOTICE", "4h"))
+        assert len(expiring()) == 1  # within 4 hours of the end
+        assert len(expiring()) == 1  # once
+        bad = write_plan(tmp_path / "bad.yaml", text.replace("NOTICE", "4 hours"))
+        r = run_cli("validate", str(bad))
+        assert r.code == 1 and "events.key_expiring" in r.output and "24h" in r.output, r.output
+    finally:
+        hook.close()

@@ -135,7 +135,7 @@ def test_revoke_refuses_to_leave_no_key_unless_all(tmp_path):
         async with gateway(tmp_path, port) as gw, aiohttp.ClientSession() as s:
             assert await call(s, gw, old) == 403 and await call(s, gw, new) == 200
         r = run_cli("keys", "revoke", "acme", "--plan", str(plan), "--all")
-        assert r.code == 0 and "no working key" in r.output
+        assert r.code == 0 and f"no working key now; `apimon keys rotate acme --plan {plan}`" in r.output, r.output
         async with gateway(tmp_path, port) as gw, aiohttp.ClientSession() as s:
             assert await call(s, gw, new) == 403
         assert run_cli("keys", "show", "acme", "--plan", str(plan)).code == 1
@@ -190,12 +190,22 @@ def test_max_age_shows_in_plan_and_apply_rotates(tmp_path):
     r = run_cli("plan", str(plan), "--detailed-exitcode")
     assert r.code == 2 and "rotate key of acme:" in r.output and "days old" in r.output, r.output
     assert "rotate key of bob" not in r.output
+    assert "No changes" not in r.output  # a key to rotate is a change
+    r = run_cli("plan", str(plan), "--json", "--detailed-exitcode")
+    assert r.code == 2, r.output
+    rotations = json.loads(r.stdout)["key_rotations"]
+    assert [(k["subscriber"], k["max_age"], k["overlap"]) for k in rotations] == [("acme", "90d", "1d")]
+    assert rotations[0]["age_days"] > 90
+    r = run_cli("plan", str(plan), "--format", "markdown")
+    assert "rotate key of acme:" in r.stdout and "No changes" not in r.stdout, r.stdout
     old = state_keys(tmp_path)["acme"]
     r = run_cli("apply", str(plan), "--auto-approve")
     assert r.code == 0 and "rotated" in r.output, r.output
+    assert f"apimon keys show acme --plan {plan}`" in r.output  # a command that works as printed
     assert state_keys(tmp_path)["acme"] != old
     assert [k["state"] for k in keys_list(plan)] == ["rotating-out", "active"]
     assert run_cli("plan", str(plan), "--detailed-exitcode").code == 0
+    assert json.loads(run_cli("plan", str(plan), "--json").stdout)["key_rotations"] == []
 
 
 def test_reveal_needs_a_terminal_and_out_writes_an_owner_only_file(tmp_path):
@@ -224,4 +234,6 @@ def test_unmanaged_or_unknown_subscriber_is_refused(tmp_path):
     assert r.code == 1 and "not in the plan" in r.output
     r = run_cli("keys", "show", "nobody", "--plan", str(plan))
     assert r.code == 1 and "not in the plan" in r.output
+    r = run_cli("keys", "list", str(plan), "--subscriber", "nobody")
+    assert r.code == 1 and "not in the plan" in r.output, r.output
 

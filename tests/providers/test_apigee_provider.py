@@ -448,10 +448,27 @@ def test_key_import_leaves_exactly_one_key(fake, tmp_path, monkeypatch):
     assert cred["consumerKey"] == "imported-key_0123456789"
     assert cred["apiProducts"] == [{"apiproduct": "pro", "status": "approved"}]
     assert replan(path).changes.empty
-    # a different value in the environment replaces the key, keeping exactly one
+    # a different value in the environment is added; the old key keeps working for key.overlap (24h)
     monkeypatch.setenv("ACME_KEY", "rotated-key_9876543210")
     run = replan(path)
     assert [f.field for f in run.changes.changes[0].fields] == ["key"]
+    _, report = apply_plan(path)
+    assert report.outcomes[-1].message.startswith("key replaced (the old key works until ")
+    old, new = creds(fake, "billing@acme.example", "acme")
+    assert old["consumerKey"] == "imported-key_0123456789" and old["status"] == "approved"
+    assert any(a["name"] == "apimon_expires" for a in old["attributes"])
+    assert new["consumerKey"] == "rotated-key_9876543210"
+    assert new["apiProducts"] == [{"apiproduct": "pro", "status": "approved"}]
+    assert replan(path).changes.empty
+
+
+def test_key_import_with_no_overlap_leaves_exactly_one_key(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACME_KEY", "imported-key_0123456789")
+    path = write(tmp_path, fake, subscribers="""
+  acme: {product: pro, email: billing@acme.example, key: {from_env: ACME_KEY, overlap: 0s}}
+""")
+    apply_plan(path)
+    monkeypatch.setenv("ACME_KEY", "rotated-key_9876543210")
     apply_plan(path)
     (cred,) = creds(fake, "billing@acme.example", "acme")
     assert cred["consumerKey"] == "rotated-key_9876543210" and fake.find_key("imported-key_0123456789") is None

@@ -366,9 +366,44 @@ def test_a_new_key_value_is_a_replacement_plan_shows_and_apply_makes_before_dele
     assert replacing["create_before_delete"] is True
     fake.reset_counts()
     r = run_cli("apply", str(plan), "--auto-approve", env=env)
-    assert r.code == 0 and "subscriber imported: key replaced (new value imported)" in r.stdout, r.output
+    assert r.code == 0 and "subscriber imported: key replaced (new value imported; the old key works until" \
+        in r.stdout, r.output
     creates = [i for i, req in enumerate(fake.requests) if req.method == "POST" and req.path == "/apikeys"]
     deletes = [i for i, req in enumerate(fake.requests) if req.method == "DELETE" and req.path.startswith("/apikeys/")]
-    assert len(creates) == len(deletes) == 1 and creates[0] < deletes[0]
-    assert rotated in key_values(fake) and IMPORTED not in key_values(fake) and rotated not in r.output
+    assert len(creates) == 1 and deletes == []  # a new value in key.from_env: the old one works for key.overlap
+    assert rotated in key_values(fake) and IMPORTED in key_values(fake) and rotated not in r.output
     assert "No changes." in run_cli("plan", str(plan), env=env).stdout
+    r = run_cli("keys", "list", str(plan), "--subscriber", "imported", "--json", env=env)
+    keys = json.loads(r.stdout)["subscribers"][0]["keys"]
+    assert [(k["last4"], k["state"]) for k in keys] == [(IMPORTED[-4:], "rotating-out"), (rotated[-4:], "active")]
+    r = run_cli("keys", "revoke", "imported", "--plan", str(plan), "--key", IMPORTED[-4:], env=env)
+    assert r.code == 0, r.output
+    assert rotated in key_values(fake) and IMPORTED not in key_values(fake)
+    assert "No changes." in run_cli("plan", str(plan), env=env).stdout
+
+
+def test_a_new_key_value_with_no_overlap_replaces_the_old_one_at_once(fake, tmp_path):
+    plan = write_plan(tmp_path / "plan.yaml", PLAN.replace("key: {from_env: IMPORTED_KEY}",
+                                                           "key: {from_env: IMPORTED_KEY, overlap: 0s}"))
+    rotated = "rotated-key-value-9876543210fedcba"
+    assert run_cli("apply", str(plan), "--auto-approve", env=env_for(fake)).code == 0
+    env = env_for(fake, IMPORTED_KEY=rotated)
+    r = run_cli("apply", str(plan), "--auto-approve", env=env)
+    assert r.code == 0 and "subscriber imported: key replaced (new value imported)\n" in r.stdout, r.output
+    assert rotated in key_values(fake) and IMPORTED not in key_values(fake)
+
+
+def test_a_new_key_value_interrupted_before_the_old_key_got_its_end_converges(fake, tmp_path):
+    plan = write_plan(tmp_path / "plan.yaml", PLAN)
+    rotated = "rotated-key-value-9876543210fedcba"
+    assert run_cli("apply", str(plan), "--auto-approve", env=env_for(fake)).code == 0
+    env = env_for(fake, IMPORTED_KEY=rotated)
+    fake.inject("TagResource", status=400, times=1, message="injected")
+    assert run_cli("apply", str(plan), "--auto-approve", env=env).code == 1
+    assert rotated in key_values(fake) and IMPORTED in key_values(fake)  # both work: never none
+    r = run_cli("apply", str(plan), "--auto-approve", env=env)
+    assert r.code == 0, r.output
+    r = run_cli("keys", "list", str(plan), "--subscriber", "imported", "--json", env=env)
+    keys = json.loads(r.stdout)["subscribers"][0]["keys"]
+    assert [(k["last4"], k["state"]) for k in keys] == [(IMPORTED[-4:], "rotating-out"), (rotated[-4:], "active")]
+    assert keys[0]["expires"] is not None

@@ -96,19 +96,21 @@ def plan(
     run = run_plan(out, lambda: make_plan(plans, strict=strict, adopt=adopt))
     out.mask.add(*run.loaded.secrets)
     try:
-        from .keys import print_rotations_due, rotations_due
+        from .keys import print_rotations_due, rotations_due, rotations_json
 
+        due = rotations_due(run)
         if fmt == "markdown":
             from ..reconcile.changes import changeset_to_json
             from ..render.changes import render_conflicts
             from ..render.markdown import render_markdown
 
-            sys.stdout.write(out.mask(render_markdown(changeset_to_json(run.changes))))
+            doc = changeset_to_json(run.changes)
+            doc["key_rotations"] = rotations_json(run, due)
+            sys.stdout.write(out.mask(render_markdown(doc)))
             sys.stdout.flush()
             render_conflicts(out, run.changes)
         else:
-            render_plan(out, run.changes, json_out=json_out, full=full)
-        due = rotations_due(run)
+            render_plan(out, run.changes, json_out=json_out, full=full, key_rotations=rotations_json(run, due))
         if not json_out and fmt != "markdown":
             print_rotations_due(out, run, due)
         if out_file:
@@ -193,22 +195,23 @@ def _set_force_policy(force: bool) -> None:
 def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_out: bool,
                command: str = "apply", full: bool = False) -> None:
     from ..render.changes import render_apply_json, render_conflicts, render_plan
+    from .keys import apply_key_lifecycle, print_rotations_due, rotations_due, rotations_json
 
     cs = run.changes
+    due = rotations_due(run) if not cs.conflicts else []
+    rotations = rotations_json(run, due)
     if json_out and not auto_approve and out.interactive:
         # someone at a terminal is asked to approve: they see the plan (on stderr, like the prompt);
         # stdout gets only the JSON document, once apply is done
-        render_plan(out.to_stderr(), cs, json_out=False)
+        render_plan(out.to_stderr(), cs, json_out=False, key_rotations=rotations)
+        print_rotations_due(out.to_stderr(), run, due)
     elif json_out:  # the JSON comes once apply is done
         render_conflicts(out, cs)
     else:
-        render_plan(out, cs, json_out=False, full=full)
+        render_plan(out, cs, json_out=False, full=full, key_rotations=rotations)
     if cs.conflicts:
         fail(out, "nothing was applied: resolve the conflicts above" + (" (or use --adopt)" if command == "apply"
                                                                          else ""))
-    from .keys import apply_key_lifecycle, print_rotations_due, rotations_due
-
-    due = rotations_due(run)
     if not json_out:
         print_rotations_due(out, run, due)
     if cs.empty:
@@ -216,7 +219,7 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
             _confirm(out, 0, command)
         ok = apply_key_lifecycle(out, run, due, show=not json_out)
         if json_out:
-            render_apply_json(out, cs, None)
+            render_apply_json(out, cs, None, key_rotations=rotations)
         if not ok:
             raise typer.Exit(1)
         return
@@ -238,7 +241,7 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
     except KeyboardInterrupt:
         _interrupted(out, run, outcomes, json_out=json_out)
     if json_out:
-        render_apply_json(out, cs, report)
+        render_apply_json(out, cs, report, key_rotations=rotations)
     else:
         from ..render.changes import render_apply_report
 

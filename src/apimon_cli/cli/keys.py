@@ -63,7 +63,7 @@ def _record(out, plans: list[str], ledger: str | None, loaded, provider, actions
 def _finish(out, plans, ledger, loaded, provider, subscribers=None, live=None) -> list:
     """Complete the rotations whose overlap has ended, and (with an events block) announce the ones ending
     soon, once."""
-    from ..keys.service import expiring_soon
+    from ..keys.service import EXPIRING_NOTICE, expiring_soon
     from ..ledger.store import Ledger, LedgerError
     from .common import ledger_path
 
@@ -85,7 +85,7 @@ def _finish(out, plans, ledger, loaded, provider, subscribers=None, live=None) -
                              if e.action == "expiring"}
         except LedgerError:
             pass
-    actions += expiring_soon(infos, announced)
+    actions += expiring_soon(infos, announced, getattr(loaded.desired.events, "key_expiring", EXPIRING_NOTICE))
     _record(out, plans, ledger, loaded, provider, actions)
     return actions
 
@@ -185,12 +185,15 @@ def keys_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Each subscriber's keys as the gateway holds them (last 4 characters, created, expires, state)."""
+    from ..keys.service import managed_subscriber
     from ..providers import ProviderError
 
     out = make_output(json_mode=as_json)
     loaded, session = _session(out, plans)
     ids = [subscriber] if subscriber else sorted(loaded.desired.subscribers)
     try:
+        if subscriber:
+            managed_subscriber(loaded.desired, subscriber)  # a typo is an error, not "No keys"
         with session as provider:
             keys = attach_journal(provider, plans, None).list_keys(ids)
     except ProviderError as exc:
@@ -329,7 +332,11 @@ def keys_revoke(
     for a in actions:
         out.print(f"Revoked key ...{a.last4} of {subscriber}.")
     if revoke_all:
-        out.warning(f"warning: {subscriber} has no working key now; `apimon keys rotate {subscriber}` issues a new one")
+        # local and Azure keep the subscriber (with a key nobody is shown): a rotation issues a new key; AWS and
+        # Apigee delete the keys, so the subscriber is re-created by apply
+        again = (f"apimon apply {' '.join(plans)}" if provider.name in ("aws", "apigee")
+                 else f"apimon keys rotate {subscriber} --plan {' --plan '.join(plans)}")
+        out.warning(f"warning: {subscriber} has no working key now; `{again}` issues a new one")
 
 
 @keys_app.command("audit")
@@ -377,6 +384,15 @@ def rotations_due(run) -> list[tuple[str, int]]:
         return []  # a provider without key listing: nothing to rotate
 
 
+def rotations_json(run, due) -> list[dict]:
+    """``key_rotations`` of `plan --json` / `apply --json`: the keys past key.max_age that apply rotates."""
+    from ..keys.durations import format_duration
+
+    subs = run.loaded.desired.subscribers
+    return [{"subscriber": sid, "age_days": days, "max_age": format_duration(subs[sid].key_max_age),
+             "overlap": format_duration(subs[sid].key_overlap)} for sid, days in due]
+
+
 def print_rotations_due(out, run, due) -> None:
     from ..keys.durations import format_duration
 
@@ -406,6 +422,6 @@ def apply_key_lifecycle(out, run, due, *, show: bool) -> bool:
         _record(out, plans, None, run.loaded, run.provider, rotation_actions(rotated))
         if show:
             out.print(f"  ~ key of {sid} rotated ({days} days old): new key ...{rotated.new.last4}; fetch it with "
-                      f"`apimon keys show {sid}`")
+                      f"`apimon keys show {sid} --plan {' --plan '.join(plans)}`")
     finish_after_apply(out, plans, None, run.loaded, run.provider, live=None if due else run.live)
     return ok

@@ -15,6 +15,7 @@ import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from .types import DEFAULT_QUOTA_ALERTS, WEBHOOK_DEFAULT_TYPES
@@ -62,6 +63,7 @@ class EventsConfig:
     kafka: KafkaConfig | None = None
     webhook: WebhookConfig | None = None
     quota_alerts: tuple[int, ...] = DEFAULT_QUOTA_ALERTS
+    key_expiring: timedelta = timedelta(hours=1)  # com.apimon.key.expiring this long before an old key's end
 
     @property
     def sinks(self) -> tuple[str, ...]:
@@ -96,7 +98,10 @@ def build(spec, env: Mapping[str, str]) -> EventsConfig:
             secret=env.get(w.secret.from_env, ""),
             types=tuple(dict.fromkeys(w.types)) if w.types is not None else WEBHOOK_DEFAULT_TYPES,
         )
-    return EventsConfig(kafka, webhook, tuple(sorted(set(spec.quota_alerts))))
+    from ..keys.durations import parse_duration
+
+    return EventsConfig(kafka, webhook, tuple(sorted(set(spec.quota_alerts))),
+                        parse_duration(getattr(spec, "key_expiring", None) or "1h"))
 
 
 def secrets_of(config: EventsConfig | None) -> set[str]:

@@ -86,13 +86,15 @@ def rotation_actions(r: Rotated) -> list[KeyAction]:
     return out
 
 
-def expiring_soon(infos: dict[str, list[KeyInfo]], already: set[tuple[str, str]]) -> list[KeyAction]:
-    """key.expiring notices due now (once per key: ``already`` holds the (subscriber, last4) announced)."""
+def expiring_soon(infos: dict[str, list[KeyInfo]], already: set[tuple[str, str]],
+                  notice: timedelta = EXPIRING_NOTICE) -> list[KeyAction]:
+    """key.expiring notices due now (once per key: ``already`` holds the (subscriber, last4) announced);
+    ``notice``: how long before a key's end (the events block's ``key_expiring``)."""
     now = datetime.now(UTC)
     out = []
     for sid, keys in infos.items():
         for k in keys:
-            if (k.state == ROTATING_OUT and k.expires is not None and k.expires - now <= EXPIRING_NOTICE
+            if (k.state == ROTATING_OUT and k.expires is not None and k.expires - now <= notice
                     and (sid, k.last4) not in already):
                 out.append(KeyAction(sid, "expiring", k.last4, f"stops working at {k.expires.isoformat()}"))
     return out

@@ -552,6 +552,9 @@ class EventsSpec(_Strict):
         default_factory=lambda: list(DEFAULT_QUOTA_ALERTS),
         description="Percentages of a subscriber's quota that raise com.apimon.quota.threshold (1-100).",
     )
+    key_expiring: Duration = Field(
+        "1h", description="How long before a rotated-out key stops working com.apimon.key.expiring is published "
+                          "(once, by `keys finish` or `apply`): 30s, 15m, 24h, 7d; default 1h.")
 
 
 class PlanHead(_Strict):

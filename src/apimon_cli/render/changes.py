@@ -132,7 +132,9 @@ SUMMARY_THRESHOLD = 1000
 SUMMARY_FIRST = 20
 
 
-def render_changeset(out: Output, cs: ChangeSet, *, full: bool = False) -> None:
+def render_changeset(out: Output, cs: ChangeSet, *, full: bool = False, key_rotations: int = 0) -> None:
+    """``key_rotations``: keys past key.max_age that apply will rotate (listed by the caller after the diff),
+    so a plan with only those is not "No changes"."""
     lines = Lines(out)
     for u in cs.unmanaged:
         detail = f" ({u.detail})" if u.detail else ""
@@ -144,8 +146,10 @@ def render_changeset(out: Output, cs: ChangeSet, *, full: bool = False) -> None:
         _render_summary(lines, cs)
     for note in cs.notes:
         lines.add(f"  note: {note}", "cyan")
-    if cs.empty:
+    if cs.empty and not key_rotations:
         lines.add("No changes. The gateway matches the plan.", "bold green")
+    elif cs.empty:
+        lines.add("No resource changes; keys to rotate:", "bold")
     else:
         lines.add("")
         lines.add(summary_line(cs), "bold red" if cs.summary["deleting"] or cs.summary["replacing"] else "bold")
@@ -187,15 +191,20 @@ def _render_summary(lines: Lines, cs: ChangeSet) -> None:
         lines.add(f"  {product}: {', '.join(parts)}")
 
 
-def render_plan(out: Output, cs: ChangeSet, *, json_out: bool, full: bool = False) -> None:
+def render_plan(out: Output, cs: ChangeSet, *, json_out: bool, full: bool = False,
+                key_rotations: list[dict] | None = None) -> None:
     """What `plan` and `apply` show before acting: warnings and the diff (or the JSON, always complete),
-    then conflicts. A diff of more than ``SUMMARY_THRESHOLD`` changes is summarised unless ``full``."""
+    then conflicts. A diff of more than ``SUMMARY_THRESHOLD`` changes is summarised unless ``full``.
+    ``key_rotations``: the keys past key.max_age that apply rotates (``key_rotations`` in the JSON)."""
     if json_out:
-        out.json(changeset_to_json(cs))
+        doc = changeset_to_json(cs)
+        if key_rotations is not None:
+            doc["key_rotations"] = key_rotations
+        out.json(doc)
     else:
         for w in cs.warnings:
             out.warning(w)
-        render_changeset(out, cs, full=full)
+        render_changeset(out, cs, full=full, key_rotations=len(key_rotations or []))
     render_conflicts(out, cs)
 
 
@@ -204,11 +213,16 @@ def render_conflicts(out: Output, cs: ChangeSet) -> None:
         out.error(f"error: {c}")
 
 
-def render_apply_json(out: Output, cs: ChangeSet, report: ApplyReport | None, *, interrupted: bool = False) -> None:
-    """`apply --json`: the plan and what became of each change (``interrupted``: Ctrl-C or SIGTERM)."""
+def render_apply_json(out: Output, cs: ChangeSet, report: ApplyReport | None, *, interrupted: bool = False,
+                      key_rotations: list[dict] | None = None) -> None:
+    """`apply --json`: the plan and what became of each change (``interrupted``: Ctrl-C or SIGTERM);
+    ``key_rotations`` (keys past key.max_age that apply rotates) goes into the plan part."""
     report = report or ApplyReport()
+    plan = changeset_to_json(cs)
+    if key_rotations is not None:
+        plan["key_rotations"] = key_rotations
     out.json({
-        "plan": changeset_to_json(cs),
+        "plan": plan,
         "applied": [change_to_json(o.change) | {"outcome": o.message} for o in report.applied],
         "failed": [change_to_json(o.change) | {"error": o.message} for o in report.failed],
         "not_applied": [change_to_json(c) for c in report.not_applied],

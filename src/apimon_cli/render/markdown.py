@@ -52,7 +52,11 @@ def render_markdown(plan: dict) -> str:
     """``plan``: a change set as JSON (``changeset_to_json``). The first line is the summary line."""
     changes = plan.get("changes", {})
     summary = plan.get("summary", {})
-    out = [f"**{summary_text(summary)}**", ""]
+    rotations = plan.get("key_rotations") or []
+    head = summary_text(summary)
+    if rotations and not summary.get("total"):
+        head = f"No resource changes; {len(rotations)} key{'s' if len(rotations) != 1 else ''} to rotate."
+    out = [f"**{head}**", ""]
     counts = [(listed, action) for listed, action in _ORDER if changes.get(listed)]
     if counts:
         out += ["| action | resources |", "|---|---:|"]
@@ -77,6 +81,10 @@ def render_markdown(plan: dict) -> str:
                     lines += [f"- {name} = {before}", f"+ {name} = {after}"]
             out += ["<details>", f"<summary><code>{_cell(head)}</code></summary>", ""]
             out += [_fence(lines or ["(no field changes)"]), "", "</details>", ""]
+    if rotations:
+        out += ["**Key rotations** (key.max_age; the old keys keep working for key.overlap)", ""]
+        out += [f"- `~ rotate key of {_cell(r['subscriber'])}: {r['age_days']} days old` (key.max_age {r['max_age']})"
+                for r in rotations] + [""]
     unmanaged = plan.get("unmanaged", [])
     if unmanaged:
         out += ["<details>", f"<summary>{len(unmanaged)} unmanaged resource{'s' if len(unmanaged) != 1 else ''}, "

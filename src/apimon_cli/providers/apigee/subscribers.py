@@ -20,7 +20,16 @@ from ...reconcile.changes import Change
 from ..base import ProviderError
 from .client import AlreadyExists, NotFound, seg
 from .rateplans import OUTPUT_ONLY
-from .read import MANAGED, META_PREFIX, NAME_KEYS, AppHandle, developer_names, managed, primary_credential
+from .read import (
+    EXPIRES_ATTR,
+    MANAGED,
+    META_PREFIX,
+    NAME_KEYS,
+    AppHandle,
+    developer_names,
+    managed,
+    primary_credential,
+)
 
 
 def new_key() -> str:
@@ -162,9 +171,20 @@ class ApigeeSubscribers:
                 self._import_key(sub, email, key, self._secret_for(sub, old), (old or {}).get("attributes", []))
                 cred = {"consumerKey": key, "status": "approved",
                         "apiProducts": [{"apiproduct": sub.product, "status": "approved"}]}
-                if old is not None:
-                    self.api.delete(self._key_path(email, sub.id, old["consumerKey"]))
-                done.append("key replaced")
+                if old is not None and sub.key_value is not None and sub.key_overlap.total_seconds() > 0:
+                    # a new value in key.from_env: the old key works for key.overlap, as a rotation's (its end
+                    # in apimon_expires; `keys finish` or the next apply revokes and deletes it after that)
+                    from datetime import UTC, datetime
+
+                    ends = (datetime.now(UTC) + sub.key_overlap).isoformat(timespec="seconds")
+                    attrs = [a for a in old.get("attributes") or [] if a.get("name") != EXPIRES_ATTR]
+                    self.api.post(self._key_path(email, sub.id, old["consumerKey"]),
+                                  {"attributes": [*attrs, {"name": EXPIRES_ATTR, "value": ends}]})
+                    done.append(f"key replaced (the old key works until {ends})")
+                else:
+                    if old is not None:
+                        self.api.delete(self._key_path(email, sub.id, old["consumerKey"]))
+                    done.append("key replaced")
             if new_secret:
                 done.append("client secret imported")
         elif new_secret:

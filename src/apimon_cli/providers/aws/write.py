@@ -16,7 +16,7 @@ from ...reconcile.changes import Change
 from ...render.words import count
 from ..base import ProviderError
 from .client import AwsCallError
-from .read import MANAGED_TAG, MANAGED_TAGS, KeyHandle, PlanHandle, number, owned
+from .read import EXPIRES_TAG, MANAGED_TAG, MANAGED_TAGS, SUBSCRIBER_TAG, KeyHandle, PlanHandle, number, owned
 
 _PERIODS = {"day": "DAY", "week": "WEEK", "month": "MONTH"}
 
@@ -169,9 +169,9 @@ class AwsWriting:
                 return key
         return None
 
-    def _create_key(self, sub: Subscriber) -> dict:
+    def _create_key(self, sub: Subscriber, tags: dict | None = None) -> dict:
         body: dict[str, Any] = {"name": sub.id, "description": sub.email or "", "enabled": sub.enabled,
-                                "tags": dict(MANAGED_TAGS)}
+                                "tags": {**MANAGED_TAGS, **(tags or {})}}
         customer = sub.metadata_dict.get("customer_id")
         if customer:
             body["customerId"] = customer
@@ -269,18 +269,29 @@ class AwsWriting:
         return "; ".join(done) or "nothing to change"
 
     def replace_subscriber(self, change: Change, live: LiveState) -> str:
-        """A new key (same name, the new value, in the subscriber's plan), then the old key(s) deleted. If an
-        interrupted replacement already made the new key, only what is left is done."""
+        """A new key (same name, the new value, in the subscriber's plan); the old key keeps working for
+        key.overlap, as a rotation's (tagged with its end; `keys finish` or the next apply deletes it after
+        that), or is deleted now when the overlap is 0. If an interrupted replacement already made the new key,
+        only what is left is done (the new key carries SUBSCRIBER_TAG, so the old one reads as an unfinished
+        rotation's and is given its end by the next apply, not deleted as a duplicate)."""
+        from datetime import UTC, datetime
+
         sub = change.desired
         assert isinstance(sub, Subscriber)
         handle = self._key_handle(change, live)
         if handle.value_matches:
             return self.update_subscriber(change, live)
-        new = self._create_key(sub)
+        overlap = sub.key_overlap.total_seconds() > 0
+        new = self._create_key(sub, {SUBSCRIBER_TAG: sub.id} if overlap else None)
         self._attach(self._plan_id_for(sub.product, live), new["id"])
-        for old in [handle.id, *handle.stale]:
+        for old in handle.stale:
             self._delete_key(old)
-        return "key replaced (new value imported)"
+        if not overlap:
+            self._delete_key(handle.id)
+            return "key replaced (new value imported)"
+        ends = (datetime.now(UTC) + sub.key_overlap).replace(microsecond=0)
+        self.api.call("TagResource", resourceArn=self._arn("apikeys", handle.id), tags={EXPIRES_TAG: ends.isoformat()})
+        return f"key replaced (new value imported; the old key works until {ends.isoformat()})"
 
     def delete_subscriber(self, change: Change, live: LiveState) -> str:
         handle = live.handles.get(("subscriber", change.id))
