@@ -253,6 +253,31 @@ def test_password_and_database_from_the_url_over_tcp_and_a_unix_socket(tmp_path)
         asyncio.run(body(url))
 
 
+def test_the_password_is_masked_in_the_authority_and_in_a_query_parameter():
+    """A Unix socket's password can only be a ``password=`` query parameter: the outage line masks it too."""
+    from apimon_cli.gateway.redis_limits import RedisLimits
+
+    shown = {url: RedisLimits(url).display_url for url in (
+        "unix:///run/redis.sock?db=3&password=s3cret-pw", "redis://:s3cret-pw@h:6379/0",
+        "rediss://ops:s3cret-pw@h:6380/1?ssl_ca_certs=/etc/ca.pem", "redis://h:6379/0?password=s3cret-pw")}
+    assert list(shown.values()) == ["unix:///run/redis.sock?db=3&password=***", "redis://:***@h:6379/0",
+                                    "rediss://ops:***@h:6380/1?ssl_ca_certs=/etc/ca.pem",
+                                    "redis://h:6379/0?password=***"]
+
+    class Log(list):
+        write = list.append
+
+    async def body(log):
+        backend, win = await _backend("unix:///nonexistent/redis.sock?password=s3cret-pw", on_error="deny", log=log)
+        try:
+            assert (await backend.admit(_key_state(quota=5), 0.0, win, time.time()))[0] == 503
+        finally:
+            await backend.close()
+
+    asyncio.run(body(log := Log()))
+    assert len(log) == 1 and "unix:///nonexistent/redis.sock?password=*** is unreachable" in log[0], log
+
+
 def test_no_answer_within_the_timeout_fails_the_waiting_requests_and_drops_the_connection():
     """A Redis that accepts and then stays silent: the requests wait ``timeout`` once (one timer, not one
     per request), on_error decides, and the connection is closed (a late reply must not answer another

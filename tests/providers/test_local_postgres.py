@@ -103,7 +103,25 @@ def test_an_unreachable_database_is_one_line_with_the_password_masked(tmp_path):
     assert r.code == 1 and "cannot open local gateway state postgresql://postgres:***@127.0.0.1" in r.stderr
     assert SECRET not in r.output
     r = run_cli("validate", str(write_plan(tmp_path / "bad.yaml", PLAN.format(url="mysql://x", limit=1, extra=""))))
-    assert r.code == 1 and "database must be a postgresql:// URL" in r.stderr
+    assert r.code == 1 and "target.local.database: must be a postgresql:// URL" in r.stderr
+
+
+def test_a_wrong_scheme_names_the_field_and_its_line_and_masks_the_password(tmp_path):
+    """target.local.database and target.local.limits.url of the wrong scheme: the error is the field's own
+    (FILE:LINE:COL at the value), and the URL it quotes has its password masked."""
+    import json
+
+    bad = PLAN.format(url=f"mysql://ops:{SECRET}@db.internal/x", limit=1, extra="").replace(
+        "    upstreams:", '    limits: {backend: redis, url: "http://:' + SECRET + '@127.0.0.1:1/0"}\n    upstreams:')
+    plan = write_plan(tmp_path / "bad.yaml", bad)
+    r = run_cli("validate", str(plan))
+    assert r.code == 1 and SECRET not in r.output
+    assert f"{plan}:5:15: error: target.local.database: must be a postgresql:// URL; got " \
+           "'mysql://ops:***@db.internal/x'" in r.stderr
+    assert f"{plan}:6:35: error: target.local.limits.url: must be a redis://, rediss:// or unix:// URL; got " \
+           "'http://:***@127.0.0.1:1/0'" in r.stderr
+    errors = json.loads(run_cli("validate", str(plan), "--json").stdout)["errors"]
+    assert [(e["line"], e["field"]) for e in errors] == [(5, "target.local.database"), (6, "target.local.limits.url")]
 
 
 def test_key_rotation_and_finish_on_postgresql(tmp_path, postgres_db):

@@ -296,14 +296,11 @@ class RedisLimits(LimitsBackend):
 
     @property
     def display_url(self) -> str:
-        from urllib.parse import urlsplit, urlunsplit
+        """The URL with its password masked, in the authority or a ``password=`` query parameter (a Unix
+        socket's only place for it)."""
+        from ..ledger.pg import mask_url
 
-        parts = urlsplit(self.url)
-        if parts.password:
-            netloc = parts.netloc.rsplit("@", 1)
-            user = netloc[0].split(":", 1)[0]
-            return urlunsplit((parts.scheme, f"{user}:***@{netloc[1]}", parts.path, parts.query, ""))
-        return self.url
+        return mask_url(self.url)
 
     async def start(self, read_quota_counts, win: Windows) -> None:
         from redis.connection import parse_url  # the URL's syntax and options exactly as redis-py reads them

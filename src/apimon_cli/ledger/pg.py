@@ -51,10 +51,13 @@ def mask_url(url: str) -> str:
             userinfo = userinfo.split(":", 1)[0] + ":***"
         netloc = f"{userinfo}@{host}"
     query = parts.query
-    if query:
-        pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-        query = urlencode(pairs, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k.lower() == "password" for k, _ in pairs):  # else the query as written (no re-encoding)
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*/")
+    masked = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if not netloc and url.startswith(f"{parts.scheme}://"):  # unix:///path keeps its empty authority
+        masked = f"{parts.scheme}://{masked[len(parts.scheme) + 1:]}"
+    return masked
 
 
 def _secrets_of(url: str) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ...planfile.schema import Strict, Text
 
@@ -21,12 +21,20 @@ class LocalLimits(Strict):
     timeout: float = Field(0.25, gt=0, le=10, description="Seconds to wait for Redis per request (backend: redis).")
     key_prefix: Text = Field("apimon:", description="Prefix of every Redis key the gateway writes.")
 
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        # a field error, so the message names target.local.limits.url at its line; the password masked
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            from ...ledger.pg import mask_url
+
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL; got {mask_url(url)!r}")
+        return url
+
     @model_validator(mode="after")
     def _url_for_redis(self) -> LocalLimits:
         if self.backend == "redis" and not self.url:
             raise ValueError("backend redis needs a url, e.g. url: \"redis://127.0.0.1:6379/0\"")
-        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"url must be redis://, rediss:// or unix://; got {self.url!r}")
         return self
 
 
@@ -41,11 +49,15 @@ class LocalOAuth2(Strict):
 
 
 class LocalTarget(Strict):
-    @model_validator(mode="after")
-    def _database_url(self) -> LocalTarget:
-        if self.database and not self.database.startswith(("postgresql://", "postgres://")):
-            raise ValueError(f"database must be a postgresql:// URL; got {self.database.split('@')[-1]!r}")
-        return self
+    @field_validator("database")
+    @classmethod
+    def _database_url(cls, database: str | None) -> str | None:
+        # a field error, so the message names target.local.database at its line; the password masked
+        if database and not database.startswith(("postgresql://", "postgres://")):
+            from ...ledger.pg import mask_url
+
+            raise ValueError(f"must be a postgresql:// URL; got {mask_url(database)!r}")
+        return database
 
     state_dir: Text = ".apimon"
     upstreams: dict[str, Text] = Field(
