@@ -122,3 +122,30 @@ def test_doctor_json_gives_the_errors_like_every_json_command(tmp_path):
     assert err["file"] is None and err["message"].startswith("ledger: ") and "newer" in err["message"]
     ok = json.loads(run_cli("doctor", str(good), "--json").stdout)
     assert ok["problems"] == 0 and ok["errors"] == []
+
+
+def test_doctor_on_a_postgresql_ledger(tmp_path, postgres_db):
+    """--ledger / APIMON_LEDGER postgresql://: the ledger check reads its schema version without migrating
+    (it used to fail with an unexpected AttributeError), the password masked in every line."""
+    import psycopg
+
+    secret = "doctor-Secret-pw"
+    url = postgres_db.replace("postgres@", f"postgres:{secret}@", 1)  # trust auth: only there to hide
+    good = write_plan(tmp_path / "ok.yaml", "apimon: 1\ntarget: {provider: local}\nproducts: {}\n")
+    r = run_cli("doctor", str(good), "--ledger", url)
+    assert r.code == 0 and "INFO     ledger" in r.stdout and "no ledger yet in postgresql://postgres:***@" in r.stdout
+    assert not any(t[0] for t in psycopg.connect(postgres_db).execute(  # doctor created nothing
+        "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema())"))
+    Ledger.open(url).close()
+    r = run_cli("doctor", str(good), env={"APIMON_LEDGER": url})
+    assert r.code == 0 and f"schema version {SCHEMA_VERSION}" in r.stdout and "postgres:***@" in r.stdout
+    with psycopg.connect(postgres_db, autocommit=True) as conn:
+        conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    body = json.loads(run_cli("doctor", str(good), "--ledger", url, "--json").stdout)
+    [err] = body["errors"]
+    assert err["message"].startswith("ledger: ") and "newer" in err["message"]
+    with psycopg.connect(postgres_db, autocommit=True) as conn:
+        conn.execute("DROP TABLE schema_version")  # tables of a ledger, but no version: not an apimon ledger
+    r = run_cli("doctor", str(good), "--ledger", url)
+    assert r.code == 1 and "not an apimon ledger" in r.stdout
+    assert secret not in r.output

@@ -16,7 +16,8 @@ from .common import PlanArgs, error_entry, ledger_path, make_output, print_diagn
 def doctor(
     plans: PlanArgs,
     ledger: Annotated[Optional[str], typer.Option(
-        "--ledger", help="Ledger file (default: .apimon/ledger.db beside the plan; or APIMON_LEDGER).")] = None,
+        "--ledger", help="Ledger file or postgresql:// URL (default: .apimon/ledger.db beside the plan; or "
+        "APIMON_LEDGER).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
 ) -> None:
     """Check what the plan needs: credentials (and their source), endpoint, permissions (read-only calls),
@@ -84,16 +85,37 @@ def _ledger(path: Path):
     from ..ledger.store import SCHEMA_VERSION
     from ..providers.diagnose import INFO, OK, PROBLEM, Check
 
-    if not path.exists():
-        return Check("ledger", INFO, f"no ledger yet at {path} (`apimon usage pull` creates it)")
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+    if not isinstance(path, Path):  # a postgresql:// ledger (a DatabaseURL: prints with the password masked)
+        from ..ledger import pg
+
         try:
-            version = conn.execute("SELECT version FROM schema_version").fetchone()[0]
+            conn = pg.PgConnection(path.url, timeout=5)
+        except sqlite3.Error as exc:
+            return Check("ledger", PROBLEM, f"cannot open ledger {path}: {exc}")
+        try:
+            has_tables, version = pg.read_version(conn)
+        except sqlite3.Error as exc:
+            return Check("ledger", PROBLEM, f"{path} is not a readable apimon ledger ({exc})")
         finally:
             conn.close()
-    except (sqlite3.Error, TypeError) as exc:
-        return Check("ledger", PROBLEM, f"{path} is not a readable apimon ledger ({exc})")
+        if version is None:
+            if has_tables:
+                return Check("ledger", PROBLEM, f"{path} is a PostgreSQL database but not an apimon ledger "
+                                                "(no schema_version table)")
+            return Check("ledger", INFO, f"no ledger yet in {path} (`apimon usage pull` creates it)")
+        if version < 1:
+            return Check("ledger", PROBLEM, f"ledger {path} has a damaged schema_version table")
+    elif not path.exists():
+        return Check("ledger", INFO, f"no ledger yet at {path} (`apimon usage pull` creates it)")
+    else:
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+            try:
+                version = conn.execute("SELECT version FROM schema_version").fetchone()[0]
+            finally:
+                conn.close()
+        except (sqlite3.Error, TypeError) as exc:
+            return Check("ledger", PROBLEM, f"{path} is not a readable apimon ledger ({exc})")
     if version > SCHEMA_VERSION:
         return Check("ledger", PROBLEM, f"{path}: schema version {version} is newer than this apimon knows "
                                         f"({SCHEMA_VERSION}); upgrade apimon")
