@@ -237,3 +237,28 @@ def test_unmanaged_or_unknown_subscriber_is_refused(tmp_path):
     r = run_cli("keys", "list", str(plan), "--subscriber", "nobody")
     assert r.code == 1 and "not in the plan" in r.output, r.output
 
+
+
+def test_keys_audit_and_finish_on_a_postgresql_ledger(tmp_path, postgres_db):
+    """--ledger postgresql://...: `keys audit` on a database without a ledger says so and creates nothing,
+    `keys rotate` records there, `keys audit` reads it back (both used to fail with an unexpected
+    AttributeError: the ledger's "does it exist" asked a URL for a file)."""
+    import psycopg
+
+    def tables() -> list[str]:
+        with psycopg.connect(postgres_db) as conn:
+            return [t for (t,) in conn.execute("SELECT table_name FROM information_schema.tables "
+                                               "WHERE table_schema = current_schema()")]
+
+    secret = "audit-Secret-pw"
+    url = postgres_db.replace("postgres@", f"postgres:{secret}@", 1)  # trust auth: only there to hide
+    plan = setup(tmp_path)
+    r = run_cli("keys", "audit", str(plan), "--ledger", url)
+    assert (r.code, r.stdout.strip()) == (0, "No key actions recorded.") and tables() == []
+    r = run_cli("keys", "rotate", "acme", "--plan", str(plan), "--ledger", url, "--overlap", "1h")
+    assert r.code == 0, r.output
+    r = run_cli("keys", "audit", str(plan), "--json", env={"APIMON_LEDGER": url})
+    assert r.code == 0, r.output
+    assert [e["action"] for e in json.loads(r.stdout)["entries"]] == ["created", "rotated"]
+    assert run_cli("keys", "finish", str(plan), "--ledger", url).code == 0
+    assert secret not in r.output

@@ -86,6 +86,21 @@ class DatabaseURL:
     def __repr__(self) -> str:
         return f"DatabaseURL({mask_url(self.url)!r})"
 
+    def exists(self) -> bool:
+        """Whether the database holds a ledger (as ``Path.exists`` for a file: the commands that only read
+        the ledger, e.g. `keys audit`, ask it first and create nothing). A database that cannot be reached
+        answers True: opening it then reports why, with the password masked."""
+        try:
+            conn = PgConnection(self.url, timeout=5)
+        except sqlite3.Error:
+            return True
+        try:
+            return read_version(conn)[1] is not None
+        except sqlite3.Error:
+            return True
+        finally:
+            conn.close()
+
     def __fspath__(self) -> str:  # never a file: refuse to be used as one
         raise TypeError(f"{self} is a database URL, not a file path")
 
