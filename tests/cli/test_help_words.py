@@ -52,6 +52,7 @@ def test_help_words_for_plans_files_and_choices():
     r = run_cli("invoice", "--help")
     assert "--format [table|csv|jsonl]" in r.stdout and "--period PERIOD" in r.stdout and "--ledger FILE" in r.stdout
     assert "--max-deletes N" in run_cli("apply", "--help").stdout
+    assert "--workers N " in run_cli("gateway", "serve", "--help").stdout  # as the README and issue 13 write it
     assert "--provider [aws|azure|apigee|local]" in run_cli("import", "--help").stdout
 
 

@@ -20,7 +20,7 @@ import typer
 _OPTION_WORDS = {
     "--out": "FILE", "--ledger": "FILE", "--plan-file": "FILE", "--plan": "PLAN", "-p": "PLAN", "--compare": "PLAN",
     "--period": "PERIOD", "--from": "DATE", "--to": "DATE", "--with-metadata": "KEY", "--max-deletes": "N",
-    "--listen": "HOST:PORT", "--state-dir": "DIR", "--endpoint-url": "URL", "--endpoint": "URL",
+    "--listen": "HOST:PORT", "--workers": "N", "--state-dir": "DIR", "--endpoint-url": "URL", "--endpoint": "URL",
 }
 _ARGUMENT_WORDS = {"plans": "PLAN", "plan": "PLAN"}
 
