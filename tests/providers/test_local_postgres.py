@@ -75,6 +75,22 @@ def test_apply_plan_keys_import_and_pull_on_postgresql(tmp_path, postgres_db):
         assert SECRET not in result.output
 
 
+def test_a_url_with_the_host_in_its_query_round_trips_through_import(tmp_path, postgres_db):
+    """libpq's form without an authority, postgresql:///db?host=...&user=...: the target named in the ledger and
+    written by `import` keeps the ``//`` (it became 'postgresql:/db?...', which the imported plan refused)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(postgres_db)
+    url = f"postgresql://{parts.path}?host={parts.hostname}&port={parts.port or 5432}&user={parts.username}"
+    assert run_cli("apply", str(plan_file(tmp_path, url)), "--auto-approve").code == 0
+    out = tmp_path / "imported.yaml"
+    r = run_cli("import", "--provider", "local", "--database", f"{url}&password={SECRET}", "--out", str(out))
+    assert r.code == 0, r.output
+    assert f"database: {url}\n" in out.read_text() and SECRET not in out.read_text()
+    r = run_cli("plan", str(out), "--detailed-exitcode")
+    assert r.code == 0 and r.stdout.startswith("No changes"), r.output
+
+
 def test_applies_are_serialised_across_processes(tmp_path, postgres_db):
     plan = plan_file(tmp_path, postgres_db)
     assert run_cli("apply", str(plan), "--auto-approve").code == 0

@@ -83,7 +83,10 @@ def database_identity(url: str) -> str:
         user, host = netloc.rsplit("@", 1)
         netloc = f"{user.split(':', 1)[0]}@{host}"
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    identity = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    if not netloc and url.startswith(f"{parts.scheme}://"):  # libpq's postgresql:///db?host=...: keep the //
+        identity = f"{parts.scheme}://{identity[len(parts.scheme) + 1:]}"
+    return identity
 
 
 def connect_database(url: str, *, create: bool = True):
