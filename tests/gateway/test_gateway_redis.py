@@ -349,3 +349,30 @@ def test_the_pure_python_reply_reader_reads_what_hiredis_reads():
     except ImportError:
         return
     assert norm(read_all(hiredis.Reader(replyError=ReplyError), stream, 5)) == norm(expected)
+
+
+@pytest.mark.parametrize("url, message", [
+    ("redis://127.0.0.1:notaport/0", "the port must be a number in 0-65535; got 'redis://127.0.0.1:notaport/0'"),
+    ("redis://127.0.0.1:99999", "the port must be a number in 0-65535"),
+    ("redis://:s3cret-pw@127.0.0.1:6379/abc", "the database (the path) must be a number, e.g. redis://127.0.0.1:6379/0;"
+                                              " got 'redis://:***@127.0.0.1:6379/abc'"),
+    ("unix://", "unix:// needs the socket's path"),  # redis-py would take it for TCP to localhost:6379
+    ("redis://127.0.0.1:6379/0?socket_timeout=abc", "Invalid value for 'socket_timeout' in connection URL"),
+])
+def test_a_redis_url_the_gateway_cannot_use_is_a_plan_error_at_its_line(tmp_path, url, message):
+    """Found by validate (and plan, apply, gateway serve) with the field, line and column, the password masked;
+    `gateway serve` used to fail with "unexpected error: ValueError: Port could not be cast ..." and a database
+    that is not a number silently meant database 0."""
+    from conftest import run_cli, write_plan
+
+    plan = write_plan(tmp_path / "plan.yaml", "apimon: 1\ntarget:\n  provider: local\n  local:\n"
+                      f"    limits: {{backend: redis, url: \"{url}\"}}\nproducts: {{}}\n")
+    for command in (["validate", str(plan)], ["gateway", "serve", str(plan), "--listen", "127.0.0.1:0"]):
+        r = run_cli(*command, timeout=30)
+        assert r.code == 1 and f"{plan}:5:35: error: target.local.limits.url: {message}" in r.stderr, r.output
+        assert "unexpected error" not in r.output and "s3cret-pw" not in r.output
+    for good in ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "rediss://h:6380/3?ssl_cert_reqs=none",
+                 "unix:///run/redis.sock?db=2&password=s3cret-pw"):
+        plan.write_text(plan.read_text().replace(url, good))
+        assert run_cli("validate", str(plan)).code == 0, good
+        url = good

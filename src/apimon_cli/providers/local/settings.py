@@ -25,10 +25,38 @@ class LocalLimits(Strict):
     @classmethod
     def _redis_url(cls, url: str | None) -> str | None:
         # a field error, so the message names target.local.limits.url at its line; the password masked
-        if url and not url.startswith(("redis://", "rediss://", "unix://")):
-            from ...ledger.pg import mask_url
+        if not url:
+            return url
+        from urllib.parse import urlsplit
 
+        from ...ledger.pg import mask_url
+
+        if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"must be a redis://, rediss:// or unix:// URL; got {mask_url(url)!r}")
+        # what the gateway would otherwise find out only when it starts (an unexpected error), or never: a
+        # database that is not a number is database 0, a unix:// without a path is TCP to localhost:6379
+        parts = urlsplit(url)
+        problem = None
+        try:
+            parts.port  # noqa: B018 (raises on a port that is not a number in 0-65535)
+        except ValueError:
+            problem = "the port must be a number in 0-65535"
+        if parts.scheme == "unix" and not parts.path:
+            problem = "unix:// needs the socket's path, e.g. unix:///run/redis/redis.sock?db=0"
+        elif parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            problem = "the database (the path) must be a number, e.g. redis://127.0.0.1:6379/0"
+        if problem is None and parts.query:  # options (socket_timeout=, db=, ...): as the gateway reads them,
+            try:  # with redis-py's parser (redis extra; imported only for a URL with a query: ~0.15 s)
+                from redis.connection import parse_url
+            except ImportError:
+                parse_url = None
+            if parse_url is not None:
+                try:
+                    parse_url(url)
+                except ValueError as exc:
+                    problem = str(exc).rstrip(".")
+        if problem:
+            raise ValueError(f"{problem}; got {mask_url(url)!r}")
         return url
 
     @model_validator(mode="after")
