@@ -105,7 +105,16 @@ def test_applies_are_serialised_across_processes(tmp_path, postgres_db):
             assert conn.execute("SELECT count(*) FROM subscribers").fetchone()[0] == 1
         holder.execute("SELECT pg_advisory_unlock(7002, 1)")
         out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "globex: created" in out, out + err
+        assert proc.returncode == 0 and "globex: created" in out, out + err
+        # how long the second one waits: APIMON_LOCK_TIMEOUT, as with a SQLite state (it was a fixed 10 s)
+        holder.execute("SELECT pg_advisory_lock(7002, 1)")
+        started = time.monotonic()
+        r = run_cli("apply", str(plan), "--auto-approve", env={"APIMON_LOCK_TIMEOUT": "0.5"})
+        took = time.monotonic() - started
+        assert r.code == 1 and "another apimon apply holds the lock" in r.stderr and "waited 0.5 s" in r.stderr
+        assert took < 8 and SECRET not in r.output, took
+        with psycopg.connect(postgres_db) as conn:
+            assert conn.execute("SELECT count(*) FROM subscribers").fetchone()[0] == 2  # nothing changed
 
 
 def test_an_unreachable_database_is_one_line_with_the_password_masked(tmp_path):

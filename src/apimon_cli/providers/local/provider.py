@@ -27,11 +27,10 @@ from ...reconcile.fields import key_fingerprint
 from ...security.secrets import hash_secret
 from ...sqlitetx import rollback_quietly
 from ..base import Provider, ProviderError, not_owned
-from ..lock import exclusive
+from ..lock import exclusive, lock_wait_seconds
 from .keys import REVOKED_PREFIX, LocalKeys
 from .state import APPLY_LOCK_KEY, OWNER, connect_state, database_identity, database_of, state_dir_of
 
-LOCK_WAIT_SECONDS = 10.0  # PostgreSQL state: how long an apply waits for another host's apply
 BILLING_FIELDS = ("currency", "period", "metric")
 BATCH_CHANGES = 500  # changes per commit during apply
 BATCH_SECONDS = 0.1  # ... or the age of the open batch, whichever comes first
@@ -190,13 +189,14 @@ class LocalProvider(LocalKeys, Provider):
         # PostgreSQL: a session advisory lock, so applies from every host are serialised; the server
         # drops it when this connection ends, however the process ends. Gateways see it in pg_locks.
         conn = self.conn
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        wait = lock_wait_seconds()  # APIMON_LOCK_TIMEOUT, default 60, as for the lock file of a SQLite state
+        deadline = time.monotonic() + wait
         try:
             while not conn.execute("SELECT pg_try_advisory_lock(?, ?)", APPLY_LOCK_KEY).fetchone()[0]:
                 if time.monotonic() > deadline:
                     raise ProviderError(
                         f"another apimon apply holds the lock on {database_identity(self.database)} "
-                        f"(waited {LOCK_WAIT_SECONDS:.0f} s); try again when it has finished")
+                        f"(waited {wait:g} s, APIMON_LOCK_TIMEOUT); try again when it has finished")
                 time.sleep(0.1)
         except sqlite3.DatabaseError as exc:
             raise ProviderError(f"local state: {exc}") from None
