@@ -149,3 +149,40 @@ def test_doctor_on_a_postgresql_ledger(tmp_path, postgres_db):
     r = run_cli("doctor", str(good), "--ledger", url)
     assert r.code == 1 and "not an apimon ledger" in r.stdout
     assert secret not in r.output
+
+
+def test_doctor_on_a_local_target_kept_in_postgresql_with_redis_limits(tmp_path, postgres_db, redis_prefix):
+    """target.local.database and target.local.limits: doctor checks the database (not a state directory it
+    does not use) and pings the Redis, read-only, passwords masked."""
+    import psycopg
+
+    secret = "doctor-Secret-pw"
+    db = postgres_db.replace("postgres@", f"postgres:{secret}@", 1)  # trust auth: only there to hide
+    redis_url, prefix = redis_prefix
+
+    def doctor(database: str, redis: str):
+        plan = write_plan(tmp_path / "plan.yaml", "apimon: 1\ntarget:\n  provider: local\n  local:\n"
+                          f"    database: \"{database}\"\n"
+                          f"    limits: {{backend: redis, url: \"{redis}\", key_prefix: \"{prefix}\"}}\n"
+                          "products: {}\n")
+        r = run_cli("doctor", str(plan))
+        assert secret not in r.output and "state directory" not in r.output
+        return r
+
+    r = doctor(db, redis_url)
+    assert r.code == 0 and "INFO     endpoint     state database postgresql://postgres:***@" in r.stdout
+    assert "holds no state yet" in r.stdout and f"OK       limits       Redis at {redis_url} answers" in r.stdout
+    with psycopg.connect(postgres_db) as conn:  # read-only: doctor created no state
+        assert conn.execute("SELECT to_regclass('meta')").fetchone()[0] is None
+    plan = tmp_path / "plan.yaml"
+    assert run_cli("apply", str(plan), "--auto-approve").code == 0
+    r = doctor(db, redis_url)
+    assert r.code == 0 and "OK       endpoint     state database postgresql://postgres:***@" in r.stdout, r.output
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = doctor(db.rsplit("/", 1)[0] + "/apimon_no_such_db", f"redis://:{secret}@127.0.0.1:{port}/0")
+    assert r.code == 1 and "PROBLEM  endpoint     cannot open local gateway state" in r.stdout
+    assert f"PROBLEM  limits       Redis at redis://:***@127.0.0.1:{port}/0 does not answer" in r.stdout
