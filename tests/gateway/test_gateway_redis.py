@@ -376,3 +376,39 @@ def test_a_redis_url_the_gateway_cannot_use_is_a_plan_error_at_its_line(tmp_path
         plan.write_text(plan.read_text().replace(url, good))
         assert run_cli("validate", str(plan)).code == 0, good
         url = good
+
+
+def test_rediss_verifies_the_servers_certificate_with_the_urls_ca(tmp_path):
+    """rediss:// on the own connection: TLS with verification on (ssl_ca_certs from the URL), password and
+    database over it; a certificate the client cannot verify is an outage (on_error decides), never a silent
+    plain-text fallback; ssl_cert_reqs=none turns verification off as in redis-py."""
+    import redis
+    from test_gateway_tls import _ca, _leaf, _write
+
+    ca_key, ca_cert = _ca("apimon test CA")
+    server_key, server_cert = _leaf(ca_key, ca_cert, "localhost", server=True)
+    cert, key = _write(tmp_path, "server", server_key, server_cert)
+    ca, _ = _write(tmp_path, "ca", ca_key, ca_cert)
+    tls_port = _free_port()
+
+    async def body(base: str):
+        good, win = await _backend(f"{base}?ssl_ca_certs={ca}")
+        unverified, _ = await _backend(base, on_error="deny")  # the system CAs do not know the test CA
+        unchecked, _ = await _backend(f"{base}?ssl_cert_reqs=none")
+        try:
+            assert await good.admit(_key_state(quota=3), 0.0, win, time.time()) is None and good.errors == 0
+            assert (await unverified.admit(_key_state(quota=3), 0.0, win, time.time()))[0] == 503
+            assert unverified.outages == 1
+            assert await unchecked.admit(_key_state(quota=3), 0.0, win, time.time()) is None
+            assert unchecked.errors == 0
+        finally:
+            for backend in (good, unverified, unchecked):
+                await backend.close()
+        return win
+
+    with own_redis("--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                   "--tls-auth-clients", "no", "--requirepass", "s3cret") as (url, start):
+        start()
+        win = asyncio.run(body(f"rediss://:s3cret@localhost:{tls_port}/2"))
+        plain = redis.Redis.from_url(url.replace("redis://", "redis://:s3cret@").replace("/0", "/2"))
+        assert plain.get(f"t:q:gold:bob:{win.window['day']}") == b"2"  # the verified and the unchecked one
