@@ -124,6 +124,21 @@ def test_workers_refused_with_the_memory_back_end(tmp_path, upstream_url):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_workers_that_cannot_open_the_state_fail_at_once(tmp_path, upstream_url):
+    """Every worker fails to start (the state database does not exist): the error, exit 1, within seconds. A
+    worker was SIGTERMed while its queue's feeder thread held the queue's lock, so the others hung at exit
+    and the parent waited 60 s for them."""
+    path = plan(tmp_path, upstream_url, ("redis://127.0.0.1:6379/0", "x:"))
+    text = path.read_text().replace("state_dir: state", 'database: "postgresql://postgres@127.0.0.1:5432/'
+                                                        'apimon_no_such_database"')
+    path.write_text(text)
+    started = time.monotonic()
+    r = run_cli("gateway", "serve", str(path), "--listen", "127.0.0.1:0", "--workers", "3", timeout=120)
+    took = time.monotonic() - started
+    assert r.code == 1 and "cannot open local gateway state postgresql://" in r.stderr, r.output
+    assert took < 20, took
+
+
 def test_three_gateways_on_one_state_and_one_redis(tmp_path, state_location, upstream_url, redis_prefix):
     path = plan(tmp_path, upstream_url, redis_prefix, burst=15, quota=20)
     k = keys(tmp_path)

@@ -114,10 +114,11 @@ def serve_workers(config: GatewayConfig, workers: int, *, on_ready: Callable[[Wo
         return p
 
     summaries: dict[int, list[Summary]] = {}
+    seen: dict[int, tuple] = {}  # the workers that listen
+    errored: set[int] = set()  # the workers that could not start (they end by themselves)
     try:
         for i in range(workers):
             start(i)
-        seen: dict[int, tuple] = {}
         deadline = time.monotonic() + READY_TIMEOUT_S
         while len(seen) < workers:
             if stop:
@@ -133,6 +134,7 @@ def serve_workers(config: GatewayConfig, workers: int, *, on_ready: Callable[[Wo
                                        f"{procs[dead[0]].exitcode})") from None
                 continue
             if msg[0] == "error":
+                errored.add(msg[1])
                 raise GatewayError(msg[2])
             seen[msg[1]] = msg
         if not stop and on_ready is not None:
@@ -147,11 +149,16 @@ def serve_workers(config: GatewayConfig, workers: int, *, on_ready: Callable[[Wo
                         on_note(f"gateway worker {i} exited (exit code {p.exitcode}); starting it again")
                     start(i)
     finally:
+        # a worker that reported an error ends by itself: let it, for a SIGTERM while its queue's feeder thread
+        # holds the queue's lock (just after sending the error) leaves the lock held, and the other workers then
+        # hang at exit (the gateway took 60 s to fail when the state could not be opened)
+        for i in errored:
+            procs[i].join(5)
         for p in procs.values():
             if p.exitcode is None:
                 p.terminate()  # SIGTERM: the worker drains and writes its counts
-        for p in procs.values():
-            p.join(60)
+        for i, p in procs.items():
+            p.join(60 if i in seen else 5)  # one that never listened has no counts to write
             if p.exitcode is None:
                 p.kill()
                 p.join(5)
