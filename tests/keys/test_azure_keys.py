@@ -97,3 +97,124 @@ def test_revoke_ends_the_overlap_now(fake, tmp_path):
     r = cli("keys", "revoke", "acme", "--plan", str(plan))
     assert r.code == 0, r.output
     assert keys_of(fake)[0] == new and old not in keys_of(fake)
+
+
+# ---------------------------------------------------------------- key.from_env: the old value works for key.overlap
+
+V1, V2, V3 = "first-key-value-0123456789abcdef", "second-key-value-0123456789abcd", "third-key-value-0123456789abcde"
+
+
+def from_env_plan(tmp_path, fake, overlap=""):
+    key = "{from_env: ACME_KEY" + (f", overlap: {overlap}" if overlap else "") + "}"
+    return write_plan(tmp_path / "plan.yaml", plan_for(tmp_path, fake).read_text().replace(
+        "acme: {product: pro}", f"acme: {{product: pro, key: {key}}}"))
+
+
+def env_cli(value, *args):
+    return run_cli(*args, env={**ENV, "ACME_KEY": value})
+
+
+def rotations(tmp_path) -> list[tuple[str, str]]:
+    if not (tmp_path / ".apimon" / "ledger.db").exists():
+        return []
+    with sqlite3.connect(tmp_path / ".apimon" / "ledger.db") as conn:
+        return conn.execute("SELECT subscriber, ends FROM key_rotations").fetchall()
+
+
+def end_overlaps(tmp_path) -> None:
+    with sqlite3.connect(tmp_path / ".apimon" / "ledger.db") as conn:
+        conn.execute("UPDATE key_rotations SET ends = '2026-01-01T00:00:00+00:00'")
+
+
+def test_a_new_from_env_value_keeps_the_old_key_working_for_the_overlap(fake, tmp_path):
+    plan = from_env_plan(tmp_path, fake)
+    assert env_cli(V1, "apply", str(plan), "--auto-approve").code == 0
+    assert keys_of(fake)[0] == V1
+    r = env_cli(V2, "apply", str(plan), "--auto-approve")
+    assert r.code == 0, r.output
+    assert "key replaced, the old key works until " in r.stdout and "as the secondary" in r.stdout, r.output
+    assert V1 not in r.output and V2 not in r.output
+    assert keys_of(fake) == (V2, V1)  # both values authenticate during the overlap
+    assert [sid for sid, _ in rotations(tmp_path)] == ["acme"]
+    assert env_cli(V2, "plan", str(plan), "--detailed-exitcode").code == 0  # converged at once
+    listed = json.loads(env_cli(V2, "keys", "list", str(plan), "--json").stdout)["subscribers"][0]["keys"]
+    assert [(k["last4"], k["state"]) for k in listed] == [(V1[-4:], "rotating-out"), (V2[-4:], "active")]
+    assert listed[0]["expires"] is not None
+    assert env_cli(V2, "keys", "show", "acme", "--plan", str(plan)).stdout.strip() == V2
+    r = env_cli(V2, "keys", "rotate", "acme", "--plan", str(plan))
+    assert r.code == 1 and "key.from_env" in r.output
+    # before the end: nothing is finished; after it, keys finish regenerates the secondary (the old value)
+    assert "Finished 0 rotations." in env_cli(V2, "keys", "finish", str(plan)).output
+    assert keys_of(fake) == (V2, V1)
+    end_overlaps(tmp_path)
+    r = env_cli(V2, "keys", "finish", str(plan))
+    assert r.code == 0 and "Finished 1 rotation." in r.output, r.output
+    primary, secondary = keys_of(fake)
+    assert primary == V2 and secondary != V1  # only the new value works
+    assert rotations(tmp_path) == []
+    assert env_cli(V2, "keys", "finish", str(plan)).code == 0 and keys_of(fake) == (V2, secondary)  # never twice
+    listed = json.loads(env_cli(V2, "keys", "list", str(plan), "--json").stdout)["subscribers"][0]["keys"]
+    assert [(k["last4"], k["state"]) for k in listed] == [(V2[-4:], "active")]
+    assert env_cli(V2, "plan", str(plan), "--detailed-exitcode").code == 0
+    # the next value; its overlap ended, a plain apply (no changes) ends the old one
+    assert env_cli(V3, "apply", str(plan), "--auto-approve").code == 0 and keys_of(fake) == (V3, V2)
+    end_overlaps(tmp_path)
+    r = env_cli(V3, "apply", str(plan), "--auto-approve")
+    assert r.code == 0, r.output
+    assert keys_of(fake)[0] == V3 and V2 not in keys_of(fake)
+    assert list(fake.subscriptions) == ["apimon-acme"]  # the same subscription: usage stays with it
+
+
+def test_a_from_env_value_with_no_overlap_replaces_the_old_key_at_once(fake, tmp_path):
+    plan = from_env_plan(tmp_path, fake, overlap="0s")
+    assert env_cli(V1, "apply", str(plan), "--auto-approve").code == 0
+    secondary = keys_of(fake)[1]
+    r = env_cli(V2, "apply", str(plan), "--auto-approve")
+    assert r.code == 0 and "(key replaced)" in r.stdout, r.output
+    assert keys_of(fake) == (V2, secondary)  # the old value stops at once; the secondary is untouched
+    assert rotations(tmp_path) == []
+    assert env_cli(V2, "plan", str(plan), "--detailed-exitcode").code == 0
+
+
+def test_a_from_env_value_interrupted_before_the_patch_converges_with_the_recorded_end(fake, tmp_path):
+    plan = from_env_plan(tmp_path, fake)
+    assert env_cli(V1, "apply", str(plan), "--auto-approve").code == 0
+    before = keys_of(fake)
+    fake.inject("PATCH", r"subscriptions/apimon-acme", status=400, times=1, code="ValidationError",
+                message="injected")
+    r = env_cli(V2, "apply", str(plan), "--auto-approve")
+    assert r.code == 1 and "Traceback" not in r.output
+    assert keys_of(fake) == before  # nothing changed on the gateway; the journal holds the intent
+    [(_, ends)] = rotations(tmp_path)
+    listed = json.loads(env_cli(V2, "keys", "list", str(plan), "--json").stdout)["subscribers"][0]["keys"]
+    assert [(k["last4"], k["state"]) for k in listed] == [(V1[-4:], "active")]
+    assert env_cli(V2, "plan", str(plan), "--detailed-exitcode").code == 2
+    r = env_cli(V2, "apply", str(plan), "--auto-approve")
+    assert r.code == 0 and f"the old key works until {ends}" in r.stdout, r.output
+    assert keys_of(fake) == (V2, V1) and rotations(tmp_path) == [("acme", ends)]
+    assert env_cli(V2, "plan", str(plan), "--detailed-exitcode").code == 0
+
+
+def test_a_from_env_rotation_that_never_got_its_patch_leaves_the_keys_alone_at_its_end(fake, tmp_path):
+    plan = from_env_plan(tmp_path, fake)
+    assert env_cli(V1, "apply", str(plan), "--auto-approve").code == 0
+    before = keys_of(fake)
+    fake.inject("PATCH", r"subscriptions/apimon-acme", status=400, times=1, code="ValidationError",
+                message="injected")
+    assert env_cli(V2, "apply", str(plan), "--auto-approve").code == 1
+    end_overlaps(tmp_path)
+    r = env_cli(V1, "keys", "finish", str(plan))  # the variable back to the old value: nothing to end
+    assert r.code == 0 and "Finished 0 rotations." in r.output, r.output
+    assert keys_of(fake) == before and rotations(tmp_path) == []
+
+
+def test_revoke_ends_a_from_env_overlap_now(fake, tmp_path):
+    plan = from_env_plan(tmp_path, fake)
+    assert env_cli(V1, "apply", str(plan), "--auto-approve").code == 0
+    assert env_cli(V2, "apply", str(plan), "--auto-approve").code == 0
+    r = env_cli(V2, "keys", "revoke", "acme", "--plan", str(plan), "--key", V2[-4:])
+    assert r.code == 1 and "without a working key" in r.output  # the plan's value stays
+    r = env_cli(V2, "keys", "revoke", "acme", "--plan", str(plan), "--key", V1[-4:])
+    assert r.code == 0, r.output
+    assert keys_of(fake)[0] == V2 and V1 not in keys_of(fake) and rotations(tmp_path) == []
+    assert env_cli(V2, "plan", str(plan), "--detailed-exitcode").code == 0

@@ -234,6 +234,10 @@ def _apply_run(out, run, *, auto_approve: bool, max_deletes: int | None, json_ou
             f"{max_deletes}; nothing was changed",
         )
     outcomes: list = []
+    # Azure keeps the end of a key.from_env value's overlap in the ledger's rotation journal, written as it applies
+    from .keys import attach_journal
+
+    attach_journal(run.provider, list(run.loaded.desired.files), None)
     try:
         if not auto_approve:
             _confirm(out, deletes, command)

@@ -12,6 +12,11 @@ Subscriptions have nowhere to keep a rotation's end, so apimon records it in the
 table (``keys.journal``) before step 1, with the new key's fingerprint after it; a rotation interrupted
 before the fingerprint is recorded redoes step 1 (that secondary was never shown), and the swap checks the
 fingerprint so a repeated finish cannot swap twice.
+
+A subscriber whose key comes from ``key.from_env`` is rotated by ``apply`` instead (``write.py``): one PATCH
+sets the new value as the primary and the old primary as the secondary, so both work for ``key.overlap``;
+the journal records the end with the *old* key's fingerprint (prefixed ``old:``, written before the PATCH),
+and after the end ``keys finish`` / ``apply`` regenerates the secondary, only while it is still that old key.
 """
 
 from __future__ import annotations
@@ -25,6 +30,16 @@ from ...reconcile.fields import key_fingerprint
 from ..base import ProviderError
 from .client import SDK_ERRORS
 from .read import SUB_PREFIX, with_etag
+
+#: a journal record of a key.from_env rotation: the fingerprint of the old key, kept as the secondary
+OLD_KEY = "old:"
+
+
+def _old_fp(rotation) -> str | None:
+    """The old key's fingerprint of a key.from_env rotation's record, else None."""
+    if rotation and rotation[1] and rotation[1].startswith(OLD_KEY):
+        return rotation[1][len(OLD_KEY):]
+    return None
 
 
 def _iso(moment: datetime) -> str:
@@ -71,7 +86,13 @@ class AzureKeys:
             created = sub.created_date
             state = ACTIVE if (sub.state or "active") == "active" else REVOKED
             rotation = pending.get(sid)
-            if rotation and rotation[1] and key_fingerprint(keys.secondary_key or "") == rotation[1]:
+            old_fp = _old_fp(rotation)
+            if old_fp is not None and key_fingerprint(keys.secondary_key or "") == old_fp:
+                ends = datetime.fromisoformat(rotation[0])
+                out[sid] = [KeyInfo("secondary", last4(keys.secondary_key or ""), created, ends,
+                                    ROTATING_OUT if ends > now else REVOKED),
+                            KeyInfo("primary", last4(keys.primary_key or ""), None, None, state)]
+            elif rotation and rotation[1] and key_fingerprint(keys.secondary_key or "") == rotation[1]:
                 ends = datetime.fromisoformat(rotation[0])
                 out[sid] = [KeyInfo("primary", last4(keys.primary_key or ""), created, ends,
                                     ROTATING_OUT if ends > now else REVOKED),
@@ -97,6 +118,14 @@ class AzureKeys:
         sub, keys = self._secrets(sid)
         rotation = journal.pending().get(sid)
         resumed = False
+        old_fp = _old_fp(rotation)
+        if old_fp is not None:
+            if key_fingerprint(keys.secondary_key or "") == old_fp:
+                raise ProviderError(
+                    f"subscriber {sid} is already rotating: its old key ...{last4(keys.secondary_key or '')} works "
+                    f"until {rotation[0]}; run `apimon keys finish` after that, or `apimon keys revoke {sid} --key "
+                    f"{last4(keys.secondary_key or '')}` to end it now")
+            rotation = None  # a key.from_env rotation that never got its PATCH: nothing of it to keep
         if rotation is not None:
             if rotation[1] and key_fingerprint(keys.secondary_key or "") == rotation[1]:
                 raise ProviderError(
@@ -134,6 +163,18 @@ class AzureKeys:
                                         if_match=self._etag_seen or "*", parameters=params)
         return last4(keys.primary_key or "")
 
+    def _end_secondary(self, sid: str, old_fp: str) -> str | None:
+        """The end of a key.from_env rotation: a fresh secondary, so the old key (kept there) stops. Only while
+        the secondary is still that old key (never twice, never another key). Returns its last 4, or None."""
+        _, keys = self._secrets(sid)
+        if key_fingerprint(keys.secondary_key or "") != old_fp:
+            return None  # regenerated already, never made (interrupted before the PATCH), or changed by someone
+        try:
+            self.client.subscription.regenerate_secondary_key(self.rg, self.service, SUB_PREFIX + sid)
+        except SDK_ERRORS as exc:
+            raise self.explain(exc, f"regenerating the secondary key of {sid}") from None  # type: ignore[attr-defined]
+        return last4(keys.secondary_key or "")
+
     def finish_rotations(self, subscriber_ids: list[str] | None = None, live=None) -> list[KeyAction]:
         if self.key_journal is None:
             return []
@@ -145,14 +186,16 @@ class AzureKeys:
             if datetime.fromisoformat(ends) > now:
                 continue
             try:
-                old = self._swap(sid, new_fp)
+                old_fp = _old_fp((ends, new_fp))
+                old = self._swap(sid, new_fp) if old_fp is None else self._end_secondary(sid, old_fp)
             except ProviderError as exc:
                 if "has no subscription" not in str(exc):
                     raise
                 old = None  # the subscriber is gone: nothing to finish
             self.key_journal.drop(sid)
             if old is not None:
-                actions.append(KeyAction(sid, "expired", old, "overlap ended: the new key is the primary now"))
+                actions.append(KeyAction(sid, "expired", old, "overlap ended: the new key is the primary now"
+                                         if old_fp is None else "overlap ended: the old key (secondary) regenerated"))
         return actions
 
     def revoke_key(self, subscriber_id: str, key: str | None, revoke_all: bool) -> list[KeyAction]:
@@ -162,6 +205,9 @@ class AzureKeys:
         journal = self._journal()
         sub, keys = self._secrets(sid)
         rotation = journal.pending().get(sid)
+        old_fp = _old_fp(rotation)
+        if old_fp is not None:
+            return self._revoke_from_env(sid, keys, rotation, old_fp, key, revoke_all)
         rotating = bool(rotation and rotation[1] and key_fingerprint(keys.secondary_key or "") == rotation[1])
         old4, new4 = last4(keys.primary_key or ""), last4(keys.secondary_key or "")
         if revoke_all:
@@ -183,3 +229,27 @@ class AzureKeys:
             journal.drop(sid)
         return [KeyAction(sid, "revoked", k, "revoked now") for k in done]
 
+
+    def _revoke_from_env(self, sid: str, keys, rotation, old_fp: str, key: str | None,
+                         revoke_all: bool) -> list[KeyAction]:
+        """revoke during a key.from_env rotation: the old key is the secondary; the primary is the plan's value."""
+        from azure.mgmt.apimanagement.models import SubscriptionUpdateParameters
+
+        rotating = key_fingerprint(keys.secondary_key or "") == old_fp
+        new4, old4 = last4(keys.primary_key or ""), last4(keys.secondary_key or "")
+        if revoke_all:
+            params = SubscriptionUpdateParameters(primary_key=secrets.token_hex(16),
+                                                  secondary_key=secrets.token_hex(16))
+            done = [new4, old4] if rotating else [new4]
+        elif rotating and key in (None, old4):
+            params = SubscriptionUpdateParameters(secondary_key=secrets.token_hex(16))  # the old key ends now
+            done = [old4]
+        elif key is not None and key not in (new4, old4 if rotating else None):
+            raise ProviderError(f"subscriber {sid} has no working key ending in {key!r}")
+        else:
+            raise ProviderError(f"revoking ...{key or new4} would leave {sid} without a working key; it takes its "
+                                "key from key.from_env: put a new value there and apply, or pass --all")
+        self.client.subscription.update(self.rg, self.service, SUB_PREFIX + sid, if_match=self._etag_seen or "*",
+                                        parameters=params)
+        self._journal().drop(sid)
+        return [KeyAction(sid, "revoked", k, "revoked now") for k in done]

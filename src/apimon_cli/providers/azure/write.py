@@ -77,6 +77,7 @@ class AzureWriting:
     rg: str
     service: str
     _tag_ready: bool
+    key_journal: Any
 
     def _etag(self, kind: str, rid: str, live: LiveState, what: str) -> str | None:
         """The plan-time ETag of a resource (read now if the plan did not); None if it is gone. Raises if it
@@ -229,13 +230,15 @@ class AzureWriting:
         params = SubscriptionUpdateParameters(display_name=sub.id, state="active" if sub.enabled else "suspended")
         if moving:
             params.scope = f"/products/{sub.product}"
+        old_works_until = None
         if change.changed("key") and sub.key_value is not None:
             params.primary_key = sub.key_value
+            old_works_until = self._keep_old_key(sub, name, params)
         try:
             self.client.subscription.update(self.rg, self.service, name, if_match=etag, parameters=params)
         except HttpResponseError as exc:
             if moving and exc.status_code == 400:
-                return self._recreate_subscription(sub, name, etag, exc)
+                return self._recreate_subscription(sub, name, etag, exc, params.secondary_key)
             raise
         parts = []
         if moving:
@@ -243,11 +246,44 @@ class AzureWriting:
         if change.changed("enabled"):
             parts.append("enabled" if sub.enabled else "suspended")
         if change.changed("key"):
-            parts.append("key replaced")
+            parts.append(f"key replaced, the old key works until {old_works_until} as the secondary"
+                         if old_works_until else "key replaced")
         return f"updated ({', '.join(parts)})" if parts else "updated"
 
-    def _recreate_subscription(self, sub: Subscriber, name: str, etag: str, cause: HttpResponseError) -> str:
-        """Azure refused to change the scope: recreate it on the new product with the same keys."""
+    def _keep_old_key(self, sub: Subscriber, name: str, params: Any) -> str | None:
+        """A new value in key.from_env: the old primary becomes the secondary (both keys of a subscription
+        work) and keeps working for key.overlap; its end and fingerprint go to the rotation journal *before*
+        the PATCH (``keys.journal``, as a rotation's), so ``keys finish`` or the next apply regenerates the
+        secondary after the end, and an apply interrupted before the PATCH redoes it with the same end.
+        Returns the end, or None when the old key stops now (``key.overlap: 0s``, no ledger, nothing to keep)."""
+        from datetime import UTC, datetime
+
+        from ...reconcile.fields import key_fingerprint
+        from .keys import OLD_KEY, _iso
+
+        journal = self.key_journal
+        if journal is None or sub.key_overlap.total_seconds() <= 0:
+            return None
+        old = self.client.subscription.list_secrets(self.rg, self.service, name).primary_key
+        if not old or old == sub.key_value:
+            return None
+        from ...security.redact import add_secrets
+
+        add_secrets([old])  # the old value is no longer the plan's: never in a diagnostic either
+        record = OLD_KEY + key_fingerprint(old)
+        pending = journal.pending().get(sub.id)
+        if pending is not None and pending[1] == record:
+            ends = pending[0]  # an apply interrupted before the PATCH: the end it recorded
+        else:
+            ends = _iso(datetime.now(UTC) + sub.key_overlap)
+        journal.put(sub.id, ends, record)
+        params.secondary_key = old
+        return ends
+
+    def _recreate_subscription(self, sub: Subscriber, name: str, etag: str, cause: HttpResponseError,
+                               secondary: str | None = None) -> str:
+        """Azure refused to change the scope: recreate it on the new product with the same keys (``secondary``:
+        the old primary kept for key.overlap, when the key changes too)."""
         from azure.mgmt.apimanagement.models import SubscriptionCreateParameters
 
         c, rg, svc = self.client, self.rg, self.service
@@ -257,7 +293,7 @@ class AzureWriting:
         c.subscription.create_or_update(rg, svc, name, SubscriptionCreateParameters(
             scope=f"/products/{sub.product}", display_name=sub.id,
             state="active" if sub.enabled else "suspended", primary_key=primary,
-            secondary_key=keys.secondary_key))
+            secondary_key=secondary or keys.secondary_key))
         return (f"moved to product {sub.product} by recreating subscription {name} with the same primary and "
                 f"secondary keys (Azure refused to change its scope: {short(cause)})")
 
