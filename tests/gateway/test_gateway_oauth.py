@@ -86,13 +86,14 @@ class Idp:
         e = json.loads(ECAlgorithm.to_jwk(self.ec.public_key()))
         return {"keys": [{**r, "kid": "idp-rsa", "use": "sig"}, {**e, "kid": "idp-ec", "use": "sig"}]}
 
-    async def start(self) -> None:
+    async def start(self, handler=None) -> None:
+        """Serve the JWKS on 127.0.0.1 (``handler``: another answer for GET /jwks)."""
         async def jwks(_request):
             self.fetches += 1
             return web.json_response(self.jwks())
 
         app = web.Application()
-        app.router.add_get("/jwks", jwks)
+        app.router.add_get("/jwks", handler or jwks)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -632,13 +633,7 @@ def test_a_jwks_sent_in_pieces_is_read_whole_and_a_huge_one_is_refused(tmp_path)
             await resp.write_eof()
             return resp
 
-        app = web.Application()
-        app.router.add_get("/jwks", jwks)
-        idp.runner = web.AppRunner(app)
-        await idp.runner.setup()
-        site = web.TCPSite(idp.runner, "127.0.0.1", 0)
-        await site.start()
-        idp.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        await idp.start(jwks)
         _state(tmp_path, f"http://127.0.0.1:{up_port}", idp.url)
         gw = Gateway(GatewayConfig(tmp_path / "state", {"petstore": f"http://127.0.0.1:{up_port}"}, port=0))
         await gw.start()

@@ -229,7 +229,6 @@ class AzureKeys:
             journal.drop(sid)
         return [KeyAction(sid, "revoked", k, "revoked now") for k in done]
 
-
     def _revoke_from_env(self, sid: str, keys, rotation, old_fp: str, key: str | None,
                          revoke_all: bool) -> list[KeyAction]:
         """revoke during a key.from_env rotation: the old key is the secondary; the primary is the plan's value."""
